@@ -1,0 +1,95 @@
+"""Configuration, one place for every part of the product.
+
+Values come from (later wins): the defaults below, a TOML file (``--config`` or ``$DBP_CONFIG``), and environment
+variables ``DBP_<FIELD>`` (upper case). Secrets (the PatientID hash key, Orthanc password) are read from the
+environment or the file, never from command lines, so they do not leak into process listings.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("DBP_HOME", Path.home() / ".deepbrainprint")).expanduser()
+
+
+@dataclass
+class Settings:
+    """All settings. Each part reads only its own fields; add new fields with a default and a comment."""
+
+    home: Path = field(default_factory=_default_home)
+
+    # --- fingerprint library -------------------------------------------------------------------------------------
+    model_path: Path | None = None  # None: the weights shipped in fingerprint/weights/
+    slice_method: str = "anatomical"  # or "middle" (the paper's protocol: middle of the array)
+
+    # --- identity archive (store + index) --------------------------------------------------------------------------
+    index_dir: Path | None = None  # None: <home>/index
+    store_url: str | None = None  # None: sqlite:///<index_dir>/store.sqlite ; or postgresql+psycopg://...
+    faiss_factory: str = "Flat"  # exact inner product; e.g. "HNSW32" for large archives
+    patient_id_hash_key: str = ""  # keyed hash of PatientIDs; empty: a random key is created in <index_dir>
+    keep_clear_patient_id: bool = False  # sites that want the clear PatientID stored too
+    top_k: int = 5
+
+    # --- DICOM node ----------------------------------------------------------------------------------------------
+    ae_title: str = "DEEPBRAINPRINT"
+    port: int = 11112
+    spool_dir: Path | None = None  # None: <home>/spool
+    quiet_time_s: float = 5.0  # a series is complete when no instance arrived for this long after release
+
+    # --- worker ----------------------------------------------------------------------------------------------------
+    broker_url: str = ""  # empty: embedded mode (no server); "redis://127.0.0.1:6379/0" in service mode
+
+    # --- Orthanc write-back ---------------------------------------------------------------------------------------
+    orthanc_url: str = ""  # empty: no write-back
+    orthanc_username: str = ""
+    orthanc_password: str = ""
+
+    @property
+    def resolved_index_dir(self) -> Path:
+        return Path(self.index_dir) if self.index_dir else self.home / "index"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.resolved_index_dir / 'store.sqlite'}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return Path(self.spool_dir) if self.spool_dir else self.home / "spool"
+
+
+def _coerce(value: Any, current_type: Any) -> Any:
+    text = str(current_type)
+    if "bool" in text and isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if "int" in text and "Path" not in text and isinstance(value, str):
+        return int(value)
+    if "float" in text and isinstance(value, str):
+        return float(value)
+    if "Path" in text and value not in (None, ""):
+        return Path(value).expanduser()
+    return value
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from defaults, then the TOML file, then ``DBP_*`` environment variables, then ``overrides``."""
+    values: dict[str, Any] = {}
+    path = config_file or (Path(os.environ["DBP_CONFIG"]) if os.environ.get("DBP_CONFIG") else None)
+    if path is not None:
+        with open(path, "rb") as fh:
+            values.update(tomllib.load(fh))
+    for f in fields(Settings):
+        env = os.environ.get(f"DBP_{f.name.upper()}")
+        if env is not None:
+            values[f.name] = env
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f.type for f in fields(Settings)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return Settings(**{k: _coerce(v, known[k]) for k, v in values.items()})
