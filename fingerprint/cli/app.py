@@ -20,7 +20,8 @@ app = typer.Typer(
 
 COMMAND_MODULES = [
     "fingerprint.cli.slice_cmd",  # slice
-    "fingerprint.cli.model_cmds",  # fingerprint, train, evaluate, cohort
+    "fingerprint.cli.model_cmds",  # fingerprint, train, evaluate
+    "fingerprint.cli.cohort_cmd",  # cohort
     "fingerprint.cli.index_cmds",  # enroll, query, calibrate, reindex
     "dicom_node.cli",  # serve
     "worker.cli",  # worker, up, down, demo
