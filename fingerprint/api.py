@@ -1,0 +1,129 @@
+"""The library entry points for fingerprints: load the encoder once, embed slices, fingerprint a series.
+
+Why a small wrapper class: the rest of the product (archive, worker, CLI) must not care how the network was trained
+or stored. It needs one object with a ``model_version`` (stored beside every vector so that an index never mixes
+vectors of two models) and an ``embed`` that turns canonical slices into unit vectors, deterministically, on CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from fingerprint.types import SLICE_SIZE, FingerprintResult
+
+if TYPE_CHECKING:
+    import pydicom
+    from torch import nn
+
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_BATCH_SIZE = 64
+
+_cache: dict[str, "Fingerprinter"] = {}
+_cache_lock = threading.Lock()
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Use ``count`` intra-op threads inside the block (a worker process should not grab every core)."""
+    import torch
+
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class Fingerprinter:
+    """A loaded encoder: ``embed`` maps (N,128,128) float32 slices to (N,512) float32 L2-normalised fingerprints."""
+
+    def __init__(
+        self,
+        encoder: "nn.Module",
+        model_version: str,
+        metadata: dict[str, Any] | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        num_threads: int | None = 1,
+        device: str = "cpu",
+    ) -> None:
+        self.encoder = encoder.to(device).eval()
+        self.model_version = model_version
+        self.metadata = dict(metadata or {})
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+        self.device = device
+        self._lock = threading.Lock()  # one forward pass at a time: BatchNorm buffers and thread settings are shared
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """Fingerprints of a stack of canonical slices: (N,128,128) -> (N,512) float32, each row of unit length."""
+        import torch
+
+        stack = np.asarray(pixels, dtype=np.float32)
+        if stack.ndim == 2:
+            stack = stack[None]
+        if stack.ndim != 3 or stack.shape[1:] != (SLICE_SIZE, SLICE_SIZE):
+            raise ValueError(f"expected slices of shape (N, {SLICE_SIZE}, {SLICE_SIZE}), got {stack.shape}")
+        if not np.isfinite(stack).all():
+            raise ValueError("slices contain NaN or infinite values")
+        out = np.empty((stack.shape[0], 512), dtype=np.float32)
+        with self._lock, _torch_threads(self.num_threads), torch.inference_mode():
+            for start in range(0, stack.shape[0], self.batch_size):
+                batch = torch.from_numpy(stack[start : start + self.batch_size]).unsqueeze(1).to(self.device)
+                features = torch.nn.functional.normalize(self.encoder(batch).float(), dim=1)
+                out[start : start + len(batch)] = features.cpu().numpy()
+        return out
+
+
+def _resolve(path: Path | None) -> Path | None:
+    """The weights to load: the given path, else the shipped weights if present, else None (untrained)."""
+    if path is not None:
+        return Path(path).expanduser().resolve()
+    from fingerprint.model import WEIGHTS_FILE
+
+    return SHIPPED_WEIGHTS_DIR if (SHIPPED_WEIGHTS_DIR / WEIGHTS_FILE).exists() else None
+
+
+def load_model(path: Path | None = None) -> Fingerprinter:
+    """The encoder at ``path`` (a weights folder or ``.safetensors`` file), cached per path.
+
+    ``path=None`` means the weights shipped in ``fingerprint/weights/``; when none are shipped, a deterministic
+    randomly initialised encoder with model_version ``"untrained-0"`` so the product works end to end regardless.
+    """
+    from fingerprint.model import UNTRAINED_VERSION, load_encoder, seeded_encoder
+
+    resolved = _resolve(path)
+    key = str(resolved) if resolved is not None else UNTRAINED_VERSION
+    with _cache_lock:
+        if key not in _cache:
+            if resolved is None:
+                _cache[key] = Fingerprinter(seeded_encoder(), UNTRAINED_VERSION, {"model_version": UNTRAINED_VERSION})
+            else:
+                if not resolved.exists():
+                    raise FileNotFoundError(f"model weights not found: {resolved}")
+                encoder, metadata = load_encoder(resolved)
+                _cache[key] = Fingerprinter(encoder, str(metadata["model_version"]), metadata)
+        return _cache[key]
+
+
+def fingerprint_series(
+    source: "Path | Sequence[pydicom.Dataset]",
+    method: str = "anatomical",
+    model: Fingerprinter | None = None,
+) -> FingerprintResult:
+    """One series (a folder or its datasets) to its fingerprint. Raises ``SeriesRejected`` unchanged for bad input."""
+    from fingerprint.pipeline import slice_series
+
+    slice_result = slice_series(source, method=method)
+    fingerprinter = model if model is not None else load_model()
+    vector = fingerprinter.embed(slice_result.pixels[None])[0]
+    return FingerprintResult(vector=vector, model_version=fingerprinter.model_version, slice=slice_result)

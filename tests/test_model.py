@@ -1,0 +1,84 @@
+"""The encoder wrapper: deterministic untrained model, unit-length embeddings, float16 weight files round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fingerprint import api
+from fingerprint.model import UNTRAINED_VERSION, load_encoder, save_encoder, seeded_encoder
+
+torch.set_num_threads(1)
+
+
+def _slices(count: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((count, 128, 128), dtype=np.float32)
+
+
+def test_untrained_encoder_is_identical_across_builds_and_leaves_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = seeded_encoder()
+    after = torch.rand(1)
+    b = seeded_encoder()
+    assert torch.equal(after, expected_next)
+    for (name, ta), (_, tb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(ta, tb), name
+
+
+def test_embed_returns_unit_float32_rows_and_is_batch_independent(tmp_path) -> None:
+    model = api.Fingerprinter(seeded_encoder(), UNTRAINED_VERSION, batch_size=2)
+    pixels = _slices(3)
+    vectors = model.embed(pixels)
+    assert vectors.shape == (3, 512) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    single = model.embed(pixels[1])
+    np.testing.assert_allclose(single[0], vectors[1], atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_embed_refuses_wrong_shapes_and_nan() -> None:
+    model = api.Fingerprinter(seeded_encoder(), UNTRAINED_VERSION)
+    with pytest.raises(ValueError, match="shape"):
+        model.embed(np.zeros((1, 64, 64), np.float32))
+    bad = _slices(1)
+    bad[0, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.embed(bad)
+
+
+def test_float16_weights_round_trip_keeps_fingerprints(tmp_path) -> None:
+    encoder = seeded_encoder(seed=7)
+    save_encoder(encoder, tmp_path / "w", {"model_version": "test-7"})
+    assert json.loads((tmp_path / "w" / "model.json").read_text())["model_version"] == "test-7"
+    loaded, meta = load_encoder(tmp_path / "w")
+    assert meta["model_version"] == "test-7"
+    pixels = _slices(4, seed=1)
+    original = api.Fingerprinter(encoder, "a").embed(pixels)
+    reloaded = api.Fingerprinter(loaded, "b").embed(pixels)
+    cosine = np.sum(original * reloaded, axis=1)
+    assert cosine.min() > 0.999
+
+
+def test_load_model_caches_per_path(tmp_path) -> None:
+    save_encoder(seeded_encoder(seed=3), tmp_path, {"model_version": "test-3"})
+    first = api.load_model(tmp_path)
+    assert first.model_version == "test-3"
+    assert api.load_model(tmp_path) is first
+    with pytest.raises(FileNotFoundError):
+        api.load_model(tmp_path / "missing")
+
+
+def test_default_model_is_shipped_weights_or_untrained() -> None:
+    model = api.load_model()
+    shipped = api.SHIPPED_WEIGHTS_DIR / "model.json"
+    if shipped.exists():
+        assert model.model_version == json.loads(shipped.read_text())["model_version"]
+        assert model.model_version != UNTRAINED_VERSION
+    else:
+        assert model.model_version == UNTRAINED_VERSION
