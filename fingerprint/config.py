@@ -35,15 +35,25 @@ class Settings:
     patient_id_hash_key: str = ""  # keyed hash of PatientIDs; empty: a random key is created in <index_dir>
     keep_clear_patient_id: bool = False  # sites that want the clear PatientID stored too
     top_k: int = 5
+    faiss_search_params: str = ""  # approximate indexes only, e.g. "efSearch=64" (HNSW) or "nprobe=16" (IVF)
+    calibration_far: float = 0.001  # false-alarm rate `calibrate` picks thresholds for (0.1%)
 
     # --- DICOM node ----------------------------------------------------------------------------------------------
     ae_title: str = "DEEPBRAINPRINT"
     port: int = 11112
     spool_dir: Path | None = None  # None: <home>/spool
     quiet_time_s: float = 5.0  # a series is complete when no instance arrived for this long after release
+    bind_address: str = "127.0.0.1"  # where the SCP listens; "0.0.0.0" for all interfaces (needs the allow-list)
+    # DICOM has no passwords: calling AE titles allowed to associate, comma-separated. Empty: any caller, but only
+    # while bound to loopback (the SCP refuses to start on another address without a list); "*": any, explicitly.
+    allowed_calling_aes: str = ""
+    dicom_network_timeout_s: float = 60.0  # a silent peer's association is aborted after this (keeps what it sent)
 
     # --- worker ----------------------------------------------------------------------------------------------------
     broker_url: str = ""  # empty: embedded mode (no server); "redis://127.0.0.1:6379/0" in service mode
+    queue_prefix: str = "dbp"  # Celery queues are <prefix>.fingerprint and <prefix>.writeback (one set per site/test)
+    task_max_attempts: int = 8  # a series whose processing keeps failing on transient errors is given up after this
+    retry_backoff_max_s: float = 300.0  # cap of the exponential back-off between attempts (processing and write-back)
 
     # --- Orthanc write-back ---------------------------------------------------------------------------------------
     orthanc_url: str = ""  # empty: no write-back

@@ -1,0 +1,280 @@
+"""The storage SCP: pynetdicom accepting MR instances, spooling each one durably, and tracking series completion.
+
+Why answer success only after the spool write: the sender (a PACS or Orthanc) deletes or stops retrying what it was
+told is stored. A spool that cannot store answers 0xA700 (out of resources), so the sender keeps the instance and
+retries later. Nothing here decodes pixel data: instances are stored exactly as sent, in any transfer syntax we
+accepted, and the accepted compressed syntaxes are those an installed decoder can read (so a sender falls back to
+another syntax rather than us spooling data the worker cannot open).
+
+Authentication: DICOM has no passwords, so access is limited by calling AE title (``allowed_calling_aes``) and by
+the called AE title having to match ours. An empty list is allowed only while listening on loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from fingerprint.config import Settings
+
+from .completion import CompletionTracker, OnSeriesComplete
+from .spool import Spool, SpoolWriteError, series_key_for, uid_key
+
+log = logging.getLogger(__name__)
+
+#: The storage SOP classes we accept: classic and Enhanced MR (multi-frame), and legacy-converted Enhanced MR.
+STORAGE_SOP_CLASSES: tuple[UID, ...] = (MRImageStorage, EnhancedMRImageStorage, LegacyConvertedEnhancedMRImageStorage)
+
+UNCOMPRESSED_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+)
+
+# DIMSE statuses (PS3.4 B.2.3 and annex C)
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+def decodable_compressed_syntaxes() -> tuple[UID, ...]:
+    """Compressed transfer syntaxes pydicom can decode with the plugins installed here (JPEG, JPEG-LS, JPEG 2000,
+    HTJ2K, RLE with pylibjpeg/GDCM/Pillow)."""
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import (
+        HTJ2K,
+        JPEG2000,
+        HTJ2KLossless,
+        HTJ2KLosslessRPCL,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLosslessSV1,
+        JPEGLossless,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+        RLELossless,
+    )
+
+    candidates = (
+        JPEGLosslessSV1, JPEGLossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless,
+        JPEG2000Lossless, JPEG2000, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K, RLELossless,
+    )  # fmt: skip
+    usable = []
+    for syntax in candidates:
+        try:
+            if get_decoder(syntax).is_available:
+                usable.append(syntax)
+        except NotImplementedError:
+            continue
+    return tuple(usable)
+
+
+def accepted_transfer_syntaxes() -> list[UID]:
+    return [*UNCOMPRESSED_SYNTAXES, *decodable_compressed_syntaxes()]
+
+
+def parse_ae_list(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``"A, B"`` or ``["A", "B"]`` -> ``["A", "B"]`` (TOML may give a list, the environment a string)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item and item.strip()]
+
+
+def is_loopback(address: str) -> bool:
+    if address in ("localhost", ""):
+        return address == "localhost"
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+class StorageNode:
+    """The SCP as an object: ``StorageNode(settings, on_series_complete).start()`` returns at once (non-blocking);
+    ``.port`` is the bound port (``settings.port == 0`` picks a free one); ``.stop()`` shuts down cleanly.
+
+    ``on_series_complete`` gets a :class:`~dicom_node.types.CompletedSeries` from a background thread and must
+    return quickly (enqueue, don't process). Series it raised for are handed on again later.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_series_complete: OnSeriesComplete,
+        *,
+        spool: Spool | None = None,
+        recover: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool or Spool(settings.resolved_spool_dir)
+        self.tracker = CompletionTracker(self.spool, on_series_complete, settings.quiet_time_s)
+        self.recover = recover
+        self.allowed_calling_aes = parse_ae_list(settings.allowed_calling_aes)
+        self._server = None
+        self._association_ids: dict[int, str] = {}
+        self._ids_lock = threading.Lock()
+        self.recovered: list[str] = []
+
+    # --- life cycle -------------------------------------------------------------------------------------------
+    def build_ae(self) -> AE:
+        """The pynetdicom AE with our contexts and access rules (separate so tests/benchmarks can inspect it)."""
+        bind = self.settings.bind_address
+        allowed = self.allowed_calling_aes
+        if not allowed and not is_loopback(bind):
+            raise ValueError(
+                f"refusing to listen on {bind} without an allow-list of calling AE titles: set allowed_calling_aes "
+                "(DBP_ALLOWED_CALLING_AES), or '*' to accept any caller explicitly"
+            )
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.require_called_aet = True
+        ae.require_calling_aet = [] if allowed == ["*"] else allowed
+        ae.network_timeout = self.settings.dicom_network_timeout_s
+        ae.maximum_associations = 16
+        syntaxes = accepted_transfer_syntaxes()
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, syntaxes)
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        return ae
+
+    def start(self) -> StorageNode:
+        """Prepare the spool, hand on what a previous run left unfinished, and start listening (non-blocking)."""
+        ae = self.build_ae()
+        self.spool.prepare()
+        if self.recover:
+            self.recovered = self.tracker.recover_pending()
+        self.tracker.start()
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_association_end),
+            (evt.EVT_ABORTED, self._on_association_end),
+            (evt.EVT_CONN_CLOSE, self._on_association_end),
+        ]
+        self._server = ae.start_server(
+            (self.settings.bind_address, int(self.settings.port)), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "storage SCP %s listening on %s:%d (quiet time %.1f s, calling AE allow-list: %s)",
+            self.settings.ae_title,
+            self.settings.bind_address,
+            self.port,
+            self.settings.quiet_time_s,
+            ", ".join(self.allowed_calling_aes) or "none (loopback only)",
+        )
+        return self
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the storage node is not started")
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting, let the server close, stop the completion thread. Unfinished series stay in the spool."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.tracker.stop()
+        log.info("storage SCP %s stopped", self.settings.ae_title)
+
+    def __enter__(self) -> StorageNode:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- event handlers (run in pynetdicom's association threads) -----------------------------------------------
+    def _association_id(self, event: Event) -> str:
+        with self._ids_lock:
+            key = id(event.assoc)
+            if key not in self._association_ids:
+                self._association_ids[key] = uuid.uuid4().hex[:12]
+            return self._association_ids[key]
+
+    def _on_echo(self, event: Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_association_end(self, event: Event) -> None:
+        with self._ids_lock:
+            association_id = self._association_ids.pop(id(event.assoc), None)
+        if association_id is not None:
+            self.tracker.association_ended(association_id)
+
+    def _on_store(self, event: Event) -> int | Dataset:
+        association_id = self._association_id(event)
+        calling_ae = event.assoc.requestor.ae_title
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        sop_ref = uid_key(sop_uid, "sop")[:12] if sop_uid else "?"
+        try:
+            dataset = event.dataset
+            series_uid = str(dataset.get("SeriesInstanceUID", "") or "").strip()
+        except Exception as exc:  # undecodable data set: keep it, tell the sender
+            return self._reject(event, sop_uid, f"data set could not be parsed ({type(exc).__name__})")
+        if not series_uid or not sop_uid:
+            return self._reject(event, sop_uid, "no SeriesInstanceUID or SOP Instance UID")
+        series_key = series_key_for(series_uid)
+        try:
+            self.tracker.instance_arriving(series_key, association_id, calling_ae)
+            _, replaced = self.spool.store_instance(series_key, sop_uid, event.encoded_dataset())
+        except SpoolWriteError as exc:
+            log.error("instance %s of series %s from %s NOT stored: %s", sop_ref, series_key, calling_ae, exc)
+            return _status(STATUS_OUT_OF_RESOURCES, str(exc))
+        log.debug("stored instance %s of series %s%s", sop_ref, series_key, " (re-sent, replaced)" if replaced else "")
+        return STATUS_SUCCESS
+
+    def _reject(self, event: Event, sop_uid: str, reason: str) -> Dataset:
+        """Unusable instance: kept under ``rejected/`` with its reason (nothing lost), and the sender is told."""
+        try:
+            self.spool.store_rejected(sop_uid, event.encoded_dataset(), reason)
+        except SpoolWriteError as exc:
+            log.error("rejected instance could not be kept either: %s", exc)
+            return _status(STATUS_OUT_OF_RESOURCES, str(exc))
+        log.warning("instance from %s rejected: %s", event.assoc.requestor.ae_title, reason)
+        return _status(STATUS_CANNOT_UNDERSTAND, reason)
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A C-STORE response status with an Error Comment (64 chars max, PHI-free by construction)."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def log_completion(completed) -> None:  # type: ignore[no-untyped-def]
+    """The stand-in hand-on when no worker is installed: say so (the series stays ``queued`` in the spool and is
+    handed on again at the next start, when a worker may exist)."""
+    log.info("series complete (no worker configured): %s", completed.as_json())
+
+
+def make_series_callback(settings: Settings) -> Callable:  # type: ignore[type-arg]
+    """``worker.dispatch.submit_completed_series(settings, completed)`` when the worker package provides it,
+    otherwise a logger."""
+    try:
+        from worker.dispatch import submit_completed_series  # type: ignore[import-not-found]
+    except ImportError:
+        log.warning("worker.dispatch is not available: completed series are only logged")
+        return log_completion
+    return lambda completed: submit_completed_series(settings, completed)
