@@ -1,0 +1,327 @@
+"""The identity archive: fingerprint a series, decide its verdict against everything recorded, record it.
+
+Two steps, because they scale differently (the worker calls them separately in scaled-out mode):
+
+* :meth:`Archive.fingerprint` is the heavy part (read DICOM, canonical slice, ResNet-18). It runs anywhere, in any
+  number of processes, without a lock.
+* :meth:`Archive.decide_and_record` is short and serialised per archive (the store's write lock: SQLite
+  ``BEGIN IMMEDIATE`` or a PostgreSQL advisory lock). Inside the lock the process's FAISS index first catches up
+  with rows other processes recorded, so two series of the same new person processed at the same moment still find
+  each other: whichever records second sees the first.
+
+:meth:`Archive.process` does both and turns a :class:`SeriesRejected` into a stored ``rejected`` verdict, so one bad
+series never stops the others and nothing is lost. No clear PatientID leaves this module (hashes only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+
+from fingerprint.calibration import Thresholds, load_thresholds
+from fingerprint.config import Settings
+from fingerprint.errors import SeriesRejected
+from fingerprint.index import FingerprintIndex
+from fingerprint.patient_ids import hash_patient_id, load_or_create_key
+from fingerprint.store import (
+    STATUS_FINGERPRINTED,
+    STATUS_REJECTED,
+    Store,
+    slice_to_bytes,
+    vector_to_bytes,
+)
+from fingerprint.types import FingerprintResult, SeriesIdentifiers
+from fingerprint.verdicts import Candidate, decide, rejected_verdict
+
+#: Save the index file after this many changes (it is a cache: the store is replayed into it on open anyway).
+SAVE_INDEX_EVERY = 200
+
+Source = Path | str | Sequence[pydicom.Dataset]
+
+
+class Archive:
+    """One identity archive (store + FAISS index + thresholds), as configured by ``settings``."""
+
+    def __init__(self, settings: Settings, model: Any = None, thresholds: Thresholds | None = None) -> None:
+        self.settings = settings
+        self.store = Store(settings.resolved_store_url)
+        self._hash_key = load_or_create_key(settings)
+        self._model = model
+        self._explicit_thresholds = thresholds
+        self._indexes: dict[str, FingerprintIndex] = {}
+
+    # --- the model --------------------------------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The fingerprint model (``fingerprint.api.load_model``), loaded on first use."""
+        if self._model is None:
+            from fingerprint.api import load_model
+
+            self._model = load_model(self.settings.model_path)
+        return self._model
+
+    @property
+    def model_version(self) -> str:
+        return str(self.model.model_version)
+
+    def thresholds(self, model_version: str) -> Thresholds:
+        if self._explicit_thresholds is not None:
+            return self._explicit_thresholds
+        return load_thresholds(self.settings, model_version)
+
+    def hash_patient_id(self, patient_id: str) -> str:
+        return hash_patient_id(patient_id, self._hash_key)
+
+    # --- the two steps ------------------------------------------------------------------------------------------------
+    def fingerprint(self, source: Source) -> FingerprintResult:
+        """Read, slice and embed one series (heavy, lock-free). Raises :class:`SeriesRejected` for bad input."""
+        from fingerprint.api import fingerprint_series
+
+        return fingerprint_series(source, method=self.settings.slice_method, model=self.model)
+
+    def decide_and_record(
+        self,
+        result_or_rejection: FingerprintResult | SeriesRejected,
+        source_info: dict[str, Any] | None = None,
+        *,
+        identifiers: SeriesIdentifiers | None = None,
+        record: bool = True,
+    ) -> dict[str, Any]:
+        """Search, decide and (unless ``record=False``) record, under the archive lock. Returns the verdict JSON.
+
+        For a rejection, ``identifiers`` (or ``source_info`` keys ``series_instance_uid``, ``study_instance_uid``,
+        ``patient_id``) say which series it was; without a SeriesInstanceUID the source's key stands in.
+        """
+        source_info = dict(source_info or {})
+        if isinstance(result_or_rejection, SeriesRejected):
+            ids = identifiers or _identifiers_from_source_info(source_info)
+            return self._record_rejection(result_or_rejection, ids, source_info, record)
+        return self._decide_fingerprinted(result_or_rejection, source_info, record)
+
+    def process(self, source: Source, source_info: dict[str, Any] | None = None, record: bool = True) -> dict:
+        """Fingerprint, decide and record one series; a rejection becomes a stored ``rejected`` verdict."""
+        source_info = dict(source_info or {})
+        if isinstance(source, (str, Path)):
+            source_info.setdefault("folder", str(source))
+        try:
+            result = self.fingerprint(source)
+        except SeriesRejected as rejection:
+            ids = _identifiers_of_unusable_source(source, source_info)
+            return self.decide_and_record(rejection, source_info, identifiers=ids, record=record)
+        return self.decide_and_record(result, source_info, record=record)
+
+    # --- internals ----------------------------------------------------------------------------------------------------
+    def _decide_fingerprinted(self, result: FingerprintResult, source_info: dict, record: bool) -> dict[str, Any]:
+        ids = result.slice.identifiers
+        model_version = result.model_version
+        vector = np.asarray(result.vector, dtype=np.float32).reshape(-1)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        patient_hash = self.hash_patient_id(ids.patient_id)
+        thresholds = self.thresholds(model_version)
+        top_k = max(1, int(self.settings.top_k))
+        transaction = self.store.locked() if record else self.store.reading()
+        with transaction as conn:
+            index = self._synced_index(conn, model_version)
+            own_rows = self.store.own_scans(conn, model_version, patient_hash, ids.series_instance_uid)
+            own = [_candidate(row, float(row["vector"] @ vector)) for row in own_rows]
+            hits = index.search(vector, top_k + len(own) + 1)
+            summaries = self.store.summaries(conn, [h.row_id for h in hits])
+            neighbours = [
+                _candidate(summaries[h.row_id], h.similarity)
+                for h in hits
+                if h.row_id in summaries and summaries[h.row_id]["series_instance_uid"] != ids.series_instance_uid
+            ]
+            verdict = decide(patient_hash, own, neighbours, thresholds)
+            verdict["neighbours"] = verdict["neighbours"][:top_k]
+            row = {
+                **self._identity_columns(ids, patient_hash, model_version, source_info),
+                "status": STATUS_FINGERPRINTED,
+                "vector": vector_to_bytes(vector),
+                "slice_f16": slice_to_bytes(result.slice.pixels),
+                **_verdict_columns(verdict),
+            }
+            row_id, seq = self.store.upsert_series(conn, row) if record else (None, None)
+        if row_id is not None:
+            index.add(row_id, seq, vector)  # after the commit: the index never holds an uncommitted row
+            self._save_if_due(index)
+        return self._output(verdict, ids, patient_hash, model_version, source_info, row_id)
+
+    def _record_rejection(
+        self, rejection: SeriesRejected, ids: SeriesIdentifiers, source_info: dict, record: bool
+    ) -> dict[str, Any]:
+        model_version = self.model_version
+        patient_hash = self.hash_patient_id(ids.patient_id)
+        if not ids.series_instance_uid:
+            ids = replace(ids, series_instance_uid=_source_key(source_info))
+        verdict = rejected_verdict(rejection)
+        row_id = None
+        if record:
+            with self.store.locked() as conn:
+                index = self._synced_index(conn, model_version)
+                row = {
+                    **self._identity_columns(ids, patient_hash, model_version, source_info),
+                    "status": STATUS_REJECTED,
+                    "vector": None,
+                    "slice_f16": None,
+                    "reject_reason": rejection.reason.value,
+                    "reject_detail": rejection.detail[:2000],
+                    **_verdict_columns(verdict),
+                }
+                row_id, seq = self.store.upsert_series(conn, row)
+            index.discard(row_id, seq)
+        return self._output(verdict, ids, patient_hash, model_version, source_info, row_id)
+
+    def _synced_index(self, conn: Any, model_version: str) -> FingerprintIndex:
+        index = self._indexes.get(model_version)
+        if index is None:
+            index = FingerprintIndex.open(
+                self.settings.resolved_index_dir,
+                model_version,
+                self.settings.faiss_factory,
+                self.settings.faiss_search_params,
+            )
+            index.sync(self.store, conn, verify_count=True)
+            self._indexes[model_version] = index
+        else:
+            index.sync(self.store, conn)
+        return index
+
+    def index_for(self, model_version: str | None = None) -> FingerprintIndex:
+        """The index of a model version (default: the model in use), synced with the store now."""
+        with self.store.reading() as conn:
+            return self._synced_index(conn, model_version or self.model_version)
+
+    def _save_if_due(self, index: FingerprintIndex) -> None:
+        if index.unsaved_changes >= SAVE_INDEX_EVERY:
+            index.save()
+
+    def _identity_columns(
+        self, ids: SeriesIdentifiers, patient_hash: str, model_version: str, source_info: dict
+    ) -> dict[str, Any]:
+        return {
+            "series_instance_uid": ids.series_instance_uid,
+            "model_version": model_version,
+            "patient_id_hash": patient_hash,
+            "patient_id": ids.patient_id if self.settings.keep_clear_patient_id else None,
+            "study_instance_uid": ids.study_instance_uid,
+            "sop_instance_uids": json.dumps(list(ids.sop_instance_uids)),
+            "instance_count": len(ids.sop_instance_uids),
+            "study_date": (ids.study_date or "")[:8],
+            "modality": (ids.modality or "")[:16],
+            "series_description": (ids.series_description or "")[:256],
+            "source": json.dumps({**source_info, "key": _source_key(source_info)}, default=str),
+        }
+
+    def _output(
+        self,
+        verdict: dict[str, Any],
+        ids: SeriesIdentifiers,
+        patient_hash: str,
+        model_version: str,
+        source_info: dict,
+        row_id: int | None,
+    ) -> dict[str, Any]:
+        return {
+            **verdict,
+            "series_instance_uid": ids.series_instance_uid,
+            "study_instance_uid": ids.study_instance_uid,
+            "patient_id_hash": patient_hash,
+            "model_version": model_version,
+            "recorded": row_id is not None,
+            "row_id": row_id,
+            "source": source_info,
+        }
+
+    def close(self) -> None:
+        """Save the indexes (so the next open has less to replay) and release the database."""
+        for index in self._indexes.values():
+            if index.unsaved_changes:
+                index.save()
+        self.store.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _candidate(row: dict[str, Any], similarity: float) -> Candidate:
+    return Candidate(
+        row_id=int(row["row_id"]),
+        similarity=float(similarity),
+        patient_id_hash=row["patient_id_hash"],
+        series_instance_uid=row["series_instance_uid"],
+        study_instance_uid=row["study_instance_uid"],
+        study_date=row["study_date"],
+        source=row.get("source", {}),
+    )
+
+
+def _verdict_columns(verdict: dict[str, Any]) -> dict[str, Any]:
+    evidence = {**verdict["evidence"], "neighbours": verdict["neighbours"]}
+    if verdict.get("matched_patient_id_hash"):
+        evidence["matched_patient_id_hash"] = verdict["matched_patient_id_hash"]
+    return {"verdict": verdict["verdict"], "score": verdict["score"], "evidence": json.dumps(evidence)}
+
+
+def _source_key(source_info: dict[str, Any]) -> str:
+    """A stable key for where a series came from: what identifies input that has no readable SeriesInstanceUID."""
+    if source_info.get("key"):
+        return str(source_info["key"])
+    basis = source_info.get("orthanc_id") or source_info.get("folder") or json.dumps(source_info, sort_keys=True)
+    if source_info.get("folder") and not source_info.get("orthanc_id"):
+        basis = str(Path(str(basis)).resolve())
+    return "source:" + hashlib.sha256(str(basis).encode()).hexdigest()[:32]
+
+
+def _identifiers_from_source_info(source_info: dict[str, Any]) -> SeriesIdentifiers:
+    return SeriesIdentifiers(
+        patient_id=str(source_info.get("patient_id", "")),
+        study_instance_uid=str(source_info.get("study_instance_uid", "")),
+        series_instance_uid=str(source_info.get("series_instance_uid", "")),
+    )
+
+
+def _identifiers_of_unusable_source(source: Source, source_info: dict[str, Any]) -> SeriesIdentifiers:
+    """Who a rejected series belongs to, from the first readable DICOM header (the pipeline refused the rest)."""
+    given = _identifiers_from_source_info(source_info)
+    if given.series_instance_uid:
+        return given
+    header = _first_header(source)
+    if header is None:
+        return given
+    return SeriesIdentifiers(
+        patient_id=str(header.get("PatientID", "") or ""),
+        study_instance_uid=str(header.get("StudyInstanceUID", "") or ""),
+        series_instance_uid=str(header.get("SeriesInstanceUID", "") or ""),
+        study_date=str(header.get("StudyDate", "") or ""),
+        modality=str(header.get("Modality", "") or ""),
+        series_description=str(header.get("SeriesDescription", "") or ""),
+    )
+
+
+def _first_header(source: Source) -> pydicom.Dataset | None:
+    if not isinstance(source, (str, Path)):
+        return next(iter(source), None)
+    path = Path(source)
+    candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for candidate in candidates[:50]:
+        try:
+            if candidate.suffix == ".gz":
+                import gzip
+
+                with gzip.open(candidate) as fh:
+                    return pydicom.dcmread(fh, stop_before_pixels=True)
+            return pydicom.dcmread(candidate, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - anything unreadable is simply not a header; the rejection says why
+            continue
+    return None
+

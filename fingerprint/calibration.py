@@ -1,0 +1,185 @@
+"""Verdict thresholds measured, not guessed: same-person vs different-person similarity on a labelled set.
+
+Two alarms exist, so two thresholds, each set for the stated false-alarm rate ``far`` (default 0.1%):
+
+* ``match``: a similarity at or above it says "same person". Different people reach it in at most ``far`` of the
+  calibration pairs, so ``possible_duplicate`` (and a `consistent` that is really someone else) is a rare false alarm.
+* ``mismatch``: a similarity to the patient's own earlier scans *below* it says "not the same person". The same person
+  falls below it in at most ``far`` of the calibration pairs, so ``identity_mismatch`` is a rare false alarm. It is
+  never above ``match``; between the two the archive says ``consistent`` and marks the evidence ``uncertain``.
+
+Thresholds are stored per model version (a new model means new thresholds): in ``<index_dir>/thresholds.json`` (a
+site's own calibration, preferred) or shipped with the weights in ``fingerprint/weights/thresholds.json``. Without
+any for the model in use, clearly-labelled fallback values are used and every verdict's evidence says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fingerprint.config import Settings
+
+THRESHOLDS_FILE = "thresholds.json"
+SHIPPED_THRESHOLDS = Path(__file__).resolve().parent / "weights" / THRESHOLDS_FILE
+#: Used only when nothing was calibrated for the model in use; labelled "fallback" in every verdict's evidence.
+FALLBACK_MATCH = 0.90
+FALLBACK_MISMATCH = 0.50
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The two decision thresholds for one model version, and where they came from."""
+
+    model_version: str
+    match: float
+    mismatch: float
+    far: float
+    source: str  # "calibrated" | "fallback" | "explicit"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fallback_thresholds(model_version: str) -> Thresholds:
+    return Thresholds(
+        model_version=model_version,
+        match=FALLBACK_MATCH,
+        mismatch=FALLBACK_MISMATCH,
+        far=float("nan"),
+        source="fallback",
+        details={"warning": f"no thresholds calibrated for model {model_version!r}; run `deepbrainprint calibrate`"},
+    )
+
+
+def pair_similarities(vectors: np.ndarray, subject_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities of every same-subject pair and every different-subject pair (upper triangle)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    labels = np.asarray([str(s) for s in subject_ids])
+    gram = vectors @ vectors.T
+    upper = np.triu_indices(len(labels), k=1)
+    same_mask = labels[upper[0]] == labels[upper[1]]
+    sims = gram[upper]
+    return sims[same_mask].astype(np.float64), sims[~same_mask].astype(np.float64)
+
+
+def thresholds_from_similarities(
+    same: np.ndarray, different: np.ndarray, far: float, model_version: str, details: dict[str, Any] | None = None
+) -> Thresholds:
+    """The thresholds for false-alarm rate ``far``, with the measured error rates they give on these pairs."""
+    if not 0 < far < 1:
+        raise ValueError("far must be in (0, 1)")
+    if len(same) == 0 or len(different) == 0:
+        raise ValueError("calibration needs same-person and different-person pairs (several visits per subject)")
+    diff_desc = np.sort(np.asarray(different, dtype=np.float64))[::-1]
+    same_asc = np.sort(np.asarray(same, dtype=np.float64))
+    allowed_diff = int(math.floor(far * len(diff_desc)))
+    # Strictly above the (allowed+1)-th highest different-person similarity: at most `allowed_diff` pairs reach it.
+    match = float(np.nextafter(diff_desc[allowed_diff], np.inf)) if allowed_diff < len(diff_desc) else -1.0
+    allowed_same = int(math.floor(far * len(same_asc)))
+    mismatch = float(same_asc[allowed_same]) if allowed_same < len(same_asc) else 1.0
+    mismatch = min(mismatch, match)
+    measured = {
+        "same_pairs": int(len(same)),
+        "different_pairs": int(len(different)),
+        "pairs_needed_for_far": int(math.ceil(1 / far)),
+        "far_duplicate_measured": float(np.mean(diff_desc >= match)),
+        "far_mismatch_measured": float(np.mean(same_asc < mismatch)),
+        "same_below_match": float(np.mean(same_asc < match)),  # same person not confirmed (consistent, uncertain)
+        "different_below_mismatch": float(np.mean(diff_desc < mismatch)),  # swapped patients caught
+        "same_similarity": _quantiles(same_asc),
+        "different_similarity": _quantiles(diff_desc),
+        "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if len(different) < measured["pairs_needed_for_far"]:
+        measured["warning"] = f"fewer different-person pairs than 1/far: the {far:g} rate is extrapolated"
+    return Thresholds(model_version, match, mismatch, far, "calibrated", {**measured, **(details or {})})
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    qs = {"min": 0.0, "p01": 0.01, "p50": 0.5, "p99": 0.99, "max": 1.0}
+    return {name: round(float(np.quantile(values, q)), 6) for name, q in qs.items()}
+
+
+# --- persistence ---------------------------------------------------------------------------------------------------
+def site_thresholds_path(settings: Settings) -> Path:
+    return settings.resolved_index_dir / THRESHOLDS_FILE
+
+
+def save_thresholds(thresholds: Thresholds, path: Path) -> None:
+    """Add or replace the entry of this model version in a thresholds JSON file (one entry per model version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries[thresholds.model_version] = thresholds.as_json()
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def load_thresholds(settings: Settings, model_version: str) -> Thresholds:
+    """The site's calibration for this model version, else the shipped one, else the labelled fallback."""
+    for path in (site_thresholds_path(settings), SHIPPED_THRESHOLDS):
+        if path.exists():
+            entry = json.loads(path.read_text()).get(model_version)
+            if entry:
+                return Thresholds(**{**entry, "details": {**entry.get("details", {}), "file": str(path)}})
+    return fallback_thresholds(model_version)
+
+
+# --- calibration sets ----------------------------------------------------------------------------------------------
+def read_cohort(cohort_dir: Path, split: str | None = "calibration") -> list[dict[str, str]]:
+    """Rows of ``cohort.csv``; only the given split when the file has a ``split`` column and that split exists."""
+    with open(Path(cohort_dir) / "cohort.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "subject_id" not in rows[0]:
+        raise ValueError(f"{cohort_dir}/cohort.csv has no subject_id column")
+    if split and "split" in rows[0] and any(r["split"] == split for r in rows):
+        rows = [r for r in rows if r["split"] == split]
+    return rows
+
+
+def cohort_slices(cohort_dir: Path, rows: list[dict[str, str]]) -> np.ndarray:
+    """The canonical slices of the rows: from ``slices.npz`` when present, else through the real slice pipeline."""
+    cohort_dir = Path(cohort_dir)
+    npz = cohort_dir / "slices.npz"
+    if npz.exists():
+        with np.load(npz) as data:
+            position = {str(s): i for i, s in enumerate(data["scan_id"])}
+            slices = data["slices"]
+            return slices[[position[r["scan_id"]] for r in rows]].astype(np.float32)
+    return np.stack([_slice_from_path(cohort_dir / r["path"]) for r in rows])
+
+
+def _slice_from_path(path: Path) -> np.ndarray:
+    from fingerprint import pipeline
+
+    if path.is_dir():  # a DICOM series folder
+        return pipeline.slice_series(path).pixels
+    import SimpleITK as sitk
+
+    pixels, _ = pipeline.slice_volume(sitk.ReadImage(str(path)))
+    return pixels
+
+
+def calibrate_cohort(
+    cohort_dir: Path,
+    embed: Callable[[np.ndarray], np.ndarray],
+    model_version: str,
+    far: float = 0.001,
+    split: str | None = "calibration",
+) -> Thresholds:
+    """Embed a labelled cohort and derive the thresholds for ``far``."""
+    rows = read_cohort(cohort_dir, split)
+    vectors = embed(cohort_slices(cohort_dir, rows))
+    same, different = pair_similarities(vectors, [r["subject_id"] for r in rows])
+    details = {"cohort": str(cohort_dir), "scans": len(rows), "subjects": len({r["subject_id"] for r in rows})}
+    return thresholds_from_similarities(same, different, far, model_version, details)

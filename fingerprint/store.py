@@ -1,0 +1,359 @@
+"""The archive's system of record: one table of series, behind one small interface, on SQLite or PostgreSQL.
+
+Why the store and not the FAISS index is the truth: an index file can be lost, torn by a crash or built for another
+model; every fingerprint (and a compact float16 copy of the canonical slice, so a new model can re-embed the archive
+without the original DICOM) lives here, and the index is rebuilt from it at will.
+
+Why a ``seq`` column next to the row id: the decide-and-record step runs under one archive-wide lock and gives every
+insert *or update* the next ``seq``. A FAISS index that remembers the highest ``seq`` it holds can therefore catch up
+with everything other processes wrote since (new rows and re-processed ones) with one indexed range query.
+
+SQLite (the default, no server) gets the lock from ``BEGIN IMMEDIATE``; PostgreSQL (scaled-out mode, several hosts)
+from a transaction-scoped advisory lock keyed by the schema, so archives in different schemas do not block each other.
+Tests and side-by-side archives on one PostgreSQL database select a schema with ``?options=-csearch_path%3D<schema>``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from fingerprint.types import SLICE_SIZE
+
+STATUS_FINGERPRINTED = "fingerprinted"
+STATUS_REJECTED = "rejected"
+VECTOR_DIM = 512
+
+metadata = MetaData()
+
+series_table = Table(
+    "dbp_series",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("seq", BigInteger, nullable=False, index=True),
+    Column("series_instance_uid", String(128), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("patient_id_hash", String(80), nullable=False, default="", index=True),
+    Column("patient_id", String(128), nullable=True),  # clear PatientID only with keep_clear_patient_id
+    Column("study_instance_uid", String(128), nullable=False, default=""),
+    Column("sop_instance_uids", Text, nullable=False, default="[]"),  # JSON list
+    Column("instance_count", Integer, nullable=False, default=0),
+    Column("study_date", String(8), nullable=False, default=""),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("series_description", String(256), nullable=False, default=""),
+    Column("source", Text, nullable=False, default="{}"),  # JSON: orthanc id, calling AE title, folder, ...
+    Column("vector", LargeBinary, nullable=True),  # float32 (512,) little endian
+    Column("slice_f16", LargeBinary, nullable=True),  # float16 (128, 128): what reindex re-embeds
+    Column("verdict", String(32), nullable=False),
+    Column("score", Float, nullable=True),
+    Column("evidence", Text, nullable=False, default="{}"),  # JSON
+    Column("reject_reason", String(64), nullable=True),
+    Column("reject_detail", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("series_instance_uid", "model_version", name="uq_dbp_series_uid_model"),
+)
+
+#: Columns a caller may set through :meth:`Store.upsert_series` (everything but the bookkeeping ones).
+RECORD_FIELDS = tuple(c.name for c in series_table.columns if c.name not in {"id", "seq", "created_at", "updated_at"})
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """One fingerprinted row as the index and the verdicts need it."""
+
+    row_id: int
+    seq: int
+    vector: np.ndarray
+
+
+def vector_to_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").reshape(VECTOR_DIM).tobytes()
+
+
+def vector_from_bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def slice_to_bytes(pixels: np.ndarray) -> bytes:
+    return np.ascontiguousarray(pixels, dtype="<f2").reshape(SLICE_SIZE, SLICE_SIZE).tobytes()
+
+
+def slice_from_bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(SLICE_SIZE, SLICE_SIZE)
+
+
+def describe_url(url: str) -> str:
+    """The store URL without password, for logs and JSON output."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Store:
+    """The series table on one database URL. Thread-compatible; one instance per process is enough."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"timeout": 300})
+            _enable_sqlite_immediate_transactions(self.engine)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        # Several workers may open a fresh archive at the same moment; CREATE TABLE races are retried once.
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except (OperationalError, ProgrammingError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- transactions ------------------------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[Connection]:
+        """A transaction holding the archive-wide write lock: decide-and-record runs one at a time per archive."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn.info["dbp_immediate"] = True
+            with conn.begin():
+                if not self.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('deepbrainprint:' || current_schema()))"))
+                yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A plain read transaction (no archive lock)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # --- writes (call inside :meth:`locked`) --------------------------------------------------------------------------
+    def upsert_series(self, conn: Connection, record: dict[str, Any]) -> tuple[int, int]:
+        """Insert or update the row of (series_instance_uid, model_version); returns (row id, seq).
+
+        Idempotent: re-processing a series updates its row (same id), never adds a second one.
+        """
+        unknown = set(record) - set(RECORD_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown store fields: {sorted(unknown)}")
+        now = datetime.now(timezone.utc)
+        seq = self.max_seq(conn) + 1
+        values = {**record, "seq": seq, "updated_at": now}
+        existing = conn.execute(
+            select(series_table.c.id).where(
+                series_table.c.series_instance_uid == record["series_instance_uid"],
+                series_table.c.model_version == record["model_version"],
+            )
+        ).scalar_one_or_none()
+        if existing is None:
+            row_id = conn.execute(series_table.insert().values(**values, created_at=now)).inserted_primary_key[0]
+        else:
+            conn.execute(series_table.update().where(series_table.c.id == existing).values(**values))
+            row_id = existing
+        return int(row_id), seq
+
+    # --- reads ------------------------------------------------------------------------------------------------------
+    def max_seq(self, conn: Connection) -> int:
+        return int(conn.execute(select(func.coalesce(func.max(series_table.c.seq), 0))).scalar_one())
+
+    def count_fingerprinted(self, conn: Connection, model_version: str) -> int:
+        return int(
+            conn.execute(
+                select(func.count()).where(
+                    series_table.c.model_version == model_version, series_table.c.status == STATUS_FINGERPRINTED
+                )
+            ).scalar_one()
+        )
+
+    def changed_since(
+        self, conn: Connection, model_version: str, seq: int, batch: int = 10_000
+    ) -> Iterator[tuple[int, int, np.ndarray | None]]:
+        """(row id, seq, vector or None when no longer fingerprinted) of rows written after ``seq``, in seq order."""
+        last = seq
+        while True:
+            rows = conn.execute(
+                select(series_table.c.id, series_table.c.seq, series_table.c.status, series_table.c.vector)
+                .where(series_table.c.model_version == model_version, series_table.c.seq > last)
+                .order_by(series_table.c.seq)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            for row_id, row_seq, status, vector in rows:
+                usable = status == STATUS_FINGERPRINTED and vector is not None
+                yield int(row_id), int(row_seq), vector_from_bytes(vector) if usable else None
+            last = int(rows[-1].seq)
+
+    def own_scans(
+        self, conn: Connection, model_version: str, patient_id_hash: str, exclude_series_uid: str
+    ) -> list[dict[str, Any]]:
+        """Earlier fingerprinted series of one (hashed) PatientID, with their vectors: the `consistent` check."""
+        if not patient_id_hash:
+            return []
+        rows = conn.execute(
+            select(*_summary_columns(), series_table.c.vector).where(
+                series_table.c.model_version == model_version,
+                series_table.c.status == STATUS_FINGERPRINTED,
+                series_table.c.patient_id_hash == patient_id_hash,
+                series_table.c.series_instance_uid != exclude_series_uid,
+            )
+        ).mappings()
+        return [{**_summary(row), "vector": vector_from_bytes(row["vector"])} for row in rows]
+
+    def summaries(self, conn: Connection, row_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Identifiers of rows (no vectors) by id: what a neighbour shows in the evidence."""
+        if not row_ids:
+            return {}
+        rows = conn.execute(select(*_summary_columns()).where(series_table.c.id.in_([int(i) for i in row_ids])))
+        return {int(row.id): _summary(row._mapping) for row in rows}
+
+    def series_row(self, conn: Connection, series_instance_uid: str, model_version: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            select(series_table).where(
+                series_table.c.series_instance_uid == series_instance_uid,
+                series_table.c.model_version == model_version,
+            )
+        ).mappings().first()
+        return dict(row) if row is not None else None
+
+    def recorded_series_uids(self, model_version: str) -> set[str]:
+        """Series already recorded (fingerprinted or rejected) for a model version: what a resumed enroll skips."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(series_table.c.series_instance_uid).where(series_table.c.model_version == model_version)
+            )
+            return {r[0] for r in rows}
+
+    def recorded_sources(self, model_version: str) -> set[str]:
+        """Source keys (``source.key``) already recorded for a model version, for inputs with no readable UID."""
+        with self.reading() as conn:
+            rows = conn.execute(select(series_table.c.source).where(series_table.c.model_version == model_version))
+            return {json.loads(r[0]).get("key", "") for r in rows} - {""}
+
+    def iter_vectors(self, conn: Connection, model_version: str, batch: int = 10_000) -> Iterator[StoredVector]:
+        """Every fingerprint of a model version, in id order, streamed in batches: what an index rebuild reads."""
+        last = 0
+        while True:
+            rows = conn.execute(
+                select(series_table.c.id, series_table.c.seq, series_table.c.vector)
+                .where(
+                    series_table.c.model_version == model_version,
+                    series_table.c.status == STATUS_FINGERPRINTED,
+                    series_table.c.id > last,
+                )
+                .order_by(series_table.c.id)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            for row_id, seq, vector in rows:
+                yield StoredVector(int(row_id), int(seq), vector_from_bytes(vector))
+            last = int(rows[-1].id)
+
+    def iter_for_reindex(self, source_version: str, batch: int = 256) -> Iterator[dict[str, Any]]:
+        """Full rows (with the float16 slice) of one model version, in id order: what ``reindex`` re-embeds."""
+        last = 0
+        while True:
+            with self.reading() as conn:
+                rows = conn.execute(
+                    select(series_table)
+                    .where(
+                        series_table.c.model_version == source_version,
+                        series_table.c.status == STATUS_FINGERPRINTED,
+                        series_table.c.slice_f16.is_not(None),
+                        series_table.c.id > last,
+                    )
+                    .order_by(series_table.c.id)
+                    .limit(batch)
+                ).mappings().all()
+            if not rows:
+                return
+            yield from (dict(r) for r in rows)
+            last = int(rows[-1]["id"])
+
+    def model_versions(self) -> dict[str, int]:
+        """Fingerprinted series per model version."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(series_table.c.model_version, func.count())
+                .where(series_table.c.status == STATUS_FINGERPRINTED)
+                .group_by(series_table.c.model_version)
+            )
+            return {r[0]: int(r[1]) for r in rows}
+
+
+def _summary_columns() -> list[Column]:
+    c = series_table.c
+    return [c.id, c.series_instance_uid, c.study_instance_uid, c.patient_id_hash, c.study_date, c.source]
+
+
+def _summary(row: Any) -> dict[str, Any]:
+    source = json.loads(row["source"] or "{}")
+    return {
+        "row_id": int(row["id"]),
+        "series_instance_uid": row["series_instance_uid"],
+        "study_instance_uid": row["study_instance_uid"],
+        "patient_id_hash": row["patient_id_hash"],
+        "study_date": row["study_date"],
+        "source": {k: v for k, v in source.items() if k in {"orthanc_id", "calling_ae_title", "folder"}},
+    }
+
+
+def _enable_sqlite_immediate_transactions(engine: Engine) -> None:
+    """Let :meth:`Store.locked` open ``BEGIN IMMEDIATE`` (SQLite's write lock, taken at begin) and use WAL.
+
+    pysqlite's own transaction handling is switched off so that SQLAlchemy's ``begin`` event emits BEGIN itself;
+    this is the recipe from the SQLAlchemy SQLite dialect documentation.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.info.pop("dbp_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
