@@ -47,20 +47,18 @@ def make_client(url: str, username: str, password: str) -> OrthancApiClient:
 
 
 def best_match_of(verdict: dict[str, Any]) -> str:
-    """The hashed patient key of the closest neighbour (never a clear PatientID), or ''."""
-    if verdict.get("best_match"):
-        return str(verdict["best_match"])
-    for neighbour in verdict.get("neighbours") or []:
-        for key in ("patient_hash", "patient_key", "patient"):
-            if neighbour.get(key):
-                return str(neighbour[key])
-    return ""
+    """The hashed PatientID the series matched instead of its own (duplicate/mismatch), or ''. Never a clear ID."""
+    return str(verdict.get("matched_patient_id_hash") or verdict.get("best_match") or "")
 
 
 def verdict_metadata(verdict: dict[str, Any]) -> dict[str, str]:
     """The metadata values to write: short fields for display, and the whole verdict for tools."""
     score = verdict.get("score")
-    detail = {k: v for k, v in verdict.items() if k not in {"patient_id"}}
+    # Where the series and its neighbours came from (spool paths, AE titles) stays in the store, not in the PACS.
+    detail = {k: v for k, v in verdict.items() if k not in {"patient_id", "source", "neighbours"}}
+    detail["neighbours"] = [
+        {k: v for k, v in n.items() if k != "source"} for n in verdict.get("neighbours") or [] if isinstance(n, dict)
+    ]
     return {
         METADATA_VERDICT: str(verdict.get("verdict", "")),
         METADATA_SCORE: "" if score is None else f"{float(score):.4f}",

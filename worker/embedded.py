@@ -1,0 +1,145 @@
+"""Embedded mode (the default): an in-process worker over the same task code, its durable queue the ledger table.
+
+Why not Celery with kombu's SQLAlchemy or filesystem transport: both would still need a Celery worker (a second
+process, or a thread running Celery's consumer machinery) and poll their own tables, only to end in the same
+``process_job`` call; the ledger already has to exist for idempotency and pending write-backs, and a ``queued`` row
+in it is exactly a durable message. One thread, one table: nothing is lost on restart (rows left ``running`` by a
+stop or crash are queued again), nothing needs a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fingerprint.config import Settings
+from worker.ledger import DONE, QUEUED, RUNNING, WRITEBACK_PENDING, Job, backoff_s
+from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
+
+log = logging.getLogger(__name__)
+
+_running_workers: list[EmbeddedWorker] = []
+
+
+def wake_embedded_workers() -> None:
+    """Tell in-process workers that new work is queued (they also poll, so this only saves latency)."""
+    for worker in list(_running_workers):
+        worker.wake()
+
+
+class EmbeddedWorker:
+    """One background thread that takes queued series from the ledger, processes them, and retries write-backs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_interval_s: float = 0.5,
+        on_verdict: Callable[[Job, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.ctx = WorkerContext(settings)
+        self.poll_interval_s = poll_interval_s
+        self.on_verdict = on_verdict
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy = threading.Event()
+
+    def start(self) -> EmbeddedWorker:
+        requeued = self.ctx.ledger.requeue_interrupted()
+        if requeued:
+            log.info("embedded worker: %d interrupted series queued again", requeued)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="deepbrainprint-embedded-worker", daemon=True)
+        _running_workers.append(self)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 120.0) -> None:
+        """Finish the series in hand, then stop; whatever is still queued stays in the ledger for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self in _running_workers:
+            _running_workers.remove(self)
+        self.ctx.close()
+
+    def __enter__(self) -> EmbeddedWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                did_work = self.run_once()
+            except TRANSIENT_ERRORS as error:  # the ledger itself unreachable: wait and try again
+                log.warning("embedded worker: ledger unavailable (%s)", type(error).__name__)
+                did_work = False
+            except Exception:  # noqa: BLE001 - the loop must survive anything; the job row keeps the reason
+                log.exception("embedded worker: unexpected error")
+                did_work = False
+            if not did_work:
+                self._wake.wait(self.poll_interval_s)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Do one unit of work (a queued series, else the due write-backs). False when there was none."""
+        job = self.ctx.ledger.claim_next()
+        if job is not None:
+            self._busy.set()
+            try:
+                self._process(job)
+            finally:
+                self._busy.clear()
+            return True
+        due = self.ctx.ledger.due_writebacks()
+        for pending in due:
+            writeback_job(self.ctx, pending.job_key)
+        return False  # write-back retries never count as "busy": they wait for their own due time
+
+    def _process(self, job: Job) -> None:
+        settings = self.ctx.settings
+        try:
+            verdict = process_job(self.ctx, job)
+        except Exception as error:  # noqa: BLE001 - transient or not, the row keeps the reason and retries are bounded
+            give_up = job.attempts >= settings.task_max_attempts or not isinstance(error, TRANSIENT_ERRORS)
+            retry_in = None if give_up else backoff_s(job.attempts, settings.retry_backoff_max_s)
+            self.ctx.ledger.fail_attempt(job.job_key, f"{type(error).__name__}: {error}", retry_in)
+            log.warning("series %s: attempt %d failed (%s)%s", job.series_key, job.attempts,
+                        type(error).__name__, "; given up" if give_up else f"; retry in {retry_in:.0f} s")
+            return
+        if self.ctx.ledger.get(job.job_key).writeback_state == WRITEBACK_PENDING:
+            writeback_job(self.ctx, job.job_key)
+        if self.on_verdict is not None:
+            self.on_verdict(job, verdict)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no series is queued or running (write-backs excluded). False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            counts = self.ctx.ledger.counts()
+            if counts[QUEUED] == 0 and counts[RUNNING] == 0 and not self._busy.is_set():
+                return True
+            time.sleep(0.2)
+        return False
+
+
+__all__ = ["EmbeddedWorker", "wake_embedded_workers", "DONE"]
+
+
+def ensure_embedded_worker(settings: Settings) -> EmbeddedWorker:
+    """The running in-process worker for this archive, started on first need (``deepbrainprint serve`` without a
+    broker gets one this way, the first time a series completes)."""
+    for worker in _running_workers:
+        if worker.ctx.settings.resolved_store_url == settings.resolved_store_url:
+            return worker
+    return EmbeddedWorker(settings).start()

@@ -1,0 +1,175 @@
+"""The task code, the same in every mode: what happens to one complete series after the node hands it on.
+
+``process_job``: rebuild the volume, fingerprint it, decide the verdict and record it (all inside
+``Archive.process``: the fingerprint outside the archive's lock, decide-and-record under it), remember the verdict in
+the ledger, and release the series in the spool. ``writeback_job``: put the verdict on the series in Orthanc, or keep
+it pending. Embedded mode calls them in one thread; Celery tasks call them in worker processes.
+
+Why decide-and-record relies on the archive's lock and is not a single-consumer ``index`` queue: the store already
+serialises decide-and-record with a database lock (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL)
+and every process's FAISS index catches up from the store's sequence numbers before deciding. So any worker can
+finish a series it fingerprinted, a single index consumer would be a bottleneck and a single point of failure, and
+the broker never has to carry vectors or (because the PatientID is read back from the spooled files) patient data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy.exc import DBAPIError
+
+from dicom_node.types import CompletedSeries
+from fingerprint.config import Settings
+from fingerprint.errors import SeriesRejected
+from orthanc.writeback import WritebackUnavailable, make_client, write_verdict
+from worker.ledger import (
+    WRITEBACK_DONE,
+    WRITEBACK_NONE,
+    WRITEBACK_PENDING,
+    WRITEBACK_SKIPPED,
+    Job,
+    Ledger,
+    backoff_s,
+)
+
+log = logging.getLogger(__name__)
+
+#: Errors that say "try again later", not "this series is bad": the store or the spool's file system unreachable.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, ConnectionError, TimeoutError)
+
+
+def series_files(folder: Path) -> list[Path]:
+    """The spooled instances of a series, in a stable order (hidden temporary files excluded)."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def content_hash(folder: Path) -> str:
+    """A hash of the series' files (names and bytes): the same content handed on twice is one job."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in series_files(folder):
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def job_key_for(completed: CompletedSeries) -> str:
+    return f"{completed.series_key}:{content_hash(completed.path)}"
+
+
+def source_info_for(completed: CompletedSeries, via: str) -> dict[str, Any]:
+    """What the archive stores about where a series came from (no PHI: hashed key, AE title, times)."""
+    return {**completed.as_json(), "via": via}
+
+
+def series_instance_uid_of(folder: Path) -> str:
+    """SeriesInstanceUID from the first readable instance (to find the series in Orthanc)."""
+    for path in series_files(folder):
+        try:
+            return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                       .SeriesInstanceUID)
+        except Exception:  # noqa: BLE001 - an unreadable file is the pipeline's to reject, not ours
+            continue
+    return ""
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process keeps between jobs: the settings, and lazily the ledger, archive and Orthanc client."""
+
+    settings: Settings
+    _ledger: Ledger | None = field(default=None, repr=False)
+    _archive: Any = field(default=None, repr=False)
+    _orthanc: Any = field(default=None, repr=False)
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self.settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)
+            self._ledger = Ledger(self.settings.resolved_store_url)
+        return self._ledger
+
+    @property
+    def archive(self) -> Any:
+        if self._archive is None:
+            from fingerprint.archive import Archive  # torch, FAISS: only in processes that fingerprint
+
+            self._archive = Archive(self.settings)
+        return self._archive
+
+    @property
+    def orthanc(self) -> Any:
+        if self._orthanc is None and self.settings.orthanc_url:
+            self._orthanc = make_client(
+                self.settings.orthanc_url, self.settings.orthanc_username, self.settings.orthanc_password
+            )
+        return self._orthanc
+
+    def close(self) -> None:
+        if self._archive is not None and hasattr(self._archive, "close"):
+            self._archive.close()
+        if self._ledger is not None:
+            self._ledger.close()
+        self._archive = self._ledger = self._orthanc = None
+
+
+def submit_to_ledger(ctx: WorkerContext, completed: CompletedSeries, via: str) -> tuple[str, bool]:
+    """Record a hand-on in the ledger; returns (job key, whether it is new work)."""
+    key = job_key_for(completed)
+    is_new = ctx.ledger.enqueue(key, completed.series_key, completed.as_json(), source_info_for(completed, via))
+    return key, is_new
+
+
+def release_spool(ctx: WorkerContext, completed: CompletedSeries) -> None:
+    from dicom_node.spool import open_spool
+
+    try:
+        open_spool(ctx.settings).mark_done(completed.series_key, completed.generation)
+    except FileNotFoundError:  # not a spooled series (a folder given directly)
+        pass
+
+
+def process_job(ctx: WorkerContext, job: Job) -> dict[str, Any]:
+    """Fingerprint, decide, record; remember the verdict; release the spool. Returns the verdict.
+
+    Raises the TRANSIENT_ERRORS for the caller to retry; a bad series is a ``rejected`` verdict, never an exception.
+    Already ``done`` (a redelivery, a re-send of identical content): returns the stored verdict, records nothing.
+    """
+    if job.state == "done" and job.verdict is not None:
+        return job.verdict
+    completed = CompletedSeries.from_json(job.completed)
+    try:
+        verdict = ctx.archive.process(completed.path, job.source_info)
+    except SeriesRejected as rejected:  # the archive records rejections itself; this is the belt to its braces
+        verdict = {"verdict": "rejected", **rejected.as_json()}
+    if not verdict.get("series_instance_uid"):
+        verdict = {**verdict, "series_instance_uid": series_instance_uid_of(completed.path)}
+    writeback = WRITEBACK_PENDING if ctx.settings.orthanc_url and verdict["series_instance_uid"] else WRITEBACK_NONE
+    ctx.ledger.finish(job.job_key, verdict, writeback)
+    release_spool(ctx, completed)
+    log.info("series %s: %s", completed.series_key, verdict.get("verdict"))
+    return verdict
+
+
+def writeback_job(ctx: WorkerContext, job_key: str) -> bool:
+    """Write a recorded verdict to Orthanc. True when finished (written, or nothing to write); False when Orthanc is
+    unavailable: the verdict stays pending in the ledger with the next attempt time set (exponential back-off)."""
+    job = ctx.ledger.get(job_key)
+    if job is None or job.writeback_state != WRITEBACK_PENDING or ctx.orthanc is None or job.verdict is None:
+        return True
+    try:
+        report = write_verdict(ctx.orthanc, job.verdict["series_instance_uid"], job.verdict)
+    except WritebackUnavailable as error:
+        delay = backoff_s(job.writeback_attempts + 1, ctx.settings.retry_backoff_max_s)
+        ctx.ledger.set_writeback(job_key, WRITEBACK_PENDING, f"Orthanc unavailable: {error}", retry_in_s=delay)
+        log.warning("write-back of %s deferred %.0f s: Orthanc unavailable (%s)", job.series_key, delay, error)
+        return False
+    state = WRITEBACK_DONE if report.written else WRITEBACK_SKIPPED
+    ctx.ledger.set_writeback(job_key, state, report.note)
+    return True

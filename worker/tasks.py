@@ -1,0 +1,71 @@
+"""Celery tasks: thin wrappers over ``worker.steps`` that turn transient failures into retries with back-off.
+
+Messages carry only the ledger's job key; the series, its source and the verdict are read from and written to the
+ledger, so a redelivered or duplicated message finds the row ``done`` and does nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from worker.celery_app import PROCESS_TASK, WRITEBACK_TASK, app, current_settings, send_writeback
+from worker.ledger import DONE, WRITEBACK_PENDING, backoff_s
+from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
+
+log = logging.getLogger(__name__)
+
+_ctx: WorkerContext | None = None
+
+
+def context() -> WorkerContext:
+    """One context per worker process: the model and FAISS index are loaded once, not per series."""
+    global _ctx
+    if _ctx is None:
+        _ctx = WorkerContext(current_settings())
+    return _ctx
+
+
+@app.task(name=PROCESS_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
+    ctx = context()
+    settings = ctx.settings
+    try:
+        job = ctx.ledger.start(job_key)
+        if job is None:
+            log.error("job %s not in the ledger (another site's message?): dropped", job_key)
+            return {"job_key": job_key, "verdict": None}
+        if job.state == DONE and job.verdict is not None:
+            return {"job_key": job_key, "verdict": job.verdict.get("verdict")}
+        verdict = process_job(ctx, job)
+    except TRANSIENT_ERRORS as error:
+        attempt = self.request.retries + 1
+        give_up = attempt >= settings.task_max_attempts
+        delay = backoff_s(attempt, settings.retry_backoff_max_s)
+        try:
+            ctx.ledger.fail_attempt(job_key, f"{type(error).__name__}: {error}", None if give_up else delay)
+        except TRANSIENT_ERRORS:
+            pass  # the store itself is what is down; the message's retry is the record
+        if give_up:
+            raise
+        raise self.retry(countdown=delay, exc=error) from None
+    except Exception as error:  # noqa: BLE001 - a bug or an unforeseen input: keep the reason, do not loop
+        ctx.ledger.fail_attempt(job_key, f"{type(error).__name__}: {error}", None)
+        log.exception("job %s failed", job_key)
+        return {"job_key": job_key, "verdict": None, "error": type(error).__name__}
+    if ctx.ledger.get(job_key).writeback_state == WRITEBACK_PENDING:
+        send_writeback(settings, job_key)
+    return {"job_key": job_key, "verdict": verdict.get("verdict")}
+
+
+@app.task(name=WRITEBACK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def writeback_task(self: Task, job_key: str) -> bool:
+    """Write the verdict to Orthanc; while Orthanc is down, retry with capped exponential back-off, forever: the
+    verdict is safe in the ledger (``writeback_state = pending``) meanwhile."""
+    ctx = context()
+    if writeback_job(ctx, job_key):
+        return True
+    job = ctx.ledger.get(job_key)
+    raise self.retry(countdown=backoff_s(job.writeback_attempts, ctx.settings.retry_backoff_max_s))
