@@ -1,0 +1,162 @@
+"""Training and benchmark data: a cohort's canonical slices, patient labels, splits and P×K batches.
+
+A cohort folder holds ``cohort.csv`` (scan_id, subject_id, visit, date, base_head, split[, path]) and either
+``slices.npz`` (float16 ``slices`` (N,128,128) with ``scan_id``: the generator's fast path) or, per row, a volume
+``path`` (NIfTI file or DICOM series folder). Volumes go through the real slice pipeline once per slice method and
+the result is cached as ``slices-<method>.npz`` (slicing ~600 volumes takes minutes; evaluating should not).
+
+Why P×K batches: supervised NT-Xent needs other scans of the same person in the batch. ADNI batches of 64 drawn at
+random contain some by chance (many visits per person); a synthetic cohort of 4 visits per subject would give
+almost none, so each batch is P subjects × K of their scans (16 × 4 = 64). A deviation from the public code, which
+shuffles scans.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fingerprint.types import SLICE_SIZE
+
+VALIDATION_SPLITS = ("val", "valid", "validation")
+SLICE_CACHE = "slices.npz"
+
+
+@dataclass
+class SliceSet:
+    """Slices (float16 (N,128,128)) with their scan ids, integer subject labels and split names."""
+
+    slices: np.ndarray
+    scan_ids: np.ndarray
+    subjects: np.ndarray  # subject_id strings
+    splits: np.ndarray
+    rejected: dict[str, dict] = field(default_factory=dict)  # scan_id -> {"rejected": code, "detail": ...}
+
+    def __len__(self) -> int:
+        return len(self.scan_ids)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Subjects as integers 0..P-1 (for the loss)."""
+        return np.unique(self.subjects, return_inverse=True)[1]
+
+    def subset(self, mask: np.ndarray) -> "SliceSet":
+        return SliceSet(self.slices[mask], self.scan_ids[mask], self.subjects[mask], self.splits[mask])
+
+
+def read_cohort_csv(cohort_dir: Path) -> list[dict[str, str]]:
+    path = Path(cohort_dir) / "cohort.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no cohort.csv in {cohort_dir}")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = {"scan_id", "subject_id"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path} lacks columns: {', '.join(sorted(missing))}")
+    return rows
+
+
+def _from_rows(rows: list[dict[str, str]], scan_ids: np.ndarray, slices: np.ndarray, rejected: dict) -> SliceSet:
+    by_id = {row["scan_id"]: row for row in rows}
+    keep = np.array([str(s) in by_id for s in scan_ids], dtype=bool)
+    scan_ids = np.asarray([str(s) for s in scan_ids])[keep]
+    return SliceSet(
+        slices=slices[keep],
+        scan_ids=scan_ids,
+        subjects=np.asarray([by_id[s]["subject_id"] for s in scan_ids]),
+        splits=np.asarray([by_id[s].get("split", "train") or "train" for s in scan_ids]),
+        rejected=rejected,
+    )
+
+
+def load_slice_cache(cohort_dir: Path) -> SliceSet:
+    """The generator's fast-path output: ``cohort.csv`` + ``slices.npz``."""
+    rows = read_cohort_csv(cohort_dir)
+    with np.load(Path(cohort_dir) / SLICE_CACHE, allow_pickle=False) as data:
+        slices, scan_ids = data["slices"], data["scan_id"]
+    if slices.ndim != 3 or slices.shape[1:] != (SLICE_SIZE, SLICE_SIZE):
+        raise ValueError(f"slices must be (N, {SLICE_SIZE}, {SLICE_SIZE}), got {slices.shape}")
+    return _from_rows(rows, scan_ids, slices.astype(np.float16, copy=False), {})
+
+
+def slice_volume_file(path: Path, method: str) -> np.ndarray:
+    """One benchmark volume through the real pipeline: a NIfTI file or a DICOM series folder -> (128,128)."""
+    from fingerprint.pipeline import slice_series, slice_volume
+
+    if Path(path).is_dir():
+        return slice_series(Path(path), method=method).pixels
+    import SimpleITK as sitk
+
+    pixels, _geometry = slice_volume(sitk.ReadImage(str(path)), method=method)
+    return pixels
+
+
+def load_volume_cohort(cohort_dir: Path, method: str = "anatomical", cache_dir: Path | None = None) -> SliceSet:
+    """Slice every volume of a cohort folder once per method (cached); rejected volumes are reported, not fatal."""
+    from tqdm import tqdm
+
+    from fingerprint.errors import SeriesRejected
+
+    cohort_dir = Path(cohort_dir)
+    rows = read_cohort_csv(cohort_dir)
+    cache = Path(cache_dir or cohort_dir) / f"slices-{method}.npz"
+    if cache.exists() and cache.stat().st_mtime >= (cohort_dir / "cohort.csv").stat().st_mtime:
+        with np.load(cache, allow_pickle=False) as data:
+            return _from_rows(rows, data["scan_id"], data["slices"], json.loads(str(data["rejected"])))
+    if not rows or "path" not in rows[0]:
+        raise ValueError(f"{cohort_dir}/cohort.csv has no 'path' column and there is no {SLICE_CACHE}")
+    slices, scan_ids, rejected = [], [], {}
+    for row in tqdm(rows, desc=f"slicing ({method})", unit="scan"):
+        path = Path(row["path"]) if Path(row["path"]).is_absolute() else cohort_dir / row["path"]
+        try:
+            slices.append(slice_volume_file(path, method).astype(np.float16))
+            scan_ids.append(row["scan_id"])
+        except SeriesRejected as exc:
+            rejected[row["scan_id"]] = exc.as_json()
+    stack = np.stack(slices) if slices else np.zeros((0, SLICE_SIZE, SLICE_SIZE), np.float16)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, slices=stack, scan_id=np.asarray(scan_ids), rejected=json.dumps(rejected))
+    return _from_rows(rows, np.asarray(scan_ids), stack, rejected)
+
+
+def load_cohort(cohort_dir: Path, method: str = "anatomical", cache_dir: Path | None = None) -> SliceSet:
+    """A slice cache if the folder has one, else its volumes sliced through the pipeline."""
+    if (Path(cohort_dir) / SLICE_CACHE).exists():
+        return load_slice_cache(cohort_dir)
+    return load_volume_cohort(cohort_dir, method, cache_dir)
+
+
+def train_validation_split(data: SliceSet, fraction: float = 0.1, seed: int = 0) -> tuple[SliceSet, SliceSet]:
+    """The cohort's own split when it has a validation split, else a seeded patient-disjoint one."""
+    is_val = np.isin(data.splits, VALIDATION_SPLITS)
+    if is_val.any():
+        is_train = data.splits == "train"
+        return data.subset(is_train), data.subset(is_val)
+    subjects = np.unique(data.subjects)
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(subjects, size=max(1, round(fraction * len(subjects))), replace=False).tolist())
+    is_val = np.array([s in held for s in data.subjects])
+    return data.subset(~is_val), data.subset(is_val)
+
+
+def pk_batches(labels: np.ndarray, batch_size: int, per_subject: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """One epoch of batches: subjects shuffled into groups of batch_size/K, up to K random scans of each.
+
+    Subjects with a single scan are still used (Barlow Twins needs no label); a batch never repeats a scan.
+    """
+    by_subject: dict[int, np.ndarray] = {}
+    for label in np.unique(labels):
+        by_subject[int(label)] = np.flatnonzero(labels == label)
+    subjects = rng.permutation(list(by_subject))
+    group = max(1, batch_size // per_subject)
+    for start in range(0, max(1, len(subjects) - group + 1), group):
+        chosen = [
+            rng.choice(by_subject[int(s)], size=min(per_subject, len(by_subject[int(s)])), replace=False)
+            for s in subjects[start : start + group]
+        ]
+        yield np.concatenate(chosen)

@@ -1,0 +1,73 @@
+"""Evaluation arithmetic on hand-made similarity matrices whose recall, mAP, AUC and TPR are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fingerprint.evaluation import (
+    cosine_similarity_matrix,
+    retrieval_metrics,
+    roc_auc,
+    tpr_at_fpr,
+    verification_metrics,
+)
+
+
+def _symmetric(entries: dict[tuple[int, int], float], n: int) -> np.ndarray:
+    sim = np.zeros((n, n))
+    for (i, j), value in entries.items():
+        sim[i, j] = sim[j, i] = value
+    return sim
+
+
+def test_retrieval_on_a_hand_made_matrix() -> None:
+    # person A: scans 0,1,2 ; person B: scans 3,4 ; person C: scan 5 (unscorable: no other scan)
+    labels = np.array(["A", "A", "A", "B", "B", "C"])
+    sim = _symmetric(
+        {
+            (0, 1): 0.9, (0, 2): 0.8, (0, 3): 0.1, (0, 4): 0.1, (0, 5): 0.0,  # 0: A A first -> AP@3 = 1
+            (1, 2): 0.2, (1, 3): 0.7, (1, 4): 0.1, (1, 5): 0.0,  # 1: A(0.9) B(0.7) A(0.2): AP = (1 + 2/3) / 2
+            (2, 3): 0.95, (2, 4): 0.3, (2, 5): 0.0,  # 2: B(0.95) A(0.8) B(0.3): AP = (1/2) / 2, miss @1
+            (3, 4): 0.5, (3, 5): 0.0,  # 3: A(0.95) A(0.7) B(0.5): AP = (1/3)/1, miss @1, hit @3
+            (4, 5): 0.6,  # 4: C(0.6) B(0.5) A(0.3): AP = (1/2)/1
+        },
+        6,
+    )
+    result = retrieval_metrics(sim, labels)
+    assert result["queries"] == 5 and result["unscorable_queries"] == 1
+    assert result["recall@1"] == pytest.approx(2 / 5)
+    assert result["recall@3"] == pytest.approx(5 / 5)
+    expected_ap = [1.0, (1 + 2 / 3) / 2, 0.25, 1 / 3, 0.5]
+    assert result["mAP@3"] == pytest.approx(np.mean(expected_ap))
+    assert result["mAP@1"] == pytest.approx(2 / 5)
+
+
+def test_perfect_and_random_fingerprints() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(50), 3)
+    centres = rng.normal(size=(50, 64))
+    perfect = centres[labels] + 0.01 * rng.normal(size=(150, 64))
+    good = all_ok = retrieval_metrics(cosine_similarity_matrix(perfect), labels)
+    assert all_ok["recall@1"] == 1.0 and good["mAP@3"] == 1.0
+    noise = retrieval_metrics(cosine_similarity_matrix(rng.normal(size=(150, 64))), labels)
+    assert noise["recall@1"] < 0.2
+    verification = verification_metrics(cosine_similarity_matrix(perfect), labels)
+    assert verification["roc_auc"] == 1.0 and verification["tpr@fpr0.001"] == 1.0
+    assert verification["same_pairs"] == 150 and verification["different_pairs"] == 150 * 149 // 2 - 150
+
+
+def test_roc_auc_counts_ties_half_and_orders() -> None:
+    assert roc_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert roc_auc(np.array([0.1]), np.array([0.9])) == 0.0
+    assert roc_auc(np.array([0.5]), np.array([0.5])) == 0.5
+    assert roc_auc(np.array([0.5, 0.9]), np.array([0.5, 0.1])) == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+
+
+def test_tpr_at_fpr_threshold_keeps_false_positives_within_target() -> None:
+    negatives = np.linspace(0, 1, 2000)  # 0.1% of 2000 = 2 negatives may lie above the threshold
+    positives = np.array([0.9985, 0.9995, 1.5, 2.0])
+    tpr, threshold = tpr_at_fpr(positives, negatives, 1e-3)
+    assert np.mean(negatives > threshold) <= 1e-3
+    assert threshold == pytest.approx(negatives[-3])
+    assert tpr == pytest.approx(3 / 4)

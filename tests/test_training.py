@@ -1,0 +1,108 @@
+"""Training: LARS and the schedule behave, a 3-step run on tiny data checkpoints, resumes and exports."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fingerprint import api
+from fingerprint.training.data import load_cohort, pk_batches, train_validation_split
+from fingerprint.training.lars import LARS, lars_for
+from fingerprint.training.loop import TrainConfig, train
+from fingerprint.training.schedule import lr_factor
+
+torch.set_num_threads(1)
+
+
+def _tiny_cohort(folder: Path, subjects: int = 10, visits: int = 3, with_val: bool = True) -> Path:
+    """cohort.csv + slices.npz as the generator writes them: each subject a texture, visits a little noisier."""
+    rng = np.random.default_rng(0)
+    rows, slices = [], []
+    for s in range(subjects):
+        base = rng.random((128, 128)).astype(np.float32)
+        for v in range(visits):
+            scan_id = f"s{s:02d}v{v}"
+            split = "val" if with_val and s >= subjects - 3 else "train"
+            rows.append(dict(scan_id=scan_id, subject_id=f"sub{s:02d}", visit=v, date=f"202{v}-01-01",
+                             base_head="tiny", split=split))
+            slices.append((base + 0.1 * rng.random((128, 128))).astype(np.float16))
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cohort.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    np.savez(folder / "slices.npz", slices=np.stack(slices), scan_id=np.array([r["scan_id"] for r in rows]))
+    return folder
+
+
+def test_lr_schedule_warms_up_then_decays_and_scales_with_batch() -> None:
+    assert lr_factor(0.0, 256) < 0.01
+    assert lr_factor(10 / 180, 256) == pytest.approx(1.0)
+    assert lr_factor(10 / 180, 64) == pytest.approx(0.25)
+    assert lr_factor(0.5, 256) < lr_factor(0.2, 256)
+    assert lr_factor(1.0, 256) == pytest.approx(0.001)
+
+
+def test_lars_step_size_is_relative_to_weight_norm_and_skips_biases() -> None:
+    big = torch.nn.Parameter(torch.full((4, 4), 10.0))
+    small = torch.nn.Parameter(torch.full((4, 4), 0.1))
+    bias = torch.nn.Parameter(torch.zeros(4))
+    opt = LARS([{"params": [big, small, bias]}], lr=1.0, weight_decay=0.0, momentum=0.0, eta=0.01)
+    for p in (big, small, bias):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert torch.allclose(10.0 - big.detach(), torch.full((4, 4), 0.01 * 40.0 / 4.0), rtol=1e-4)  # eta·‖w‖/‖g‖ · g
+    # every multi-dimensional tensor moves by eta × its own norm, whatever its gradient's size
+    assert float((10.0 - big.detach()).norm() / 40.0) == pytest.approx(float((0.1 - small.detach()).norm() / 0.4), rel=1e-4)
+    assert torch.allclose(bias.detach(), torch.full((4,), -1.0))  # plain SGD for biases
+
+
+def test_param_groups_follow_the_paper() -> None:
+    opt = lars_for(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)))
+    weights, biases = opt.param_groups
+    assert weights["base_lr"] == 0.2 and biases["base_lr"] == 0.0048
+    assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in biases["params"])
+
+
+def test_pk_batches_hold_several_scans_per_subject(tmp_path: Path) -> None:
+    data = load_cohort(_tiny_cohort(tmp_path / "c", subjects=20, with_val=False))
+    train_set, val_set = train_validation_split(data, fraction=0.2, seed=1)
+    assert set(train_set.subjects).isdisjoint(val_set.subjects) and len(set(val_set.subjects)) == 4
+    batches = list(pk_batches(train_set.labels, batch_size=8, per_subject=2, rng=np.random.default_rng(0)))
+    assert len(batches) == 16 // 4
+    for batch in batches:
+        labels = train_set.labels[batch]
+        assert len(set(batch.tolist())) == len(batch) == 8
+        assert all(np.sum(labels == label) == 2 for label in labels)
+
+
+@pytest.mark.slow
+def test_three_step_run_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
+    cohort = _tiny_cohort(tmp_path / "cohort")
+    run = tmp_path / "run"
+    common = dict(cohort_dir=cohort, run_dir=run, batch_size=8, per_subject=2, validate_every=2,
+                  progress_bar=False, model_version="tiny-test", threads=1)
+    first = train(TrainConfig(max_steps=3, **common))
+    assert first["metadata"]["training"]["steps"] == 3
+    assert (run / "checkpoint.pt").exists() and (run / "training_curve.png").stat().st_size > 1000
+    weights_after_3 = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+
+    second = train(TrainConfig(max_steps=5, **common))
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()
+             if "validation" not in line]
+    assert steps == [1, 2, 3, 4, 5]  # continued, not restarted
+    assert second["metadata"]["training"]["steps"] == 5
+    weights_after_5 = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    moved = [k for k in weights_after_3 if weights_after_3[k].is_floating_point()
+             and not torch.equal(weights_after_3[k], weights_after_5[k])]
+    assert moved, "resuming must keep training the same weights"
+
+    model = api.load_model(run / "model")
+    assert model.model_version == "tiny-test"
+    vectors = model.embed(np.zeros((2, 128, 128), np.float32))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
