@@ -216,7 +216,7 @@ class Archive:
             "study_date": (ids.study_date or "")[:8],
             "modality": (ids.modality or "")[:16],
             "series_description": (ids.series_description or "")[:256],
-            "source": json.dumps({**source_info, "key": _source_key(source_info)}, default=str),
+            "source": json.dumps({**_without_phi(source_info), "key": _source_key(source_info)}, default=str),
         }
 
     def _output(
@@ -236,7 +236,7 @@ class Archive:
             "model_version": model_version,
             "recorded": row_id is not None,
             "row_id": row_id,
-            "source": source_info,
+            "source": _without_phi(source_info),
         }
 
     def close(self) -> None:
@@ -272,11 +272,20 @@ def _verdict_columns(verdict: dict[str, Any]) -> dict[str, Any]:
     return {"verdict": verdict["verdict"], "score": verdict["score"], "evidence": json.dumps(evidence)}
 
 
+#: source_info keys that carry patient data: used to identify a rejected series, never stored or printed.
+PHI_KEYS = frozenset({"patient_id", "patient_name", "patient_birth_date"})
+
+
+def _without_phi(source_info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in source_info.items() if k not in PHI_KEYS}
+
+
 def _source_key(source_info: dict[str, Any]) -> str:
     """A stable key for where a series came from: what identifies input that has no readable SeriesInstanceUID."""
     if source_info.get("key"):
         return str(source_info["key"])
     basis = source_info.get("orthanc_id") or source_info.get("folder") or json.dumps(source_info, sort_keys=True)
+    # (hashed: a source description may contain patient data)
     if source_info.get("folder") and not source_info.get("orthanc_id"):
         basis = str(Path(str(basis)).resolve())
     return "source:" + hashlib.sha256(str(basis).encode()).hexdigest()[:32]

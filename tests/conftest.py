@@ -44,3 +44,48 @@ def postgres_url() -> str:
     if not _port_open("127.0.0.1", 5432):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
     return os.environ.get("DBP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+# --- identity archive (helper "archive") ------------------------------------------------------------------------------
+@pytest.fixture
+def postgres_schema_url(postgres_url: str):
+    """A store URL on the real PostgreSQL server, in a fresh schema of its own (dropped afterwards).
+
+    Archives select their schema through ``options=-csearch_path=...``, so tests never see each other's rows.
+    """
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"dbp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture
+def synthetic_fingerprint():
+    """Make a FingerprintResult from a chosen vector and identifiers: controlled similarities for verdict tests."""
+    import numpy as np
+
+    from fingerprint.types import FingerprintResult, SeriesIdentifiers, SliceResult
+
+    def make(vector, patient_id: str, series_uid: str, study_uid: str = "", model_version: str = "test-model"):
+        vector = np.asarray(vector, dtype=np.float32)
+        vector = vector / np.linalg.norm(vector)
+        ids = SeriesIdentifiers(
+            patient_id=patient_id,
+            study_instance_uid=study_uid or f"{series_uid}.study",
+            series_instance_uid=series_uid,
+            sop_instance_uids=(f"{series_uid}.1", f"{series_uid}.2"),
+            study_date="20240102",
+            modality="MR",
+        )
+        pixels = np.full((128, 128), 0.5, dtype=np.float32)
+        return FingerprintResult(vector=vector, model_version=model_version, slice=SliceResult(pixels, ids))
+
+    return make

@@ -1,0 +1,157 @@
+"""Verdict rules and threshold calibration, on controlled similarities (no database, no model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fingerprint.calibration import (
+    Thresholds,
+    calibrate_cohort,
+    fallback_thresholds,
+    load_thresholds,
+    pair_similarities,
+    save_thresholds,
+    site_thresholds_path,
+    thresholds_from_similarities,
+)
+from fingerprint.config import load_settings
+from fingerprint.errors import RejectReason, SeriesRejected
+from fingerprint.verdicts import (
+    CONSISTENT,
+    IDENTITY_MISMATCH,
+    NEW_PATIENT,
+    POSSIBLE_DUPLICATE,
+    REJECTED,
+    Candidate,
+    decide,
+    rejected_verdict,
+)
+
+THRESHOLDS = Thresholds("m1", match=0.8, mismatch=0.6, far=0.001, source="explicit")
+
+
+def cand(row_id: int, similarity: float, patient: str, study: str = "") -> Candidate:
+    return Candidate(row_id, similarity, patient, f"series-{row_id}", study or f"study-{row_id}")
+
+
+def test_consistent_when_own_earlier_scan_matches():
+    out = decide("h:a", [cand(1, 0.9, "h:a")], [cand(1, 0.9, "h:a"), cand(2, 0.3, "h:b")], THRESHOLDS)
+    assert out["verdict"] == CONSISTENT
+    assert out["score"] == pytest.approx(0.9)
+    assert out["evidence"]["uncertain"] is False
+    assert out["neighbours"][0]["same_patient_id"] is True
+
+
+def test_consistent_but_uncertain_between_thresholds_raises_no_alarm():
+    out = decide("h:a", [cand(1, 0.7, "h:a")], [cand(1, 0.7, "h:a")], THRESHOLDS)
+    assert out["verdict"] == CONSISTENT and out["evidence"]["uncertain"] is True
+
+
+def test_identity_mismatch_names_the_patient_it_matches():
+    own = [cand(1, 0.2, "h:a"), cand(2, 0.4, "h:a")]
+    out = decide("h:a", own, [cand(3, 0.95, "h:other"), cand(2, 0.4, "h:a")], THRESHOLDS)
+    assert out["verdict"] == IDENTITY_MISMATCH
+    assert out["score"] == pytest.approx(0.4)  # best similarity to its own earlier scans
+    assert out["matched_patient_id_hash"] == "h:other"
+
+
+def test_identity_mismatch_without_a_better_match_names_nobody():
+    out = decide("h:a", [cand(1, 0.1, "h:a")], [cand(3, 0.5, "h:other")], THRESHOLDS)
+    assert out["verdict"] == IDENTITY_MISMATCH and out["matched_patient_id_hash"] is None
+
+
+def test_possible_duplicate_for_a_first_scan_matching_another_patient():
+    out = decide("h:new", [], [cand(3, 0.85, "h:other"), cand(4, 0.5, "h:x")], THRESHOLDS)
+    assert out["verdict"] == POSSIBLE_DUPLICATE
+    assert out["matched_patient_id_hash"] == "h:other" and out["score"] == pytest.approx(0.85)
+
+
+def test_new_patient_below_match_threshold_and_on_an_empty_archive():
+    assert decide("h:new", [], [cand(3, 0.79, "h:other")], THRESHOLDS)["verdict"] == NEW_PATIENT
+    empty = decide("h:new", [], [], THRESHOLDS)
+    assert empty["verdict"] == NEW_PATIENT and empty["score"] is None
+
+
+def test_series_without_patient_id_is_never_consistent_with_other_anonymous_series():
+    out = decide("", [], [cand(3, 0.99, "")], THRESHOLDS)
+    assert out["verdict"] == POSSIBLE_DUPLICATE
+
+
+def test_fallback_thresholds_are_labelled_in_the_evidence():
+    out = decide("h:a", [], [], fallback_thresholds("untrained-0"))
+    assert out["evidence"]["thresholds"]["source"] == "fallback"
+    assert "calibrate" in out["evidence"]["thresholds"]["warning"]
+
+
+def test_rejected_verdict_carries_the_stable_reason():
+    out = rejected_verdict(SeriesRejected(RejectReason.LOCALIZER, "3 slices"))
+    assert out["verdict"] == REJECTED and out["rejected"] == "localizer" and out["score"] is None
+    json.dumps(out)
+
+
+# --- calibration ----------------------------------------------------------------------------------------------------
+def test_thresholds_meet_the_false_alarm_rate_on_the_calibration_pairs():
+    rng = np.random.default_rng(0)
+    same = rng.normal(0.85, 0.05, 3000)
+    different = rng.normal(0.2, 0.1, 20000)
+    t = thresholds_from_similarities(same, different, far=0.001, model_version="m1")
+    assert np.mean(different >= t.match) <= 0.001
+    assert np.mean(same < t.mismatch) <= 0.001
+    assert t.mismatch <= t.match
+    # Tight: lowering the match threshold to the next alarm value would exceed the rate.
+    assert np.mean(different >= np.sort(different)[::-1][20]) > 0.001
+    assert t.details["far_duplicate_measured"] <= 0.001 and t.source == "calibrated"
+
+
+def test_mismatch_threshold_never_exceeds_match_for_a_poor_model():
+    rng = np.random.default_rng(1)
+    t = thresholds_from_similarities(rng.normal(0.5, 0.2, 500), rng.normal(0.5, 0.2, 5000), 0.001, "bad")
+    assert t.mismatch <= t.match
+    assert "warning" not in t.details or "extrapolated" in t.details["warning"]
+
+
+def test_pair_similarities_split_same_and_different_subjects():
+    v = np.eye(4, 512, dtype=np.float32)
+    v[1] = v[0]
+    same, different = pair_similarities(v, ["a", "a", "b", "c"])
+    assert same.tolist() == [1.0] and len(different) == 5 and different.max() == 0.0
+
+
+def test_thresholds_saved_per_model_version_and_site_file_wins(tmp_path):
+    settings = load_settings(home=tmp_path, index_dir=tmp_path / "idx")
+    assert load_thresholds(settings, "m1").source == "fallback"
+    save_thresholds(Thresholds("m1", 0.7, 0.5, 0.001, "calibrated"), site_thresholds_path(settings))
+    save_thresholds(Thresholds("m2", 0.9, 0.4, 0.001, "calibrated"), site_thresholds_path(settings))
+    assert load_thresholds(settings, "m1").match == 0.7
+    assert load_thresholds(settings, "m2").mismatch == 0.4
+    assert load_thresholds(settings, "m3").source == "fallback"
+
+
+def test_calibrate_cohort_from_a_slice_cache(tmp_path):
+    """A cohort folder (cohort.csv + slices.npz) embedded by a stand-in encoder that separates subjects."""
+    rng = np.random.default_rng(2)
+    rows, slices = [], []
+    for subject in range(12):
+        base = rng.random((128, 128)).astype(np.float16)
+        for visit in range(3):
+            rows.append(f"s{subject}v{visit},subj{subject},{visit},2020-01-0{visit + 1},colin,calibration")
+            slices.append(base + rng.normal(0, 0.05, (128, 128)).astype(np.float16))
+    rows.append("x,other,0,2020-01-01,colin,train")  # another split: ignored
+    slices.append(np.zeros((128, 128), np.float16))
+    (tmp_path / "cohort.csv").write_text("scan_id,subject_id,visit,date,base_head,split\n" + "\n".join(rows) + "\n")
+    np.savez(tmp_path / "slices.npz", slices=np.stack(slices), scan_id=np.array([r.split(",")[0] for r in rows]))
+
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        flat = pixels.reshape(len(pixels), -1)[:, :512] - 0.5
+        return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+
+    t = calibrate_cohort(tmp_path, embed, "stand-in", far=0.001)
+    assert t.details["scans"] == 36 and t.details["subjects"] == 12
+    assert t.details["same_pairs"] == 36 and t.details["different_pairs"] == 36 * 35 // 2 - 36
+    assert t.details["same_similarity"]["min"] > t.details["different_similarity"]["max"]
+    # Separable subjects: no different-person pair reaches `match`, no same-person pair falls below it.
+    assert t.details["far_duplicate_measured"] == 0.0 and t.details["same_below_match"] == 0.0
+    assert "extrapolated" in t.details["warning"]  # 594 different-person pairs < 1/far
