@@ -251,9 +251,15 @@ def _add_received(state: SeriesState, count: int, last: datetime) -> None:
     state.last_received = last.isoformat()
 
 
+#: The moves the hand-on makes, and the states they start from. Never out of ``done``: a fast worker may finish (and
+#: call ``mark_done``) before the callback has even returned here.
+_ALLOWED_FROM = {"complete": ("receiving", "complete", "queued"), "queued": ("complete",)}
+
+
 def _set_state(state: SeriesState, new_state: str, generation: int, handed_on: bool = False) -> bool:
-    """Move to ``new_state`` unless newer instances reopened the series meanwhile (another generation)."""
-    if state.generation != generation:
+    """Move to ``new_state`` unless newer instances reopened the series meanwhile (another generation) or the
+    worker already finished it."""
+    if state.generation != generation or state.state not in _ALLOWED_FROM[new_state]:
         return False
     state.state = new_state
     if handed_on:

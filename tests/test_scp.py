@@ -1,0 +1,369 @@
+"""The storage SCP over real DICOM associations (pynetdicom SCU in the test), real files, real spool on disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pynetdicom import AE
+
+from dicom_node.scp import StorageNode, accepted_transfer_syntaxes
+from dicom_node.scu import AssociationFailed, echo, send_instances
+from dicom_node.spool import Spool, series_key_for
+from dicom_node.synthetic import mr_series
+from dicom_node.types import CompletedSeries
+from fingerprint.config import Settings, load_settings
+
+QUIET_S = 0.3
+PATIENT_ID = "SYNTH-PATIENT-0001"
+
+
+class Collector:
+    """The ``on_series_complete`` callback of the tests: records hand-ons; can be told to fail first."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.completed: list[CompletedSeries] = []
+        self.failures = failures
+        self.calls = 0
+        self._cond = threading.Condition()
+
+    def __call__(self, completed: CompletedSeries) -> None:
+        with self._cond:
+            self.calls += 1
+            if self.failures > 0:
+                self.failures -= 1
+                raise ConnectionError("worker queue unreachable")
+            self.completed.append(completed)
+            self._cond.notify_all()
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[CompletedSeries]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.completed) >= count, timeout)
+            return list(self.completed)
+
+
+NodeFactory = Callable[..., tuple[StorageNode, Collector]]
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Start StorageNodes on free ports with a short quiet time; every node is stopped at the end."""
+    nodes: list[StorageNode] = []
+
+    def factory(collector: Collector | None = None, spool_dir: Path | None = None, **overrides) -> tuple:
+        settings = load_settings(
+            home=tmp_path / "home", spool_dir=spool_dir or tmp_path / "spool", port=0, quiet_time_s=QUIET_S,
+            **overrides,
+        )  # fmt: skip
+        collector = collector or Collector()
+        node = StorageNode(settings, collector).start()
+        nodes.append(node)
+        return node, collector
+
+    yield factory
+    for node in nodes:
+        node.stop()
+
+
+def _wait_for_state(spool: Spool, key: str, wanted: str, timeout: float = 5.0) -> str:
+    """The state file is written right after the callback returns: poll briefly for it."""
+    deadline = time.monotonic() + timeout
+    while (state := spool.read_state(key)) is None or state.state != wanted:
+        if time.monotonic() > deadline:
+            return state.state if state else "missing"
+        time.sleep(0.02)
+    return state.state
+
+
+def _stored_files(node: StorageNode, key: str) -> list[Path]:
+    return node.spool.instance_paths(key)
+
+
+def _dataset_bytes(path: Path) -> bytes:
+    """The encoded data set of a DICOM file, without preamble and file meta (what travels on the wire)."""
+    with open(path, "rb") as fh:
+        pydicom.filereader.read_preamble(fh, False)
+        pydicom.filereader._read_file_meta_info(fh)
+        return fh.read()
+
+
+def test_echo_is_answered(start_node: NodeFactory) -> None:
+    node, _ = start_node()
+    assert echo(node.port) == 0
+
+
+def test_real_multi_file_series_is_spooled_and_handed_on_once(start_node: NodeFactory, shared_data: Path) -> None:
+    files = sorted((shared_data / "repeats" / "decubitus-HFS-t1-2d").glob("*.dcm"))
+    assert len(files) == 35
+    node, collector = start_node()
+    assert send_instances(files, node.port).all_ok
+    (completed,) = collector.wait(1)
+    series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+    assert completed.series_key == series_key_for(series_uid)
+    assert completed.instance_count == 35 and completed.calling_ae_title == "DBP-SCU"
+    stored = sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in completed.path.glob("*.dcm"))
+    assert stored == sorted(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files)
+    time.sleep(QUIET_S * 4)
+    assert len(collector.completed) == 1, "a series must be handed on once, not on every check"
+    assert _wait_for_state(node.spool, completed.series_key, "queued") == "queued"
+    state = node.spool.read_state(completed.series_key)
+    assert state.received_count == 35 and state.handed_on_at
+
+
+def test_enhanced_multiframe_file_is_stored_bit_identical(start_node: NodeFactory, shared_data: Path) -> None:
+    (source,) = sorted((shared_data / "t1" / "siemens-prisma-xa30-enhanced-2mm").glob("*"))
+    node, collector = start_node()
+    assert send_instances([source], node.port).all_ok
+    (completed,) = collector.wait(1)
+    (stored,) = completed.path.glob("*.dcm")
+    assert _dataset_bytes(stored) == _dataset_bytes(source)
+    assert int(pydicom.dcmread(stored, stop_before_pixels=True).NumberOfFrames) == 96
+
+
+def test_compressed_transfer_syntaxes_are_accepted_and_stored_bit_identical(
+    start_node: NodeFactory, shared_data: Path, tmp_path: Path
+) -> None:
+    sources = sorted((shared_data / "hard" / "transfer-syntaxes").glob("*.dcm"))
+    deflated = tmp_path / "deflated.dcm"  # deflate is the one common syntax not in the shared files
+    reference = pydicom.dcmread(sources[0])
+    reference.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    reference.SOPInstanceUID = reference.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    reference.save_as(deflated, enforce_file_format=True)
+    sources.append(deflated)
+    syntaxes = {pydicom.filereader.read_file_meta_info(p).TransferSyntaxUID for p in sources}
+    assert syntaxes <= set(accepted_transfer_syntaxes())
+    assert len(syntaxes) == 8
+
+    node, collector = start_node()
+    assert send_instances(sources, node.port).all_ok
+    (completed,) = collector.wait(1)  # one series, ten instances
+    by_sop = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in completed.path.glob("*.dcm")}
+    assert len(by_sop) == len(sources)
+    expected_pixels = pydicom.dcmread(sources[0]).pixel_array
+    for source in sources:
+        original = pydicom.dcmread(source)
+        stored_path = by_sop[original.SOPInstanceUID]
+        stored = pydicom.dcmread(stored_path)
+        assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert _dataset_bytes(stored_path) == _dataset_bytes(source), f"{source.name} changed on the way"
+        assert (stored.pixel_array == expected_pixels).all(), f"{source.name} does not decode to the same image"
+
+
+def test_duplicate_sop_instances_are_stored_once(start_node: NodeFactory) -> None:
+    series = mr_series(3, size=8)
+    node, collector = start_node()
+    assert send_instances(series + series, node.port).all_ok  # the same three twice in one association
+    assert send_instances(series[:1], node.port).all_ok  # and one again in another
+    key = series_key_for(series[0].SeriesInstanceUID)
+    completed = collector.wait(1)
+    assert len(_stored_files(node, key)) == 3
+    assert completed[0].instance_count == 3
+    time.sleep(QUIET_S * 3)
+    assert node.spool.read_state(key).received_count == 7
+
+
+def test_series_waits_for_release_then_quiet_time_and_reopens_for_late_instances(start_node: NodeFactory) -> None:
+    series = mr_series(5, size=8)
+    key = series_key_for(series[0].SeriesInstanceUID)
+    node, collector = start_node()
+    ae = AE(ae_title="DBP-SCU")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DEEPBRAINPRINT")
+    assert assoc.is_established
+    for ds in series[:3]:
+        assert assoc.send_c_store(ds).Status == 0
+    time.sleep(QUIET_S * 4)
+    assert collector.completed == [], "an open association means more instances may come"
+    assert node.spool.read_state(key).state == "receiving"
+    assoc.release()
+    (first,) = collector.wait(1)
+    assert first.instance_count == 3 and first.generation == 1
+    assert node.spool.mark_done(key, first.generation)
+
+    assert send_instances(series[3:], node.port).all_ok  # the rest arrives later: processed again, not lost
+    _, second = collector.wait(2)
+    assert second.series_key == key and second.instance_count == 5 and second.generation == 2
+    assert not node.spool.mark_done(key, first.generation), "the old hand-on must not close the new one"
+    assert node.spool.mark_done(key, second.generation)
+    time.sleep(QUIET_S * 3)
+    assert len(collector.completed) == 2
+
+
+def test_aborted_association_keeps_what_was_stored(start_node: NodeFactory) -> None:
+    series = mr_series(5, size=8)
+    node, collector = start_node()
+    result = send_instances(series, node.port, abort_after=3)
+    assert result.statuses == [0, 0, 0]
+    (completed,) = collector.wait(1)
+    assert completed.instance_count == 3
+
+
+def test_two_series_in_one_association_are_handed_on_separately(start_node: NodeFactory) -> None:
+    first, second = mr_series(2, size=8), mr_series(3, size=8, seed=1)
+    node, collector = start_node()
+    assert send_instances(first + second, node.port).all_ok
+    completed = collector.wait(2)
+    assert sorted(c.instance_count for c in completed) == [2, 3]
+
+
+def test_unwritable_spool_answers_out_of_resources_and_recovers(start_node: NodeFactory) -> None:
+    """Real failure: the spool's series folder is replaced by a file, so every write fails with ENOTDIR/EEXIST."""
+    node, collector = start_node()
+    series = mr_series(2, size=8)
+    shutil.rmtree(node.spool.series_root)
+    node.spool.series_root.write_text("the disk went away")
+    assert send_instances(series, node.port).statuses == [0xA700, 0xA700]
+    time.sleep(QUIET_S * 3)
+    assert collector.completed == [], "nothing was stored, so nothing may be handed on"
+    node.spool.series_root.unlink()  # the administrator fixes the disk; the sender retries
+    assert send_instances(series, node.port).all_ok
+    (completed,) = collector.wait(1)
+    assert completed.instance_count == 2
+
+
+def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: Path) -> None:
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mount_point)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    node = None
+    try:
+        node, collector = start_node(spool_dir=mount_point / "spool")
+        series = mr_series(10, size=64)  # ~8 KiB of pixels each: about 80 KiB + state files; 128 KiB fills up
+        statuses = send_instances(series + mr_series(20, size=64, seed=3), node.port).statuses
+        assert statuses[0] == 0 and 0xA700 in statuses, statuses
+        assert set(statuses) <= {0, 0xA700}
+        stored = sum(node.spool.instance_count(k) for k in node.spool.series_keys())
+        assert stored == statuses.count(0), "every success must be a file on disk, every failure not"
+        assert not list(mount_point.rglob("*.tmp"))
+    finally:
+        if node is not None:
+            node.stop()
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_restart_hands_on_again_what_was_not_finished(start_node: NodeFactory, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    unfinished, finished = mr_series(2, size=8), mr_series(2, size=8, seed=1)
+    node, collector = start_node(spool_dir=spool_dir)
+    assert send_instances(finished, node.port).all_ok
+    (done,) = collector.wait(1)
+    assert node.spool.mark_done(done.series_key, done.generation)
+    node.tracker.quiet_time_s = 3600  # the next series will not complete before the "crash"
+    assert send_instances(unfinished, node.port).all_ok
+    node.stop()
+
+    restarted, collector2 = start_node(spool_dir=spool_dir)
+    unfinished_key = series_key_for(unfinished[0].SeriesInstanceUID)
+    assert restarted.recovered == [unfinished_key]
+    (again,) = collector2.wait(1, timeout=5)
+    assert again.series_key == unfinished_key and again.instance_count == 2
+
+
+def test_failed_hand_on_is_retried_and_series_marked_queued_only_after_success(start_node: NodeFactory) -> None:
+    node, collector = start_node(collector=Collector(failures=1))
+    series = mr_series(2, size=8)
+    key = series_key_for(series[0].SeriesInstanceUID)
+    assert send_instances(series, node.port).all_ok
+    deadline = time.monotonic() + 5
+    while collector.calls < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    state = node.spool.read_state(key)
+    assert state.state == "complete" and "ConnectionError" in state.last_error
+    (completed,) = collector.wait(1, timeout=10)
+    assert completed.instance_count == 2
+    assert _wait_for_state(node.spool, key, "queued") == "queued"
+    assert node.spool.read_state(key).last_error == ""
+
+
+def test_calling_ae_allow_list_and_called_ae_are_enforced(start_node: NodeFactory) -> None:
+    node, _ = start_node(allowed_calling_aes="PACS1, ORTHANC")
+    assert echo(node.port, calling_ae="ORTHANC") == 0
+    with pytest.raises(AssociationFailed):
+        echo(node.port, calling_ae="INTRUDER")
+    with pytest.raises(AssociationFailed):
+        send_instances(mr_series(1, size=8), node.port, calling_ae="INTRUDER")
+    with pytest.raises(AssociationFailed):
+        echo(node.port, calling_ae="PACS1", called_ae="SOMEONE_ELSE")
+    assert not list(node.spool.series_root.iterdir())
+
+
+def test_listening_beyond_loopback_requires_an_allow_list(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, bind_address="0.0.0.0", port=0)
+    with pytest.raises(ValueError, match="allow-list"):
+        StorageNode(settings, Collector()).build_ae()
+    settings.allowed_calling_aes = "*"
+    StorageNode(settings, Collector()).build_ae()  # explicit opt-in to any caller is accepted
+
+
+def test_instance_without_series_uid_is_refused_and_kept(start_node: NodeFactory) -> None:
+    node, collector = start_node()
+    (ds,) = mr_series(1, size=8)
+    del ds.SeriesInstanceUID
+    assert send_instances([ds], node.port).statuses == [0xC000]
+    kept = list(node.spool.rejected_dir.glob("*.dcm"))
+    assert len(kept) == 1 and "SeriesInstanceUID" in kept[0].with_suffix(".json").read_text()
+    assert pydicom.dcmread(kept[0]).SOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_no_patient_data_in_logs_paths_or_state(start_node: NodeFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # everything, pynetdicom's own loggers included
+    node, collector = start_node()
+    series = mr_series(3, size=8, patient_id=PATIENT_ID)
+    assert send_instances(series, node.port).all_ok
+    (completed,) = collector.wait(1)
+    (bad,) = mr_series(1, size=8, patient_id=PATIENT_ID)
+    del bad.SeriesInstanceUID
+    send_instances([bad], node.port)
+    shutil.rmtree(node.spool.series_root)
+    node.spool.series_root.write_text("broken")
+    assert send_instances(mr_series(1, size=8, patient_id=PATIENT_ID), node.port).statuses == [0xA700]
+    node.spool.series_root.unlink()
+    text = caplog.text
+    assert "stored instance" in text and "NOT stored" in text and "rejected" in text  # the logs did run
+    for secret in (PATIENT_ID, "Synthetic^", "19700101", series[0].SeriesInstanceUID):
+        assert secret not in text, f"{secret!r} leaked into the logs"
+    names = " ".join(str(p) for p in node.spool.root.rglob("*"))
+    assert PATIENT_ID not in names and series[0].SeriesInstanceUID not in names
+    assert PATIENT_ID not in str(completed.as_json())
+
+
+def test_serve_command_answers_echo_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "DBP_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "fingerprint.cli.app", "serve", "--port", "0", "--spool", str(tmp_path / "s"),
+               "--ae-title", "TESTNODE"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        lines = []
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line and process.poll() is not None:
+                break
+            lines.append(line)
+            match = re.search(r"listening as TESTNODE on 127\.0\.0\.1:(\d+)", line)
+            port = int(match.group(1)) if match else None
+        assert port, "".join(lines)
+        assert echo(port, called_ae="TESTNODE") == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

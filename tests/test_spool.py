@@ -1,0 +1,123 @@
+"""The durable spool on real files: atomic single-copy writes, state life cycle, recovery listing, real failures."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dicom_node.spool import Spool, SpoolWriteError, series_key_for, uid_key
+
+SERIES_UID = "1.2.826.0.1.3680043.8.498.1"
+SOP_UID = "1.2.826.0.1.3680043.8.498.1.1"
+
+
+def _spool(tmp_path: Path) -> Spool:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    return spool
+
+
+def test_instance_written_once_per_sop_uid_without_temporaries_or_uids_in_paths(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    path, replaced = spool.store_instance(key, SOP_UID, b"first copy")
+    assert not replaced and path.read_bytes() == b"first copy"
+    path2, replaced = spool.store_instance(key, SOP_UID, b"second copy")
+    assert replaced and path2 == path and path.read_bytes() == b"second copy"
+    spool.store_instance(key, SOP_UID + ".2", b"other")
+    assert spool.instance_count(key) == 2
+    every_name = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")]
+    assert not [n for n in every_name if n.endswith(".tmp")], every_name
+    assert not [n for n in every_name if "1.2.826" in n], "UIDs must not appear in spool paths"
+    assert path.parent == spool.instances_dir(key) and path.name == uid_key(SOP_UID, "sop") + ".dcm"
+
+
+def test_mark_done_only_closes_the_generation_that_was_handed_on(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    spool.store_instance(key, SOP_UID, b"x")
+    spool.update_state(key, lambda s: setattr(s, "state", "queued"))
+    assert not spool.mark_done(key, generation=2), "a stale or future generation must not close the series"
+    assert spool.read_state(key).state == "queued"
+    assert spool.mark_done(key, generation=1)
+    state = spool.read_state(key)
+    assert state.state == "done" and state.done_at
+    assert spool.pending() == []
+
+    def reopen(s):  # what new instances do after a hand-on
+        s.state, s.generation = "receiving", s.generation + 1
+
+    spool.update_state(key, reopen)
+    assert not spool.mark_done(key, generation=1), "finishing the old hand-on must not hide the new instances"
+    assert [s.series_key for s in spool.pending()] == [key]
+
+
+def test_unknown_state_is_refused(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    with pytest.raises(ValueError, match="unknown series state"):
+        spool.update_state("abc", lambda s: setattr(s, "state", "bogus"))
+
+
+def test_pending_rebuilds_a_series_whose_state_file_was_never_written(tmp_path: Path) -> None:
+    """A crash between the first instance write and the first state write must not hide that instance."""
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    spool.store_instance(key, SOP_UID, b"x")
+    (spool.series_dir(key) / "state.json").unlink(missing_ok=True)
+    (pending,) = spool.pending()
+    assert pending.series_key == key and pending.state == "receiving" and pending.received_count == 1
+    assert pending.last_received
+
+
+def test_corrupt_state_file_is_rebuilt_not_fatal(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    spool.store_instance(key, SOP_UID, b"x")
+    (spool.series_dir(key) / "state.json").write_text("{not json")
+    assert [s.series_key for s in spool.pending()] == [key]
+    spool.update_state(key, lambda s: setattr(s, "state", "complete"))
+    assert json.loads((spool.series_dir(key) / "state.json").read_text())["state"] == "complete"
+
+
+def test_spool_replaced_by_a_file_raises_spool_write_error(tmp_path: Path) -> None:
+    """A real ENOTDIR (running as root, chmod would not stop us): the series folder cannot be created."""
+    spool = _spool(tmp_path)
+    shutil.rmtree(spool.series_root)
+    spool.series_root.write_text("not a folder")
+    with pytest.raises(SpoolWriteError) as info:
+        spool.store_instance(series_key_for(SERIES_UID), SOP_UID, b"x")
+    assert info.value.errno in (errno.ENOTDIR, errno.EEXIST)
+    assert "1.2.826" not in str(info.value)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    """A real 64 KiB file system (tmpfs), to fill up. Needs mount rights (root in the test container)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_raises_enospc_and_leaves_no_partial_file(tiny_tmpfs: Path) -> None:
+    spool = Spool(tiny_tmpfs / "spool")
+    spool.prepare()
+    key = series_key_for(SERIES_UID)
+    spool.store_instance(key, SOP_UID, b"small instance fits")
+    with pytest.raises(SpoolWriteError) as info:
+        spool.store_instance(key, SOP_UID + ".2", b"\0" * 200_000)
+    assert info.value.errno == errno.ENOSPC
+    assert "ENOSPC" in str(info.value)
+    leftovers = sorted(p.name for p in spool.instances_dir(key).iterdir())
+    assert leftovers == [uid_key(SOP_UID, "sop") + ".dcm"], "the failed write must leave nothing behind"
+    spool.store_instance(key, SOP_UID + ".3", b"space is back after the cleanup")
