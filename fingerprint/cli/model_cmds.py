@@ -1,7 +1,158 @@
-"""Subcommands (being written)."""
+"""``deepbrainprint fingerprint``, ``train`` and ``evaluate``: the model's commands.
+
+Exit codes of ``fingerprint``: 0 when every series was fingerprinted, 1 when at least one was rejected or failed
+(each still gets its own output line; the others are processed), 2 for usage errors (Typer's).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
+
+METHODS = ("anatomical", "middle")
+
+
+def _fingerprint_one(series_dir: str, method: str, model: Any) -> tuple[dict[str, Any], bool]:
+    """One series' output object and whether it succeeded. Never raises: one bad series must not stop the others."""
+    from fingerprint.api import fingerprint_series
+    from fingerprint.errors import SeriesRejected
+
+    try:
+        result = fingerprint_series(Path(series_dir), method=method, model=model)
+    except SeriesRejected as exc:
+        return {"series_dir": series_dir, **exc.as_json()}, False
+    except Exception as exc:  # noqa: BLE001 - reported per series; the message names no patient (paths only)
+        return {"series_dir": series_dir, "error": type(exc).__name__, "detail": str(exc)[:500]}, False
+    return {
+        "series_dir": series_dir,
+        "fingerprint": [round(float(v), 7) for v in result.vector],
+        "model_version": result.model_version,
+        "method": result.slice.method,
+        "geometry": result.slice.geometry,
+        "series": result.slice.identifiers.as_json(include_patient_id=False),
+    }, True
+
+
+def fingerprint_cmd(
+    series_dirs: list[str] = typer.Argument(..., metavar="SERIES_DIR...", help="DICOM series folders."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line per series (else a summary line)."),
+    method: str = typer.Option("anatomical", help="Slice method: anatomical (product) or middle (paper protocol)."),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="Weights folder; default: the shipped weights."),
+) -> None:
+    """Fingerprint each series: a 512-d L2-normalised vector, the model version and the slice geometry.
+
+    A rejected series prints {"series_dir", "rejected": CODE, "detail"} and the others go on. Exit code 1 if any
+    series was rejected or failed, 0 otherwise.
+    """
+    from fingerprint.api import load_model
+
+    if method not in METHODS:
+        raise typer.BadParameter(f"method must be one of {', '.join(METHODS)}")
+    model = load_model(model_path)
+    all_ok = True
+    for series_dir in series_dirs:
+        output, ok = _fingerprint_one(series_dir, method, model)
+        all_ok &= ok
+        if as_json:
+            typer.echo(json.dumps(output, default=str))
+        elif ok:
+            typer.echo(f"{series_dir}\tOK\t{output['model_version']}\t{len(output['fingerprint'])} floats")
+        else:
+            reason = output.get("rejected") or output.get("error")
+            typer.echo(f"{series_dir}\tREJECTED\t{reason}: {output['detail']}")
+        sys.stdout.flush()
+    if not all_ok:
+        raise typer.Exit(code=1)
+
+
+def train_cmd(
+    cohort_dir: Path = typer.Argument(..., help="Cohort folder: cohort.csv + slices.npz, or cohort.csv with volumes."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/train-<UTC time>)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Wall-time budget; β and lr schedules end with it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    beta_schedule: str = typer.Option("linear", help="linear (1 - t/H, paper) | constant (0.5) | step."),
+    branch: str = typer.Option("both", help="both | ssl (Barlow Twins only) | supervised (NT-Xent only)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    precision: str = typer.Option("auto", help="auto (bf16 where supported) | bf16 | fp32."),
+    epochs: int = typer.Option(180, help="Epochs planned (the paper's 180); --max-minutes usually ends first."),
+    max_steps: Optional[int] = typer.Option(None, help="Steps planned, instead of epochs."),
+    batch_size: int = typer.Option(64),
+    per_subject: int = typer.Option(4, help="Scans per subject in a batch (P×K sampling)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    seed: int = typer.Option(0),
+    validate_every: Optional[int] = typer.Option(None, help="Steps between validations (default: one epoch)."),
+    patience: int = typer.Option(10, help="Validations without mAP@3 gain before early stopping."),
+    slice_method: str = typer.Option("anatomical", help="Slice method when the cohort holds volumes."),
+    model_version: Optional[str] = typer.Option(None, help="Version string written into model.json."),
+) -> None:
+    """Train the encoder (Barlow Twins + supervised NT-Xent, LARS), with checkpoints, a curve plot and a log."""
+    from datetime import datetime, timezone
+
+    from fingerprint.losses import BETA_SCHEDULES, BRANCHES
+    from fingerprint.training.checkpoint import CHECKPOINT_FILE
+    from fingerprint.training.loop import TrainConfig, train
+
+    if beta_schedule not in BETA_SCHEDULES:
+        raise typer.BadParameter(f"--beta-schedule must be one of {', '.join(BETA_SCHEDULES)}")
+    if branch not in BRANCHES:
+        raise typer.BadParameter(f"--branch must be one of {', '.join(BRANCHES)}")
+    run_dir = out or Path("runs") / f"train-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    if (run_dir / CHECKPOINT_FILE).exists() and not resume:
+        typer.echo(f"{run_dir} already holds a run: pass --resume to continue it, or another --out", err=True)
+        raise typer.Exit(code=2)
+    config = TrainConfig(
+        cohort_dir=cohort_dir, run_dir=run_dir, max_minutes=max_minutes, epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, per_subject=per_subject, beta_schedule=beta_schedule, branch=branch, device=device,
+        precision=precision, threads=threads, seed=seed, validate_every=validate_every, patience=patience,
+        slice_method=slice_method, model_version=model_version,
+    )
+    summary = train(config)
+    training = summary["metadata"]["training"]
+    typer.echo(json.dumps({
+        "model_dir": summary["model_dir"], "model_version": summary["metadata"]["model_version"],
+        "steps": training["steps"], "wall_time_s": training["wall_time_s"],
+        "stopped_because": training["stopped_because"], "validation": training["validation_at_selected_step"],
+    }, indent=2))
+
+
+def evaluate_cmd(
+    cohort: Path = typer.Option(..., "--cohort", help="Benchmark cohort folder (cohort.csv + volumes)."),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="Main model; default: the shipped weights."),
+    out: Path = typer.Option(..., "--out", help="Folder for results.json, results.md and the histograms."),
+    compare: list[str] = typer.Option(
+        [], "--compare", help="NAME=WEIGHTS_DIR of another model to evaluate alongside (repeatable)."
+    ),
+    repeats: Optional[Path] = typer.Option(
+        None, help="Real-data folder with t1/ and repeats/ (default: the shared data when present)."
+    ),
+    cache: Optional[Path] = typer.Option(None, help="Where sliced benchmark volumes are cached (default: in --out)."),
+    split: Optional[str] = typer.Option(None, help="Only rows of this split of cohort.csv (default: all rows)."),
+) -> None:
+    """Leave-one-out retrieval + verification on a held-out cohort, comparing models, slice methods and a raw-pixel
+    baseline in one run; plus the real repeat-scan check."""
+    from fingerprint.evaluation import default_real_data_dir, run_benchmark
+
+    others: dict[str, Path] = {}
+    for item in compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--compare expects NAME=WEIGHTS_DIR, got {item!r}")
+        others[name] = Path(path)
+    report = run_benchmark(
+        cohort_dir=cohort, model_path=model_path, out_dir=out, others=others,
+        real_data_dir=repeats if repeats is not None else default_real_data_dir(),
+        cache_dir=cache, split=split,
+    )
+    typer.echo((Path(out) / "results.md").read_text())
+    typer.echo(f"written: {out}/results.json, results.md, similarity_histograms.png ({len(report['rows'])} rows)")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's subcommands to the app."""
+    app.command("fingerprint")(fingerprint_cmd)
+    app.command("train")(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
