@@ -87,6 +87,15 @@ def child_environment(settings: Settings, extra: dict[str, str] | None = None) -
     return env
 
 
+def pin_shared_settings(settings: Settings) -> None:
+    """Fix what every process must share before giving each worker its own FAISS cache folder: the store URL (by
+    default it lives in the index folder) and the PatientID hash key (by default a file in the index folder)."""
+    from fingerprint.patient_ids import load_or_create_key
+
+    settings.store_url = settings.resolved_store_url
+    settings.patient_id_hash_key = load_or_create_key(settings).decode("utf-8")
+
+
 def spawn(layout: ServiceLayout, name: str, argv: list[str], env: dict[str, str]) -> int:
     """Start one background process (own session, log file, pid file)."""
     layout.run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,12 +132,14 @@ def up(
             stable_age_s=orthanc_stable_age_s,
         )
         settings.orthanc_url, settings.orthanc_username, settings.orthanc_password = instance.url, username, password
+    pin_shared_settings(settings)
     env = child_environment(settings)
     started = {"scp": spawn(layout, "scp", [*CLI, "serve"], env)}
     for number in range(1, workers + 1):
         name = f"worker-{number}"
         argv = [*CLI, "worker", "--concurrency", str(concurrency), "--pool", pool, "--name", f"{name}@%h"]
-        started[name] = spawn(layout, name, argv, env)
+        own_index = {"DBP_INDEX_DIR": str(settings.resolved_index_dir / "workers" / name)}
+        started[name] = spawn(layout, name, argv, {**env, **own_index})
     if with_orthanc:
         process = orthanc_server.start(instance)
         started["orthanc"] = process.pid

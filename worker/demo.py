@@ -1,0 +1,176 @@
+"""``deepbrainprint demo``: the whole product in one process on real heads, with a planted duplicate and mismatch.
+
+What it does, in embedded mode (no server): takes real heads (Colin27 from mricron-data; the MNI152 template when
+nilearn is installed; a real 3D T1 series from ``../shared/data`` when present), writes them as realistic MR DICOM
+series at different orientations and dates under demo PatientIDs, sends each over a real DICOM association to the
+in-process storage SCP, lets the in-process worker fingerprint them and decide, and prints the verdicts. Two are
+planted: the same head filed under a second PatientID (``possible_duplicate``) and a different head filed under an
+existing PatientID (``identity_mismatch``). The archive lives in a fresh temporary folder unless ``--home`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DBP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+REAL_T1 = "t1/siemens-trio-3t-sag"
+VERDICT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class DemoSeries:
+    """One series the demo sends: which head, filed under which PatientID, and what a good model should say."""
+
+    head: str
+    patient_id: str
+    orientation: str
+    study_date: str
+    expected: str
+    note: str
+    planted: bool = False
+
+
+def load_heads() -> dict[str, Any]:
+    """The real heads available here, as SimpleITK images: always Colin27; MNI152 and a real scan when present."""
+    import SimpleITK as sitk
+
+    if not COLIN27.exists():
+        raise FileNotFoundError(f"{COLIN27} is missing: install the mricron-data package (deploy/install-system.sh)")
+    heads: dict[str, Any] = {"Colin27": sitk.ReadImage(str(COLIN27))}
+    try:
+        import nibabel as nib
+        from nilearn.datasets import load_mni152_template
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "mni152.nii.gz"
+            nib.save(load_mni152_template(resolution=1), path)
+            heads["MNI152"] = sitk.ReadImage(str(path))
+    except ImportError:
+        pass
+    real = SHARED_DATA / REAL_T1
+    if real.is_dir():
+        from fingerprint.dicom_series import read_series
+
+        heads["real T1 (Siemens Trio)"] = read_series(real).image
+    return heads
+
+
+def plan(heads: dict[str, Any], quick: bool) -> list[DemoSeries]:
+    """The series to send, in order. The second head is MNI152, else the real scan (both are other people)."""
+    others = [name for name in heads if name != "Colin27"]
+    second = others[0] if others else "Colin27"
+    third = others[1] if len(others) > 1 else None
+    first_a = DemoSeries("Colin27", "DEMO-A", "axial", "20230201", "new_patient", "first scan of DEMO-A")
+    again_a = DemoSeries("Colin27", "DEMO-A", "sagittal", "20240514", "consistent", "DEMO-A again, other orientation")
+    first_b = DemoSeries(second, "DEMO-B", "axial", "20230310", "new_patient", "first scan of DEMO-B")
+    first_c = DemoSeries(third, "DEMO-C", "sagittal", "20230601", "new_patient", "first scan of DEMO-C") if third else None
+    duplicate = DemoSeries("Colin27", "DEMO-D", "coronal", "20240930", "possible_duplicate",
+                           "PLANTED: DEMO-A's head under a new PatientID", planted=True)
+    mismatch = DemoSeries(third or "Colin27", "DEMO-B", "axial", "20250120", "identity_mismatch",
+                          "PLANTED: another head filed under DEMO-B", planted=True)
+    if quick:
+        return [first_a, first_b, duplicate, mismatch]
+    return [s for s in (first_a, again_a, first_b, first_c, duplicate, mismatch) if s is not None]
+
+
+def write_demo_series(heads: dict[str, Any], item: DemoSeries, out_dir: Path) -> list[Path]:
+    from fingerprint.dicom_writer import write_series
+
+    return write_series(heads[item.head], out_dir, patient_id=item.patient_id, orientation=item.orientation,
+                        study_date=item.study_date)
+
+
+def run_demo(home: Path | None = None, quick: bool = False, echo: Callable[[str], Any] = print) -> int:
+    """Run the demo; returns the exit status (0 when every series got a verdict)."""
+    import pydicom
+
+    from dicom_node.scp import StorageNode
+    from dicom_node.scu import send_instances
+    from fingerprint.config import load_settings
+    from orthanc.server import free_port
+    from worker.dispatch import submit_completed_series
+    from worker.embedded import EmbeddedWorker
+
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="deepbrainprint-demo-"))
+    home = Path(home) if home else work / "home"
+    settings = load_settings(home=home, port=free_port(), quiet_time_s=1.0, broker_url="", orthanc_url="",
+                             allowed_calling_aes="", bind_address="127.0.0.1")
+    echo("Loading real heads ...")
+    heads = load_heads()
+    items = plan(heads, quick)
+    echo(f"Heads: {', '.join(heads)}. Sending {len(items)} series to the in-process SCP "
+         f"({settings.ae_title} on port {settings.port}); archive in {home}\n")
+    verdicts: queue.Queue[dict[str, Any]] = queue.Queue()
+    worker = EmbeddedWorker(settings, on_verdict=lambda job, verdict: verdicts.put(verdict)).start()
+    node = StorageNode(settings, lambda completed: submit_completed_series(settings, completed)).start()
+    rows = []
+    try:
+        for number, item in enumerate(items, 1):
+            files = write_demo_series(heads, item, work / f"series-{number}")
+            series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+            result = send_instances(files, node.port, called_ae=settings.ae_title, calling_ae="DEMO-MODALITY")
+            if not result.all_ok:
+                echo(f"  series {number}: the SCP refused some instances")
+            verdict = _wait_for(verdicts, series_uid)
+            rows.append((number, item, verdict, len(files)))
+            echo(_row(number, item, verdict, len(files)))
+    finally:
+        node.stop()
+        worker.stop()
+    _summary(rows, echo, time.monotonic() - started)
+    return 0 if all(v is not None for _, _, v, _ in rows) else 1
+
+
+def _wait_for(verdicts: queue.Queue[dict[str, Any]], series_uid: str) -> dict[str, Any] | None:
+    deadline = time.monotonic() + VERDICT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            verdict = verdicts.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if verdict.get("series_instance_uid") == series_uid:
+            return verdict
+    return None
+
+
+HEADER = f"{'#':>2}  {'head':24s} {'orient.':9s} {'date':10s} {'filed as':9s} {'verdict':19s} {'score':>6s}  note"
+
+
+def _row(number: int, item: DemoSeries, verdict: dict[str, Any] | None, instances: int) -> str:
+    if number == 1:
+        prefix = HEADER + "\n" + "-" * len(HEADER) + "\n"
+    else:
+        prefix = ""
+    got = verdict.get("verdict", "?") if verdict else "NO VERDICT"
+    score = verdict.get("score") if verdict else None
+    score_text = f"{score:.3f}" if isinstance(score, (int, float)) else "-"
+    date = f"{item.study_date[:4]}-{item.study_date[4:6]}-{item.study_date[6:]}"
+    mark = "" if got == item.expected else f"  (a trained model should say {item.expected})"
+    return (f"{prefix}{number:>2}  {item.head[:24]:24s} {item.orientation:9s} {date:10s} {item.patient_id:9s} "
+            f"{got:19s} {score_text:>6s}  {item.note}{mark}")
+
+
+def _summary(rows: list, echo: Callable[[str], Any], elapsed_s: float) -> None:  # type: ignore[type-arg]
+    echo("")
+    planted = [(n, item, v) for n, item, v, _ in rows if item.planted]
+    for number, item, verdict in planted:
+        got = verdict.get("verdict") if verdict else "no verdict"
+        status = "found" if got == item.expected else "MISSED"
+        echo(f"Planted #{number}: {item.note[len('PLANTED: '):]} -> expected {item.expected}, got {got} ({status})")
+    versions = {v.get("model_version") for _, _, v, _ in rows if v}
+    if any(str(version).startswith("untrained") for version in versions):
+        echo("Model: untrained (random weights, no trained weights shipped yet): verdicts are not meaningful.")
+    elif versions:
+        echo(f"Model: {', '.join(sorted(map(str, versions)))}")
+    total = sum(count for _, _, _, count in rows)
+    echo(f"{len(rows)} series, {total} instances over real DICOM associations, {elapsed_s:.0f} s in all.")
