@@ -93,17 +93,19 @@ class Archive:
         *,
         identifiers: SeriesIdentifiers | None = None,
         record: bool = True,
+        patient_id_hash: str | None = None,
     ) -> dict[str, Any]:
         """Search, decide and (unless ``record=False``) record, under the archive lock. Returns the verdict JSON.
 
         For a rejection, ``identifiers`` (or ``source_info`` keys ``series_instance_uid``, ``study_instance_uid``,
         ``patient_id``) say which series it was; without a SeriesInstanceUID the source's key stands in.
+        ``patient_id_hash`` replaces hashing the identifiers' PatientID: ``reindex`` has only the stored hash.
         """
         source_info = dict(source_info or {})
         if isinstance(result_or_rejection, SeriesRejected):
             ids = identifiers or _identifiers_from_source_info(source_info)
             return self._record_rejection(result_or_rejection, ids, source_info, record)
-        return self._decide_fingerprinted(result_or_rejection, source_info, record)
+        return self._decide_fingerprinted(result_or_rejection, source_info, record, patient_id_hash)
 
     def process(self, source: Source, source_info: dict[str, Any] | None = None, record: bool = True) -> dict:
         """Fingerprint, decide and record one series; a rejection becomes a stored ``rejected`` verdict."""
@@ -118,12 +120,15 @@ class Archive:
         return self.decide_and_record(result, source_info, record=record)
 
     # --- internals ----------------------------------------------------------------------------------------------------
-    def _decide_fingerprinted(self, result: FingerprintResult, source_info: dict, record: bool) -> dict[str, Any]:
+    def _decide_fingerprinted(
+        self, result: FingerprintResult, source_info: dict, record: bool, patient_hash: str | None = None
+    ) -> dict[str, Any]:
         ids = result.slice.identifiers
         model_version = result.model_version
         vector = np.asarray(result.vector, dtype=np.float32).reshape(-1)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        patient_hash = self.hash_patient_id(ids.patient_id)
+        if patient_hash is None:
+            patient_hash = self.hash_patient_id(ids.patient_id)
         thresholds = self.thresholds(model_version)
         top_k = max(1, int(self.settings.top_k))
         transaction = self.store.locked() if record else self.store.reading()
@@ -320,17 +325,64 @@ def _identifiers_of_unusable_source(source: Source, source_info: dict[str, Any])
 def _first_header(source: Source) -> pydicom.Dataset | None:
     if not isinstance(source, (str, Path)):
         return next(iter(source), None)
-    path = Path(source)
-    candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for candidate in candidates[:50]:
-        try:
-            if candidate.suffix == ".gz":
-                import gzip
+    from fingerprint.dicom_series import iter_files, read_dicom_file
 
-                with gzip.open(candidate) as fh:
-                    return pydicom.dcmread(fh, stop_before_pixels=True)
-            return pydicom.dcmread(candidate, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - anything unreadable is simply not a header; the rejection says why
-            continue
+    for count, candidate in enumerate(iter_files(Path(source))):
+        if count >= 50:
+            break
+        header = read_dicom_file(candidate, stop_before_pixels=True)
+        if header is not None:
+            return header
     return None
 
+
+def reindex_archive(archive: Archive, source_version: str, batch_size: int = 64, progress: Any = None) -> dict:
+    """Re-embed every fingerprinted series of ``source_version`` with the archive's model, from the stored slices.
+
+    No DICOM is needed: each row keeps its canonical slice (float16). Series are replayed in their original order
+    through :meth:`Archive.decide_and_record`, so each gets the verdict the new model gives it at that point of the
+    archive's history. Resumable: series already recorded for the new version are skipped. Returns counts.
+    """
+    from fingerprint.store import slice_from_bytes
+    from fingerprint.types import SliceResult
+
+    target = archive.model_version
+    if target == source_version:
+        raise ValueError(f"the archive's model is already {target!r}; load the new weights (--model) to reindex")
+    done = archive.store.recorded_series_uids(target)
+    counts: dict[str, int] = {"reindexed": 0, "skipped": 0}
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        vectors = archive.model.embed(np.stack([slice_from_bytes(r["slice_f16"]) for r in pending]))
+        for row, vector in zip(pending, vectors):
+            ids = SeriesIdentifiers(
+                patient_id=row["patient_id"] or "",
+                study_instance_uid=row["study_instance_uid"],
+                series_instance_uid=row["series_instance_uid"],
+                sop_instance_uids=tuple(json.loads(row["sop_instance_uids"])),
+                study_date=row["study_date"],
+                modality=row["modality"],
+                series_description=row["series_description"],
+            )
+            result = FingerprintResult(vector, target, SliceResult(slice_from_bytes(row["slice_f16"]), ids))
+            info = {**json.loads(row["source"]), "reindexed_from": source_version}
+            out = archive.decide_and_record(result, info, patient_id_hash=row["patient_id_hash"])
+            counts[out["verdict"]] = counts.get(out["verdict"], 0) + 1
+            counts["reindexed"] += 1
+            if progress is not None:
+                progress.update(1)
+        pending.clear()
+
+    for row in archive.store.iter_for_reindex(source_version):
+        if row["series_instance_uid"] in done:
+            counts["skipped"] += 1
+            if progress is not None:
+                progress.update(1)
+            continue
+        pending.append(row)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    return counts

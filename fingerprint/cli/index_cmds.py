@@ -1,7 +1,303 @@
-"""Subcommands (being written)."""
+"""``enroll``, ``query``, ``calibrate``, ``reindex``: the identity archive from the command line.
+
+Every command takes ``--index DIR`` (or the configured ``index_dir``), so several archives live side by side, and
+``--json`` for scripts (one JSON object per line). Exit codes say what happened, so scripts need not parse output:
+
+* 0: done, nothing to look at (``consistent`` / ``new_patient`` only)
+* 1: an unexpected error on at least one series (the others were still processed)
+* 2: usage error
+* 3: at least one series ``rejected`` (and no alarm)
+* 4: at least one alarm: ``identity_mismatch`` or ``possible_duplicate``
+* 5: no DICOM series found where one was expected
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_REJECTED = 3
+EXIT_ALARM = 4
+EXIT_NOTHING_FOUND = 5
+ALARMS = {"identity_mismatch", "possible_duplicate"}
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok (consistent / new_patient only), 1 error on a series, 2 usage, 3 a series rejected, "
+    "4 alarm (identity_mismatch or possible_duplicate), 5 no DICOM series found."
+)
+
+IndexOption = Annotated[
+    Optional[Path], typer.Option("--index", help="Archive folder (store, FAISS index, keys); default from config.")
+]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $DBP_CONFIG).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per series on stdout.")]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Model weights (default: the shipped ones).")]
+
+
+@dataclass
+class SeriesSource:
+    """One series to process: how to show it, how to load it, and where it came from."""
+
+    series_dir: str
+    load: Callable[[], Any]
+    series_instance_uid: str = ""
+    source_info: dict[str, Any] = field(default_factory=dict)
+
+
+def folder_sources(path: Path) -> list[SeriesSource]:
+    """The image series below a folder: the folder itself when it holds one series, else one entry per series."""
+    from fingerprint.dicom_series import find_series, iter_files, read_dicom_file
+
+    shown = str(path)
+    groups = find_series(path)
+    if not groups and not any(read_dicom_file(p, stop_before_pixels=True) for p in iter_files(path)):
+        return []  # nothing DICOM at all: nothing to record
+    if len(groups) <= 1:  # one series (or none: the archive then records why it was rejected)
+        uid = next(iter(groups), "")
+        return [SeriesSource(shown, lambda: path, uid, {"folder": shown})]
+    sources = []
+    for uid, files in sorted(groups.items()):
+        parent = Path(*_common_parts([f.parent for f in files]))
+        if set(iter_files(parent)) == set(files):  # the series has a folder of its own
+            sources.append(SeriesSource(str(parent), lambda p=parent: p, uid, {"folder": str(parent)}))
+        else:
+            load = lambda fs=files: [ds for ds in (read_dicom_file(f) for f in fs) if ds is not None]  # noqa: E731
+            sources.append(SeriesSource(f"{shown}#{uid}", load, uid, {"folder": shown}))
+    return sources
+
+
+def _common_parts(folders: list[Path]) -> tuple[str, ...]:
+    parts = folders[0].parts
+    for folder in folders[1:]:
+        common = 0
+        for a, b in zip(parts, folder.parts):
+            if a != b:
+                break
+            common += 1
+        parts = parts[:common]
+    return parts
+
+
+def orthanc_sources(url: str, username: str, password: str) -> list[SeriesSource]:
+    """Every series stored in an Orthanc server, loaded over its REST API (credentials from the settings)."""
+    import pydicom
+    from orthanc_api_client import OrthancApiClient
+
+    client = OrthancApiClient(url, user=username or None, pwd=password or None)
+
+    def loader(series_id: str) -> Callable[[], list[pydicom.Dataset]]:
+        def load() -> list[pydicom.Dataset]:
+            ids = client.series.get_instances_ids(series_id)
+            return [pydicom.dcmread(io.BytesIO(client.instances.get_file(i))) for i in ids]
+
+        return load
+
+    sources = []
+    for series_id in client.series.get_all_ids():
+        uid = client.series.get(series_id).dicom_id
+        info = {"orthanc_id": series_id, "orthanc_url": url}
+        sources.append(SeriesSource(f"orthanc:{series_id}", loader(series_id), uid, info))
+    return sources
+
+
+def _settings(config: Path | None, index: Path | None, **overrides: Any):
+    from fingerprint.config import load_settings
+
+    return load_settings(config, index_dir=index, **overrides)
+
+
+def _emit(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(out, default=str))
+        return
+    score = "-" if out.get("score") is None else f"{out['score']:.4f}"
+    extra = out.get("matched_patient_id_hash") or out.get("rejected") or ""
+    typer.echo(f"{out['verdict']:<18} {score:>7}  {out['series_dir']}  {extra}".rstrip())
+
+
+def _exit_code(verdicts: Counter, errors: int) -> int:
+    if errors:
+        return EXIT_ERROR
+    if any(verdicts[v] for v in ALARMS):
+        return EXIT_ALARM
+    if verdicts["rejected"]:
+        return EXIT_REJECTED
+    return EXIT_OK
+
+
+def _run_series(archive: Any, sources: list[SeriesSource], record: bool, as_json: bool, progress: Any) -> tuple:
+    """Process each series; one failure never stops the others. Returns (verdict counts, errors)."""
+    verdicts: Counter = Counter()
+    errors = 0
+    for source in sources:
+        try:
+            out = archive.process(source.load(), source.source_info, record=record)
+        except Exception as exc:  # noqa: BLE001 - report, keep going; the message carries no patient data
+            errors += 1
+            err = {"series_dir": source.series_dir, "verdict": None, "error": f"{type(exc).__name__}: {exc}"}
+            typer.echo(json.dumps(err) if as_json else f"error: {source.series_dir}: {err['error']}", err=not as_json)
+        else:
+            out = {"series_dir": source.series_dir, **out}
+            verdicts[out["verdict"]] += 1
+            if progress is not None:
+                progress.clear()
+            _emit(out, as_json)
+        if progress is not None:
+            progress.update(1)
+    return verdicts, errors
+
+
+def enroll(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Folders of DICOM (each series found inside).")] = None,
+    orthanc: Annotated[Optional[str], typer.Option("--orthanc", help="Enroll every series of this Orthanc.")] = None,
+    index: IndexOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    as_json: JsonOption = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> None:
+    """Fingerprint and record series in bulk, with a verdict for each. Resumable: series already recorded for this
+    model version are skipped. Credentials for --orthanc come from the settings (orthanc_username/password)."""
+    from tqdm import tqdm
+
+    from fingerprint.archive import Archive
+
+    if not paths and not orthanc:
+        raise typer.BadParameter("give at least one PATH or --orthanc URL")
+    settings = _settings(config, index, model_path=model)
+    sources: list[SeriesSource] = []
+    for path in paths or []:
+        if not path.exists():
+            raise typer.BadParameter(f"{path} does not exist")
+        sources.extend(folder_sources(path))
+    if orthanc:
+        sources.extend(orthanc_sources(orthanc, settings.orthanc_username, settings.orthanc_password))
+    with Archive(settings) as archive:
+        done = archive.store.recorded_series_uids(archive.model_version)
+        todo = [s for s in sources if not (s.series_instance_uid and s.series_instance_uid in done)]
+        skipped = len(sources) - len(todo)
+        bar = tqdm(total=len(todo), desc="enroll", unit="series", disable=not progress, file=sys.stderr)
+        verdicts, errors = _run_series(archive, todo, True, as_json, bar)
+        bar.close()
+    summary = ", ".join(f"{v}: {n}" for v, n in sorted(verdicts.items())) or "nothing new"
+    typer.echo(f"enrolled {sum(verdicts.values())} series ({summary}); {skipped} already recorded; "
+               f"{errors} error(s)", err=True)
+    if not sources:
+        raise typer.Exit(EXIT_NOTHING_FOUND)
+    raise typer.Exit(_exit_code(verdicts, errors))
+
+
+def query(
+    path: Annotated[Path, typer.Argument(help="A DICOM series folder (or a folder of series: each is queried).")],
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Neighbours to show (default from config).")] = None,
+    record: Annotated[bool, typer.Option("--record", help="Also record the series (default: look only).")] = False,
+    index: IndexOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Top-k most similar archived series with their similarities, and the verdict this series would get.
+    JSON fields: series_dir (as given), verdict, score, neighbours, matched_patient_id_hash, evidence."""
+    from fingerprint.archive import Archive
+
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist")
+    settings = _settings(config, index, model_path=model, top_k=top_k)
+    sources = folder_sources(path)
+    if not sources:
+        typer.echo(f"no DICOM found in {path}", err=True)
+        raise typer.Exit(EXIT_NOTHING_FOUND)
+    with Archive(settings) as archive:
+        verdicts, errors = _run_series(archive, sources, record, as_json, None)
+        if not as_json:
+            _print_neighbours_hint(verdicts)
+    raise typer.Exit(_exit_code(verdicts, errors))
+
+
+def _print_neighbours_hint(verdicts: Counter) -> None:
+    if sum(verdicts.values()):
+        typer.echo("(use --json for the neighbours, their similarities and the thresholds)", err=True)
+
+
+def calibrate(
+    cohort: Annotated[Path, typer.Option("--cohort", help="Labelled set: cohort.csv + slices.npz or volumes.")],
+    far: Annotated[Optional[float], typer.Option("--far", help="False-alarm rate (default 0.001 = 0.1%).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Rows of this split, if the cohort has it.")] = "calibration",
+    ship: Annotated[bool, typer.Option("--ship", help="Write next to the shipped weights, not in the index.")] = False,
+    index: IndexOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Measure same-person and different-person similarities on a labelled cohort and store the verdict thresholds
+    for the model version in use (in the index folder, or with --ship in fingerprint/weights/thresholds.json)."""
+    from fingerprint.api import load_model
+    from fingerprint.calibration import SHIPPED_THRESHOLDS, calibrate_cohort, save_thresholds, site_thresholds_path
+
+    if not (cohort / "cohort.csv").exists():
+        raise typer.BadParameter(f"{cohort}/cohort.csv not found")
+    settings = _settings(config, index, model_path=model)
+    fingerprinter = load_model(settings.model_path)
+    rate = far if far is not None else settings.calibration_far
+    thresholds = calibrate_cohort(cohort, fingerprinter.embed, fingerprinter.model_version, rate, split)
+    target = SHIPPED_THRESHOLDS if ship else site_thresholds_path(settings)
+    save_thresholds(thresholds, target)
+    out = {**thresholds.as_json(), "file": str(target)}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    d = thresholds.details
+    typer.echo(
+        f"model {thresholds.model_version}: match >= {thresholds.match:.4f}, mismatch < {thresholds.mismatch:.4f} "
+        f"(far {rate:g}; {d['same_pairs']} same-person / {d['different_pairs']} different-person pairs; "
+        f"same person below match: {d['same_below_match']:.2%}) -> {target}"
+    )
+    if "warning" in d:
+        typer.echo(f"warning: {d['warning']}", err=True)
+
+
+def reindex(
+    from_version: Annotated[
+        Optional[str], typer.Option("--from", help="Model version to re-embed (default: the largest other one).")
+    ] = None,
+    index: IndexOption = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices embedded per batch.")] = 64,
+    as_json: JsonOption = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> None:
+    """Re-embed the archive with the model in use (a new model version means new fingerprints), from the stored
+    canonical slices: no DICOM needed. Resumable; each series gets the new model's verdict, in the original order."""
+    from tqdm import tqdm
+
+    from fingerprint.archive import Archive, reindex_archive
+
+    settings = _settings(config, index, model_path=model)
+    with Archive(settings) as archive:
+        target = archive.model_version
+        versions = {v: n for v, n in archive.store.model_versions().items() if v != target}
+        source = from_version or (max(versions, key=versions.get) if versions else None)
+        if source is None or source not in versions:
+            typer.echo(f"nothing to reindex: no series of another model version than {target}", err=True)
+            raise typer.Exit(EXIT_NOTHING_FOUND)
+        bar = tqdm(total=versions[source], desc=f"reindex {source} -> {target}", disable=not progress, file=sys.stderr)
+        counts = reindex_archive(archive, source, batch_size, bar)
+        bar.close()
+    out = {"from": source, "to": target, **counts}
+    typer.echo(json.dumps(out) if as_json else ", ".join(f"{k}: {v}" for k, v in out.items()))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's subcommands to the app."""
+    for command in (enroll, query, calibrate, reindex):
+        app.command(command.__name__, epilog=EXIT_CODES_HELP)(command)

@@ -1,0 +1,202 @@
+"""``enroll`` / ``query`` / ``calibrate`` / ``reindex`` on real DICOM series: JSON output, verdicts, exit codes.
+
+Real series from ``shared/data`` go through the real pipeline and the model in use. Planted cases are made the way
+they happen in a PACS: a real series re-sent under a new SeriesInstanceUID with the same PatientID (``consistent``),
+under another PatientID (``possible_duplicate``), or filed under a different patient's PatientID
+(``identity_mismatch``). The thresholds are calibrated on these real series (halfway between the two different
+people's similarity and identity), because an untrained model cannot be asked to separate people; the plumbing from
+DICOM to verdict is what is tested here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.uid import generate_uid
+from typer.testing import CliRunner
+
+from fingerprint.archive import Archive
+from fingerprint.calibration import Thresholds, load_thresholds, save_thresholds, site_thresholds_path
+from fingerprint.cli.app import app
+from fingerprint.config import load_settings
+from fingerprint.dicom_series import iter_files, read_dicom_file
+from fingerprint.verdicts import VERDICTS
+
+torch.set_num_threads(1)
+PRISMA = "t1/siemens-prisma-xa30-enhanced-2mm"  # one Enhanced MR file: the cheapest real 3D T1
+PHILIPS = "t1/philips-elition-3t-sag-gz"
+
+
+def cli(*args: str) -> tuple[int, list[dict], str]:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.exit_code, lines, result.stderr
+
+
+def refile(src: Path, dst: Path, patient_id: str | None = None) -> Path:
+    """Copy a real series as a PACS re-send would: new Series/SOP Instance UIDs, optionally another PatientID."""
+    dst.mkdir(parents=True)
+    series_uid = generate_uid()
+    for i, path in enumerate(iter_files(src)):
+        ds = read_dicom_file(path)
+        if ds is None:
+            continue
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if patient_id is not None:
+            ds.PatientID = patient_id
+        ds.save_as(dst / f"{i:04d}.dcm")
+    return dst
+
+
+def patient_id_of(folder: Path) -> str:
+    return str(read_dicom_file(next(iter_files(folder)), stop_before_pixels=True).PatientID)
+
+
+@pytest.fixture(scope="module")
+def real_pair(shared_data, tmp_path_factory):
+    """Two real people (Prisma, Philips) and thresholds calibrated on their real fingerprints with the model in use."""
+    work = tmp_path_factory.mktemp("real")
+    settings = load_settings(home=work, index_dir=work / "probe")
+    with Archive(settings) as probe:
+        a = probe.fingerprint(shared_data / PRISMA)
+        b = probe.fingerprint(shared_data / PHILIPS)
+    similarity = float(a.vector @ b.vector)
+    mid = (similarity + 1.0) / 2
+    assert mid < 1.0 - 1e-7, "two different people gave identical fingerprints"
+    thresholds = Thresholds(a.model_version, mid, mid, 0.001, "calibrated", {"set": "two real series (test)"})
+    return {"prisma": shared_data / PRISMA, "philips": shared_data / PHILIPS, "thresholds": thresholds, "work": work}
+
+
+def new_index(tmp_path: Path, thresholds: Thresholds) -> Path:
+    index = tmp_path / "archive"
+    save_thresholds(thresholds, site_thresholds_path(load_settings(home=tmp_path, index_dir=index)))
+    return index
+
+
+def test_every_verdict_on_real_series_through_the_cli(real_pair, tmp_path):
+    index = new_index(tmp_path, real_pair["thresholds"])
+    prisma, philips = real_pair["prisma"], real_pair["philips"]
+
+    code, lines, err = cli("enroll", prisma, philips, "--index", index, "--json", "--no-progress")
+    assert code == 0, err
+    assert [l["series_dir"] for l in lines] == [str(prisma), str(philips)]
+    assert [l["verdict"] for l in lines] == ["new_patient", "new_patient"]
+    assert lines[1]["evidence"]["thresholds"]["source"] == "calibrated"
+
+    code, lines, err = cli("enroll", prisma, philips, "--index", index, "--json", "--no-progress")
+    assert code == 0 and lines == [] and "2 already recorded" in err  # resumable: nothing re-done
+
+    same = refile(prisma, tmp_path / "prisma-resent")
+    code, lines, _ = cli("query", same, "--index", index, "--json", "--top-k", "2")
+    assert code == 0
+    (out,) = lines
+    assert out["series_dir"] == str(same) and out["verdict"] == "consistent"
+    assert out["score"] == pytest.approx(1.0, abs=1e-5) and not out["recorded"]
+    assert out["neighbours"][0]["same_patient_id"] and len(out["neighbours"]) == 2
+
+    duplicate = refile(prisma, tmp_path / "prisma-other-id", patient_id="DBP-TEST-OTHER-ID")
+    code, lines, _ = cli("query", duplicate, "--index", index, "--json")
+    assert code == 4 and lines[0]["verdict"] == "possible_duplicate"
+    assert lines[0]["matched_patient_id_hash"] == lines[0]["neighbours"][0]["patient_id_hash"]
+
+    swapped = refile(prisma, tmp_path / "prisma-filed-as-philips", patient_id=patient_id_of(philips))
+    code, lines, _ = cli("query", swapped, "--index", index, "--json")
+    assert code == 4 and lines[0]["verdict"] == "identity_mismatch"
+    assert lines[0]["score"] < real_pair["thresholds"].mismatch
+    assert lines[0]["matched_patient_id_hash"] == duplicate_hash_of(lines[0], same_as=prisma, index=index)
+
+    code, lines, _ = cli("enroll", duplicate, "--index", index, "--json", "--no-progress")
+    assert code == 4 and lines[0]["verdict"] == "possible_duplicate" and lines[0]["recorded"]
+    text_out = json.dumps(lines)
+    assert patient_id_of(prisma) not in text_out and "DBP-TEST-OTHER-ID" not in text_out
+
+    code, _, _ = cli("query", same, "--index", index)  # human-readable form
+    assert code == 0
+
+
+def duplicate_hash_of(out: dict, same_as: Path, index: Path) -> str:
+    """The stored hash of the series at ``same_as`` (the PatientID the swapped series really belongs to)."""
+    with Archive(load_settings(index_dir=index, home=index.parent)) as arch:
+        return arch.hash_patient_id(patient_id_of(same_as))
+
+
+def test_unusable_series_are_rejected_with_reasons_and_exit_3(shared_data, tmp_path):
+    index = tmp_path / "archive"
+    code, lines, err = cli("query", shared_data / "hard" / "transfer-syntaxes", "--index", index, "--json")
+    assert code == 3, err
+    assert all(l["verdict"] == "rejected" and l["rejected"] and not l["recorded"] for l in lines)
+    code, lines, err = cli("enroll", shared_data / "hard" / "12bit", "--index", index, "--json", "--no-progress")
+    assert code == 3 and lines and all(l["verdict"] == "rejected" and l["recorded"] for l in lines), err
+    code, again, _ = cli("enroll", shared_data / "hard" / "12bit", "--index", index, "--json", "--no-progress")
+    assert again == []  # recorded rejections are not retried
+
+
+def test_nothing_found_and_usage_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not dicom")
+    assert cli("query", tmp_path / "empty", "--index", tmp_path / "a", "--json")[0] == 5
+    assert cli("enroll", tmp_path / "empty", "--index", tmp_path / "a", "--no-progress")[0] == 5
+    assert cli("query", tmp_path / "missing", "--index", tmp_path / "a")[0] == 2
+    assert cli("enroll", "--index", tmp_path / "a")[0] == 2
+
+
+def test_console_script_help_documents_exit_codes():
+    for command in ("enroll", "query", "calibrate", "reindex"):
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "deepbrainprint"), command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0 and "Exit codes" in result.stdout and "--index" in result.stdout
+
+
+def test_calibrate_writes_thresholds_for_the_model_in_use(tmp_path):
+    rng = np.random.default_rng(0)
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    rows, slices = [], []
+    for subject in range(8):
+        head = rng.random((128, 128))
+        for visit in range(3):
+            rows.append(f"s{subject}v{visit},subject{subject},{visit},2021-0{visit + 1}-01,colin27,calibration")
+            slices.append(head + rng.normal(0, 0.02, head.shape))
+    (cohort / "cohort.csv").write_text("scan_id,subject_id,visit,date,base_head,split\n" + "\n".join(rows) + "\n")
+    np.savez(cohort / "slices.npz", slices=np.stack(slices).astype(np.float16), scan_id=[r.split(",")[0] for r in rows])
+    index = tmp_path / "archive"
+    code, (out,), err = cli("calibrate", "--cohort", cohort, "--far", "0.01", "--index", index, "--json")
+    assert code == 0, err
+    assert out["details"]["same_pairs"] == 24 and out["details"]["different_pairs"] == 252
+    stored = load_thresholds(load_settings(home=tmp_path, index_dir=index), out["model_version"])
+    assert stored.source == "calibrated" and stored.match == out["match"] and stored.mismatch <= stored.match
+
+
+def test_reindex_re_embeds_from_stored_slices_without_dicom(real_pair, tmp_path):
+    from fingerprint.model import save_encoder, seeded_encoder
+
+    index = new_index(tmp_path, real_pair["thresholds"])
+    copy = refile(real_pair["prisma"], tmp_path / "prisma")  # deleted after enroll: reindex must not need it
+    assert cli("enroll", copy, "--index", index, "--no-progress")[0] == 0
+    for path in iter_files(copy):
+        path.unlink()
+    weights = save_encoder(seeded_encoder(seed=12345), tmp_path / "model-2", {"model_version": "test-reindex-2"})
+    code, (out,), err = cli("reindex", "--model", weights, "--index", index, "--json", "--no-progress")
+    assert code == 0, err
+    assert out["to"] == "test-reindex-2" and out["from"] == real_pair["thresholds"].model_version
+    assert out["reindexed"] == 1 and out["new_patient"] == 1
+    with Archive(load_settings(home=tmp_path, index_dir=index, model_path=weights)) as arch:
+        assert arch.store.model_versions() == {out["from"]: 1, "test-reindex-2": 1}
+        assert arch.index_for("test-reindex-2").ntotal == 1
+    code, (again,), _ = cli("reindex", "--model", weights, "--index", index, "--json", "--no-progress")
+    assert again["reindexed"] == 0 and again["skipped"] == 1
