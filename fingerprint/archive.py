@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from fingerprint.calibration import Thresholds, load_thresholds
+from fingerprint.calibration import Thresholds, load_thresholds, thresholds_from_json
 from fingerprint.config import Settings
 from fingerprint.errors import SeriesRejected
 from fingerprint.index import FingerprintIndex
@@ -56,6 +56,7 @@ class Archive:
         self._model = model
         self._explicit_thresholds = thresholds
         self._indexes: dict[str, FingerprintIndex] = {}
+        self._thresholds: dict[str, Thresholds] = {}  # per model version, read once per process
 
     # --- the model --------------------------------------------------------------------------------------------------
     @property
@@ -72,9 +73,14 @@ class Archive:
         return str(self.model.model_version)
 
     def thresholds(self, model_version: str) -> Thresholds:
+        """Explicit ones, else the site's calibration in the store, else the files (index folder, shipped)."""
         if self._explicit_thresholds is not None:
             return self._explicit_thresholds
-        return load_thresholds(self.settings, model_version)
+        if model_version not in self._thresholds:
+            stored = self.store.load_thresholds(model_version)
+            found = thresholds_from_json(stored, "store") if stored else load_thresholds(self.settings, model_version)
+            self._thresholds[model_version] = found
+        return self._thresholds[model_version]
 
     def hash_patient_id(self, patient_id: str) -> str:
         return hash_patient_id(patient_id, self._hash_key)

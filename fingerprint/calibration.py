@@ -42,7 +42,7 @@ class Thresholds:
     model_version: str
     match: float
     mismatch: float
-    far: float
+    far: float | None  # None for the fallback: no rate was measured
     source: str  # "calibrated" | "fallback" | "explicit"
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -55,7 +55,7 @@ def fallback_thresholds(model_version: str) -> Thresholds:
         model_version=model_version,
         match=FALLBACK_MATCH,
         mismatch=FALLBACK_MISMATCH,
-        far=float("nan"),
+        far=None,
         source="fallback",
         details={"warning": f"no thresholds calibrated for model {model_version!r}; run `deepbrainprint calibrate`"},
     )
@@ -125,13 +125,20 @@ def save_thresholds(thresholds: Thresholds, path: Path) -> None:
     tmp.replace(path)
 
 
+def thresholds_from_json(entry: dict[str, Any], where: str) -> Thresholds:
+    return Thresholds(**{**entry, "details": {**entry.get("details", {}), "from": where}})
+
+
 def load_thresholds(settings: Settings, model_version: str) -> Thresholds:
-    """The site's calibration for this model version, else the shipped one, else the labelled fallback."""
+    """The site's calibration file for this model version, else the shipped one, else the labelled fallback.
+
+    (:class:`fingerprint.archive.Archive` first looks in the store, where ``calibrate`` also writes.)
+    """
     for path in (site_thresholds_path(settings), SHIPPED_THRESHOLDS):
         if path.exists():
             entry = json.loads(path.read_text()).get(model_version)
             if entry:
-                return Thresholds(**{**entry, "details": {**entry.get("details", {}), "file": str(path)}})
+                return thresholds_from_json(entry, str(path))
     return fallback_thresholds(model_version)
 
 

@@ -14,6 +14,7 @@ forces a rebuild. So nothing recorded in the store is ever missing from a search
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -102,7 +103,7 @@ class FingerprintIndex:
             self.load_problem = "index file missing"
             return
         try:
-            meta, index = _read_index_file(self.path)
+            meta, index, ids = _read_index_file(self.path)
         except (ValueError, RuntimeError, OSError, struct.error) as exc:
             self.load_problem = f"index file unreadable ({type(exc).__name__}: {exc})"
             return
@@ -112,7 +113,7 @@ class FingerprintIndex:
         self.index = index
         self.effective_factory = meta["effective_factory"]
         self.max_seq = int(meta["max_seq"])
-        self._ids = set(faiss.vector_to_array(index.id_map).tolist())
+        self._ids = set(ids.tolist())
         self._apply_search_params()
 
     def save(self) -> None:
@@ -128,7 +129,7 @@ class FingerprintIndex:
             "ntotal": int(self.index.ntotal),
             "saved_at": datetime.now(timezone.utc).isoformat(),
         }
-        _write_index_file(self.path, meta, self.index)
+        _write_index_file(self.path, meta, self.index, np.fromiter(self._ids, dtype=np.int64, count=len(self._ids)))
         self.unsaved_changes = 0
 
     # --- consistency with the store ----------------------------------------------------------------------------------
@@ -238,15 +239,31 @@ class FingerprintIndex:
             faiss.ParameterSpace().set_index_parameters(self.index, self.search_params)
 
 
-def _write_index_file(path: Path, meta: dict, index: faiss.Index) -> None:
+def _write_index_file(path: Path, meta: dict, index: faiss.IndexIDMap2, ids: np.ndarray) -> None:
+    """MAGIC, JSON meta, the row ids, the FAISS index, then a SHA-256 of all of it; written to a temp file and renamed.
+
+    FAISS bytes go through ``PyCallbackIOWriter`` rather than ``serialize_index``: the latter returns a SWIG
+    ``std::vector<uint8_t>`` that SimpleITK's SWIG module (loaded in the same process) claims as its own type.
+    The row ids are stored beside the index for the same reason (no SWIG vector needed to read them back).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
-    body = FILE_MAGIC + struct.pack("<Q", len(meta_bytes)) + meta_bytes + faiss.serialize_index(index).tobytes()
+    ids = np.ascontiguousarray(ids, dtype="<i8")
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
-            fh.write(hashlib.sha256(body).digest())
+            digest = hashlib.sha256()
+
+            def write(chunk: bytes) -> None:
+                digest.update(chunk)
+                fh.write(chunk)
+
+            write(FILE_MAGIC + struct.pack("<Q", len(meta_bytes)) + meta_bytes)
+            write(struct.pack("<Q", len(ids)) + ids.tobytes())
+            writer = faiss.PyCallbackIOWriter(write)
+            faiss.write_index(index, writer)
+            del writer
+            fh.write(digest.digest())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -260,17 +277,25 @@ def _write_index_file(path: Path, meta: dict, index: faiss.Index) -> None:
         os.close(dir_fd)
 
 
-def _read_index_file(path: Path) -> tuple[dict, faiss.IndexIDMap2]:
+def _read_index_file(path: Path) -> tuple[dict, faiss.IndexIDMap2, np.ndarray]:
     data = path.read_bytes()
     body, digest = data[:-32], data[-32:]
     if not body.startswith(FILE_MAGIC) or hashlib.sha256(body).digest() != digest:
         raise ValueError("bad magic or checksum (torn or foreign file)")
-    (meta_len,) = struct.unpack_from("<Q", body, len(FILE_MAGIC))
-    start = len(FILE_MAGIC) + 8
-    meta = json.loads(body[start : start + meta_len])
-    index = faiss.deserialize_index(np.frombuffer(body[start + meta_len :], dtype=np.uint8))
+    offset = len(FILE_MAGIC)
+    (meta_len,) = struct.unpack_from("<Q", body, offset)
+    offset += 8
+    meta = json.loads(body[offset : offset + meta_len])
+    offset += meta_len
+    (n_ids,) = struct.unpack_from("<Q", body, offset)
+    offset += 8
+    ids = np.frombuffer(body, dtype="<i8", count=n_ids, offset=offset).astype(np.int64)
+    offset += 8 * n_ids
+    reader = faiss.PyCallbackIOReader(io.BytesIO(body[offset:]).read)
+    index = faiss.read_index(reader)
+    del reader
     if not isinstance(index, faiss.IndexIDMap2):
         index = faiss.downcast_index(index)
-    if not isinstance(index, faiss.IndexIDMap2):
-        raise ValueError(f"unexpected index type {type(index).__name__}")
-    return meta, index
+    if not isinstance(index, faiss.IndexIDMap2) or index.ntotal != n_ids:
+        raise ValueError(f"unexpected index ({type(index).__name__}, {index.ntotal} vectors, {n_ids} ids)")
+    return meta, index, ids

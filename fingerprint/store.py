@@ -84,6 +84,16 @@ series_table = Table(
     UniqueConstraint("series_instance_uid", "model_version", name="uq_dbp_series_uid_model"),
 )
 
+#: A site's calibrated verdict thresholds per model version (JSON of ``calibration.Thresholds``). Kept in the store so
+#: that every worker of a scaled-out archive, whatever its local index folder, decides with the same thresholds.
+thresholds_table = Table(
+    "dbp_thresholds",
+    metadata,
+    Column("model_version", String(64), primary_key=True),
+    Column("thresholds", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 #: Columns a caller may set through :meth:`Store.upsert_series` (everything but the bookkeeping ones).
 RECORD_FIELDS = tuple(c.name for c in series_table.columns if c.name not in {"id", "seq", "created_at", "updated_at"})
 
@@ -309,6 +319,25 @@ class Store:
                 return
             yield from (dict(r) for r in rows)
             last = int(rows[-1]["id"])
+
+    def save_thresholds(self, model_version: str, thresholds: dict[str, Any]) -> None:
+        """Store (replace) the calibrated thresholds of a model version."""
+        with self.locked() as conn:
+            conn.execute(thresholds_table.delete().where(thresholds_table.c.model_version == model_version))
+            conn.execute(
+                thresholds_table.insert().values(
+                    model_version=model_version,
+                    thresholds=json.dumps(thresholds),
+                    updated_at=datetime.now(timezone.utc),
+                )
+            )
+
+    def load_thresholds(self, model_version: str) -> dict[str, Any] | None:
+        with self.reading() as conn:
+            text_value = conn.execute(
+                select(thresholds_table.c.thresholds).where(thresholds_table.c.model_version == model_version)
+            ).scalar_one_or_none()
+        return json.loads(text_value) if text_value else None
 
     def model_versions(self) -> dict[str, int]:
         """Fingerprinted series per model version."""

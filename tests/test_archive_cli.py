@@ -180,6 +180,11 @@ def test_calibrate_writes_thresholds_for_the_model_in_use(tmp_path):
     assert out["details"]["same_pairs"] == 24 and out["details"]["different_pairs"] == 252
     stored = load_thresholds(load_settings(home=tmp_path, index_dir=index), out["model_version"])
     assert stored.source == "calibrated" and stored.match == out["match"] and stored.mismatch <= stored.match
+    # The store holds it too, so a worker with another index folder on the same store decides the same way.
+    other_worker = load_settings(home=tmp_path, index_dir=tmp_path / "worker-2", store_url=f"sqlite:///{index}/store.sqlite")
+    with Archive(other_worker) as arch:
+        used = arch.thresholds(out["model_version"])
+        assert used.details["from"] == "store" and used.match == out["match"]
 
 
 def test_reindex_re_embeds_from_stored_slices_without_dicom(real_pair, tmp_path):

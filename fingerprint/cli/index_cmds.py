@@ -239,7 +239,8 @@ def calibrate(
     as_json: JsonOption = False,
 ) -> None:
     """Measure same-person and different-person similarities on a labelled cohort and store the verdict thresholds
-    for the model version in use (in the index folder, or with --ship in fingerprint/weights/thresholds.json)."""
+    for the model version in use (in the archive's store and index folder, or with --ship in
+    fingerprint/weights/thresholds.json, shipped with the weights)."""
     from fingerprint.api import load_model
     from fingerprint.calibration import SHIPPED_THRESHOLDS, calibrate_cohort, save_thresholds, site_thresholds_path
 
@@ -251,6 +252,12 @@ def calibrate(
     thresholds = calibrate_cohort(cohort, fingerprinter.embed, fingerprinter.model_version, rate, split)
     target = SHIPPED_THRESHOLDS if ship else site_thresholds_path(settings)
     save_thresholds(thresholds, target)
+    if not ship:  # also in the store: every worker of this archive then uses it, whatever its index folder
+        from fingerprint.store import Store
+
+        store = Store(settings.resolved_store_url)
+        store.save_thresholds(thresholds.model_version, thresholds.as_json())
+        store.close()
     out = {**thresholds.as_json(), "file": str(target)}
     if as_json:
         typer.echo(json.dumps(out))
