@@ -106,3 +106,23 @@ def test_three_step_run_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     assert model.model_version == "tiny-test"
     vectors = model.embed(np.zeros((2, 128, 128), np.float32))
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_thread_tuner_probes_the_other_count_and_keeps_the_faster() -> None:
+    from fingerprint.training.loop import ThreadTuner
+
+    tuner = ThreadTuner([1, 2], period=10, probe=2)
+    seconds = {1: 3.0, 2: 1.0}  # two threads faster (an idle machine)
+    used = []
+    for _ in range(20):
+        threads = tuner.threads_for_next_step()
+        used.append(threads)
+        tuner.record(threads, seconds[threads])
+    assert used[:8] == [1] * 8 and used[8:10] == [2, 2]  # probe at the end of the first period
+    assert tuner.current == 2 and used[10:18] == [2] * 8
+    seconds = {1: 3.0, 2: 12.0}  # the machine got busy: two threads now much slower
+    for _ in range(10):
+        threads = tuner.threads_for_next_step()
+        tuner.record(threads, seconds[threads])
+    assert tuner.current == 1
+    torch.set_num_threads(1)
