@@ -15,9 +15,11 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from .transport import disable_nagle
 
 
 class AssociationFailed(RuntimeError):
@@ -71,7 +73,9 @@ def send_instances(
         contexts.append(build_context(UID(sop_class), [UID(syntax)]))
     if len(contexts) > 127:
         raise ValueError("too many distinct SOP class / transfer syntax pairs for one association")
-    assoc = ae.associate(host, port, contexts=contexts, ae_title=called_ae)
+    assoc = ae.associate(
+        host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, disable_nagle)]
+    )
     if not assoc.is_established:
         raise AssociationFailed(f"association to {called_ae}@{host}:{port} was rejected or failed")
     statuses: list[int] = []

@@ -162,7 +162,7 @@ class Spool:
                 fh.write(data)
                 fh.flush()
                 if self.fsync:
-                    os.fsync(fh.fileno())
+                    os.fdatasync(fh.fileno())  # data + size; mtime is not worth a metadata flush
             os.replace(tmp, target)
             if self.fsync:
                 _fsync_dir(target.parent)

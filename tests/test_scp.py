@@ -178,10 +178,7 @@ def test_series_waits_for_release_then_quiet_time_and_reopens_for_late_instances
     series = mr_series(5, size=8)
     key = series_key_for(series[0].SeriesInstanceUID)
     node, collector = start_node()
-    ae = AE(ae_title="DBP-SCU")
-    ae.add_requested_context(MRImageStorage)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="DEEPBRAINPRINT")
-    assert assoc.is_established
+    assoc = _open_association(node.port)
     for ds in series[:3]:
         assert assoc.send_c_store(ds).Status == 0
     time.sleep(QUIET_S * 4)
@@ -199,6 +196,29 @@ def test_series_waits_for_release_then_quiet_time_and_reopens_for_late_instances
     assert node.spool.mark_done(key, second.generation)
     time.sleep(QUIET_S * 3)
     assert len(collector.completed) == 2
+
+
+def _open_association(port: int):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title="DBP-SCU")
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DEEPBRAINPRINT")
+    assert assoc.is_established
+    return assoc
+
+
+def test_series_sent_over_two_concurrent_associations_waits_for_both(start_node: NodeFactory) -> None:
+    series = mr_series(2, size=8)
+    node, collector = start_node()
+    first, second = _open_association(node.port), _open_association(node.port)
+    assert first.send_c_store(series[0]).Status == 0
+    assert second.send_c_store(series[1]).Status == 0
+    first.release()
+    time.sleep(QUIET_S * 4)
+    assert collector.completed == [], "the other association may still send instances of this series"
+    second.release()
+    (completed,) = collector.wait(1)
+    assert completed.instance_count == 2
+    assert len(node.spool.read_state(completed.series_key).association_ids) == 2
 
 
 def test_aborted_association_keeps_what_was_stored(start_node: NodeFactory) -> None:
@@ -257,21 +277,26 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
 
 
 def test_restart_hands_on_again_what_was_not_finished(start_node: NodeFactory, tmp_path: Path) -> None:
+    """Received-but-not-complete and queued-but-not-done series are handed on again; done ones are not."""
     spool_dir = tmp_path / "spool"
-    unfinished, finished = mr_series(2, size=8), mr_series(2, size=8, seed=1)
+    receiving, queued, finished = (mr_series(2, size=8, seed=seed) for seed in range(3))
     node, collector = start_node(spool_dir=spool_dir)
     assert send_instances(finished, node.port).all_ok
-    (done,) = collector.wait(1)
+    assert send_instances(queued, node.port).all_ok
+    done, not_done = sorted(collector.wait(2), key=lambda c: c.series_key != series_key_for(finished[0].SeriesInstanceUID))
     assert node.spool.mark_done(done.series_key, done.generation)
+    assert _wait_for_state(node.spool, not_done.series_key, "queued") == "queued"  # the worker never finished it
     node.tracker.quiet_time_s = 3600  # the next series will not complete before the "crash"
-    assert send_instances(unfinished, node.port).all_ok
+    assert send_instances(receiving, node.port).all_ok
     node.stop()
 
     restarted, collector2 = start_node(spool_dir=spool_dir)
-    unfinished_key = series_key_for(unfinished[0].SeriesInstanceUID)
-    assert restarted.recovered == [unfinished_key]
-    (again,) = collector2.wait(1, timeout=5)
-    assert again.series_key == unfinished_key and again.instance_count == 2
+    expected = {series_key_for(receiving[0].SeriesInstanceUID), series_key_for(queued[0].SeriesInstanceUID)}
+    assert set(restarted.recovered) == expected
+    again = collector2.wait(2, timeout=5)
+    assert {c.series_key for c in again} == expected and all(c.instance_count == 2 for c in again)
+    time.sleep(QUIET_S * 2)
+    assert len(collector2.completed) == 2
 
 
 def test_failed_hand_on_is_retried_and_series_marked_queued_only_after_success(start_node: NodeFactory) -> None:
