@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +58,8 @@ class Archive:
         self._explicit_thresholds = thresholds
         self._indexes: dict[str, FingerprintIndex] = {}
         self._thresholds: dict[str, Thresholds] = {}  # per model version, read once per process
+        # The in-memory FAISS indexes are not thread-safe; the store lock serialises processes, this one threads.
+        self._local_lock = threading.RLock()
 
     # --- the model --------------------------------------------------------------------------------------------------
     @property
@@ -108,10 +111,11 @@ class Archive:
         ``patient_id_hash`` replaces hashing the identifiers' PatientID: ``reindex`` has only the stored hash.
         """
         source_info = dict(source_info or {})
-        if isinstance(result_or_rejection, SeriesRejected):
-            ids = identifiers or _identifiers_from_source_info(source_info)
-            return self._record_rejection(result_or_rejection, ids, source_info, record)
-        return self._decide_fingerprinted(result_or_rejection, source_info, record, patient_id_hash)
+        with self._local_lock:
+            if isinstance(result_or_rejection, SeriesRejected):
+                ids = identifiers or _identifiers_from_source_info(source_info)
+                return self._record_rejection(result_or_rejection, ids, source_info, record)
+            return self._decide_fingerprinted(result_or_rejection, source_info, record, patient_id_hash)
 
     def process(self, source: Source, source_info: dict[str, Any] | None = None, record: bool = True) -> dict:
         """Fingerprint, decide and record one series; a rejection becomes a stored ``rejected`` verdict."""
@@ -206,7 +210,7 @@ class Archive:
 
     def index_for(self, model_version: str | None = None) -> FingerprintIndex:
         """The index of a model version (default: the model in use), synced with the store now."""
-        with self.store.reading() as conn:
+        with self._local_lock, self.store.reading() as conn:
             return self._synced_index(conn, model_version or self.model_version)
 
     def _save_if_due(self, index: FingerprintIndex) -> None:
@@ -252,10 +256,14 @@ class Archive:
 
     def close(self) -> None:
         """Save the indexes (so the next open has less to replay) and release the database."""
+        with self._local_lock:
+            self._save_all()
+        self.store.close()
+
+    def _save_all(self) -> None:
         for index in self._indexes.values():
             if index.unsaved_changes:
                 index.save()
-        self.store.close()
 
     def __enter__(self) -> Archive:
         return self

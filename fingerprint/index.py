@@ -13,6 +13,7 @@ forces a rebuild. So nothing recorded in the store is ever missing from a search
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -62,6 +63,7 @@ def new_faiss_index(factory: str, dim: int = VECTOR_DIM) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
 
 
+@functools.lru_cache(maxsize=32)
 def training_size(factory: str, dim: int = VECTOR_DIM) -> int:
     """How many vectors the factory needs before it can be trained; 0 when it needs no training (Flat, HNSW)."""
     probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)

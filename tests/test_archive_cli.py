@@ -205,3 +205,45 @@ def test_reindex_re_embeds_from_stored_slices_without_dicom(real_pair, tmp_path)
         assert arch.index_for("test-reindex-2").ntotal == 1
     code, (again,), _ = cli("reindex", "--model", weights, "--index", index, "--json", "--no-progress")
     assert again["reindexed"] == 0 and again["skipped"] == 1
+
+
+@pytest.fixture
+def orthanc_server(tmp_path):
+    """A real Orthanc 1.10 (authenticated REST API) in its own folder and ports, stopped afterwards."""
+    from orthanc import server
+
+    if not Path(server.ORTHANC_BINARY).exists():
+        pytest.skip(f"Orthanc not installed at {server.ORTHANC_BINARY}")
+    instance = server.write_config(
+        tmp_path / "orthanc",
+        username="dbp-test",
+        password="dbp-test-password",
+        http_port=server.free_port(),
+        dicom_port=server.free_port(),
+        scp_ae_title="NOBODY",
+        scp_port=server.free_port(),
+        stable_age_s=3600,  # nothing is forwarded during the test
+    )
+    server.start(instance)
+    yield instance
+    server.stop(instance)
+
+
+def test_enroll_from_orthanc_over_its_rest_api(real_pair, shared_data, orthanc_server, tmp_path, monkeypatch):
+    import requests
+
+    auth = (orthanc_server.username, orthanc_server.password)
+    for path in [*iter_files(real_pair["prisma"]), *iter_files(shared_data / "hard" / "12bit")][:2]:
+        response = requests.post(f"{orthanc_server.url}/instances", data=path.read_bytes(), auth=auth, timeout=30)
+        assert response.status_code == 200, response.text
+    monkeypatch.setenv("DBP_ORTHANC_USERNAME", orthanc_server.username)
+    monkeypatch.setenv("DBP_ORTHANC_PASSWORD", orthanc_server.password)
+    index = new_index(tmp_path, real_pair["thresholds"])
+    code, lines, err = cli("enroll", "--orthanc", orthanc_server.url, "--index", index, "--json", "--no-progress")
+    assert code == 3, err  # the 12-bit test image is not a brain volume
+    verdicts = sorted(l["verdict"] for l in lines)
+    assert verdicts == ["new_patient", "rejected"]
+    assert all(l["series_dir"].startswith("orthanc:") and l["source"]["orthanc_id"] for l in lines)
+    assert orthanc_server.password not in json.dumps(lines)
+    code, again, _ = cli("enroll", "--orthanc", orthanc_server.url, "--index", index, "--json", "--no-progress")
+    assert code == 0 and again == []
