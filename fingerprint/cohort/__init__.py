@@ -1,0 +1,14 @@
+"""Synthetic longitudinal cohort from real heads: the training set (fast path) and the benchmark (full path).
+
+Heads and the split (quoted by the model card): subjects for training, validation and calibration are built only
+from the TRAINING heads (MNI152 average, philips-elition, siemens-skyra-child, siemens-prisma-xa30, siemens-avanto);
+the benchmark's subjects only from the HELD-OUT heads (Colin27, siemens-trio), with their own seeds. See
+:mod:`fingerprint.cohort.heads` (base heads), :mod:`~fingerprint.cohort.deform` (subject anatomy and ageing),
+:mod:`~fingerprint.cohort.appearance` (scanner contrast, bias, noise, resolution), :mod:`~fingerprint.cohort.visits`
+(the seeded plan), :mod:`~fingerprint.cohort.training_set` (slices) and :mod:`~fingerprint.cohort.benchmark`
+(volumes in scanner space, and the measurement of the pipeline's alignment error).
+"""
+
+from fingerprint.cohort.heads import HELD_OUT_HEADS, TRAINING_HEADS
+
+__all__ = ["HELD_OUT_HEADS", "TRAINING_HEADS"]

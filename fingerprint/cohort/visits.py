@@ -1,0 +1,151 @@
+"""Who is in a cohort and what happens at each visit: the seeded plan shared by the training set and the benchmark.
+
+Reproducibility: subject ``k`` of a kind and seed is drawn from ``SeedSequence([seed, kind, k])`` and its visit ``v``
+from ``SeedSequence([seed, kind, k, 1 + v])``, so any subject or visit can be rebuilt alone, in any order, by any
+number of workers, and changing the number of subjects or visits does not change the ones already there.
+
+Kinds and splits (subjects are never shared between splits: a subject belongs to exactly one):
+
+- ``train``: training heads only (see :mod:`fingerprint.cohort.heads`); one subject in ten goes to the ``val`` split
+  (patient-disjoint validation for early stopping), the rest to ``train``;
+- ``benchmark``: held-out heads only (Colin27, siemens-trio), split ``test``, its own seed space (default seed
+  :data:`BENCHMARK_SEED`), so neither its anatomy nor its deformations are ever seen in training;
+- ``calibration``: training heads, split ``calibration``, other seeds: for threshold calibration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from fingerprint.cohort.appearance import Appearance, random_appearance
+from fingerprint.cohort.deform import SubjectAnatomy, random_subject, rigid_transform
+from fingerprint.cohort.heads import HELD_OUT_HEADS, TRAINING_HEADS
+
+KIND_CODES = {"train": 11, "benchmark": 23, "calibration": 37}
+BENCHMARK_SEED = 20230227  # the paper's arXiv date: everyone's benchmark is this one unless told otherwise
+PLANES = ("axial", "sagittal", "coronal", "oblique")
+
+#: The slice pipeline's residual alignment error that the fast path mimics (standard deviations per axis).
+#: Measured on the benchmark with ``deepbrainprint cohort measure-alignment`` (see the report in the module README).
+RESIDUAL_ROTATION_SD_DEG = 1.5
+RESIDUAL_SHIFT_SD_MM = 1.5
+
+
+@dataclass(frozen=True)
+class SubjectPlan:
+    """One subject of a cohort: its id, base head, split, and the seed its anatomy is drawn from."""
+
+    subject_id: str
+    index: int
+    base_head: str
+    split: str
+    seed_entropy: tuple[int, ...]
+
+    def anatomy(self) -> SubjectAnatomy:
+        """This subject's anatomy (deterministic: drawn from the subject's own seed)."""
+        return random_subject(self.base_head, np.random.default_rng(np.random.SeedSequence(list(self.seed_entropy))))
+
+
+@dataclass(frozen=True)
+class VisitPlan:
+    """One visit: when, how the scanner made it look, where the head lay, and the pipeline's residual error."""
+
+    scan_id: str
+    visit: int
+    date: dt.date
+    years: float
+    appearance: Appearance
+    pose_angles_deg: tuple[float, float, float]
+    pose_shift_mm: tuple[float, float, float]
+    plane: str
+    oblique_deg: float
+    fov_mm: float
+    coverage_mm: float
+    fov_offset_mm: tuple[float, float, float]
+    residual_angles_deg: tuple[float, float, float]
+    residual_shift_mm: tuple[float, float, float]
+    seed_entropy: tuple[int, ...]
+
+    def rng(self) -> np.random.Generator:
+        """A generator for this visit's noise (separate from the one its parameters were drawn from)."""
+        return np.random.default_rng(np.random.SeedSequence([*self.seed_entropy, 7]))
+
+
+def plan_subjects(kind: str, subjects: int, seed: int) -> list[SubjectPlan]:
+    """The subjects of a cohort of ``kind`` (train | benchmark | calibration), in index order."""
+    if kind not in KIND_CODES:
+        raise ValueError(f"unknown cohort kind {kind!r}; use one of {', '.join(KIND_CODES)}")
+    heads = HELD_OUT_HEADS if kind == "benchmark" else TRAINING_HEADS
+    plans = []
+    for k in range(subjects):
+        if kind == "train":
+            split = "val" if (k // len(heads)) % 10 == 9 else "train"
+        else:
+            split = "test" if kind == "benchmark" else "calibration"
+        prefix = {"train": "tr", "benchmark": "bm", "calibration": "ca"}[kind]
+        plans.append(SubjectPlan(f"{prefix}{seed}-{k:05d}", k, heads[k % len(heads)], split, (seed, KIND_CODES[kind], k)))
+    return plans
+
+
+def plan_visits(subject: SubjectPlan, visits: int) -> list[VisitPlan]:
+    """The visits of one subject: dates 0.5-3 years apart from a baseline in 2008-2022, each with its own scanner."""
+    rng = np.random.default_rng(np.random.SeedSequence([*subject.seed_entropy, 0]))
+    baseline = dt.date(2008, 1, 1) + dt.timedelta(days=int(rng.integers(0, 15 * 365)))
+    gaps = [0] + [int(rng.integers(180, 3 * 365)) for _ in range(visits - 1)]
+    plans = []
+    days = 0
+    for v in range(visits):
+        days += gaps[v]
+        entropy = (*subject.seed_entropy, 1 + v)
+        plans.append(_visit(subject.subject_id, v, baseline, days, np.random.default_rng(np.random.SeedSequence(list(entropy))), entropy))
+    return plans
+
+
+def _visit(subject_id: str, v: int, baseline: dt.date, days: int, rng: np.random.Generator, entropy: tuple[int, ...]) -> VisitPlan:
+    plane = str(rng.choice(PLANES, p=[0.35, 0.35, 0.15, 0.15]))
+    return VisitPlan(
+        scan_id=f"{subject_id}-v{v}",
+        visit=v,
+        date=baseline + dt.timedelta(days=days),
+        years=days / 365.25,
+        appearance=random_appearance(rng),
+        pose_angles_deg=tuple(float(a) for a in rng.uniform(-15.0, 15.0, size=3)),  # type: ignore[arg-type]
+        pose_shift_mm=tuple(float(s) for s in rng.uniform(-20.0, 20.0, size=3)),  # type: ignore[arg-type]
+        plane=plane,
+        oblique_deg=float(rng.uniform(10.0, 25.0) * rng.choice([-1, 1])) if plane == "oblique" else 0.0,
+        fov_mm=float(rng.uniform(220.0, 256.0)),
+        coverage_mm=float(rng.uniform(170.0, 200.0)),
+        fov_offset_mm=tuple(float(s) for s in rng.uniform(-10.0, 10.0, size=3)),  # type: ignore[arg-type]
+        residual_angles_deg=tuple(float(a) for a in rng.normal(0.0, RESIDUAL_ROTATION_SD_DEG, size=3)),  # type: ignore[arg-type]
+        residual_shift_mm=tuple(float(s) for s in rng.normal(0.0, RESIDUAL_SHIFT_SD_MM, size=3)),  # type: ignore[arg-type]
+        seed_entropy=entropy,
+    )
+
+
+def scanner_direction(visit: VisitPlan) -> np.ndarray:
+    """The acquisition's direction matrix in scanner coordinates (columns: row, column, slice-normal directions)."""
+    columns = {  # DICOM conventions in LPS: (row direction, column direction, normal = row x column)
+        "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+        "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0)),
+        "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),
+        "oblique": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+    }[visit.plane]
+    base = np.array(columns).T
+    if visit.plane == "oblique":  # an axial plane tilted about the left-right axis (AC-PC style angulation)
+        a = np.deg2rad(visit.oblique_deg)
+        base = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]]) @ base
+    return base
+
+
+def pose_transform(visit: VisitPlan) -> sitk.Euler3DTransform:
+    """Where the head lay: maps scanner points to subject-space points (rotation up to 15 deg, shift up to 20 mm)."""
+    return rigid_transform(visit.pose_angles_deg, visit.pose_shift_mm)
+
+
+def residual_transform(visit: VisitPlan) -> sitk.Euler3DTransform:
+    """The pipeline's alignment error for this visit (fast path): maps reference points to subject-space points."""
+    return rigid_transform(visit.residual_angles_deg, visit.residual_shift_mm)
