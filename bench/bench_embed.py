@@ -62,7 +62,8 @@ def main() -> None:
     rows = [measure(model, batch, threads, args.repeats) for threads in sorted({1, cores}) for batch in (1, 32)]
     result = {
         "model_version": model.model_version,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores, "python": platform.python_version()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
+                    "python": platform.python_version()},
         "peak_rss_mib": {"before_model": round(rss_before, 1), "after_load": round(rss_loaded, 1),
                          "after_all_runs": round(peak_rss_mib(), 1)},
         "rows": rows,

@@ -221,7 +221,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Held-out cohort: `{report['cohort']}` ({report['rows'][0]['scans'] if report['rows'] else 0} scans). "
         "Leave-one-out retrieval (mAP@3 = AP@3 / min(#relevant, 3)); verification over all pairs.",
         "",
-        "| model | slice | scans | subjects | recall@1 | recall@3 | mAP@3 | ROC AUC | TPR @ FPR 0.1% | same / diff mean |",
+        "| model | slice | scans | subjects | recall@1 | recall@3 | mAP@3 | ROC AUC | TPR @ FPR 0.1% "
+        "| same / diff mean |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:

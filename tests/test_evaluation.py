@@ -71,3 +71,28 @@ def test_tpr_at_fpr_threshold_keeps_false_positives_within_target() -> None:
     assert np.mean(negatives > threshold) <= 1e-3
     assert threshold == pytest.approx(negatives[-3])
     assert tpr == pytest.approx(3 / 4)
+
+
+def test_benchmark_driver_writes_tables_and_compares_to_raw_pixels(tmp_path) -> None:
+    """The `evaluate` driver on a slice-cache cohort: every row present, files written, raw pixels near-perfect on
+    slices that differ only by a little noise (a sanity check the driver's labels line up with its vectors)."""
+    import json
+
+    import torch
+
+    from fingerprint.evaluation import run_benchmark
+    from fingerprint.model import save_encoder, seeded_encoder
+    from tests.test_training import _tiny_cohort
+
+    torch.set_num_threads(1)
+    cohort = _tiny_cohort(tmp_path / "cohort", subjects=6, visits=3, with_val=False)
+    save_encoder(seeded_encoder(seed=11), tmp_path / "other", {"model_version": "other-11"})
+    report = run_benchmark(cohort, tmp_path / "out", others={"ssl-only": tmp_path / "other"})
+    names = [row["name"] for row in report["rows"]]
+    assert names == [report["model_version"], "ssl-only", "untrained-0 (random init)", "raw pixels"]
+    raw = report["rows"][-1]
+    assert raw["recall@1"] == 1.0 and raw["scans"] == 18 and raw["subjects"] == 6
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(saved["rows"]) == 4
+    assert "| raw pixels |" in (tmp_path / "out" / "results.md").read_text()
+    assert (tmp_path / "out" / "similarity_histograms.png").stat().st_size > 1000
