@@ -89,3 +89,48 @@ def synthetic_fingerprint():
         return FingerprintResult(vector=vector, model_version=model_version, slice=SliceResult(pixels, ids))
 
     return make
+
+
+# --- worker / modes tests (helper "worker") ---------------------------------------------------------------------------
+COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def small_heads() -> dict:
+    """Real heads at 2 mm (fast to send and fingerprint): Colin27 always, MNI152 when nilearn has it.
+    Skips when Colin27 (the mricron-data package) is missing."""
+    if not COLIN27_PATH.exists():
+        pytest.skip(f"Colin27 not found at {COLIN27_PATH} (install mricron-data)")
+    import SimpleITK as sitk
+
+    def at_2mm(image: "sitk.Image") -> "sitk.Image":
+        size = [int(round(n * s / 2.0)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+        return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0),
+                             image.GetDirection(), 0.0, sitk.sitkFloat32)
+
+    heads = {"colin": at_2mm(sitk.ReadImage(str(COLIN27_PATH)))}
+    try:
+        import tempfile
+
+        import nibabel as nib
+        from nilearn.datasets import load_mni152_template
+
+        with tempfile.TemporaryDirectory() as tmp:
+            nib.save(load_mni152_template(resolution=2), f"{tmp}/mni.nii.gz")
+            heads["mni"] = sitk.Cast(sitk.ReadImage(f"{tmp}/mni.nii.gz"), sitk.sitkFloat32)
+    except ImportError:
+        pass
+    return heads
+
+
+@pytest.fixture(scope="session")
+def write_head_series(small_heads: dict):
+    """``write(out_dir, head, patient_id, orientation="axial", study_date="20240101") -> list[Path]``: a real head
+    as an MR DICOM series (through ``fingerprint.dicom_writer.write_series``)."""
+    from fingerprint.dicom_writer import write_series
+
+    def write(out_dir: Path, head: str, patient_id: str, orientation: str = "axial", study_date: str = "20240101"):
+        return write_series(small_heads[head], out_dir, patient_id=patient_id, orientation=orientation,
+                            study_date=study_date)
+
+    return write

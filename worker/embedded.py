@@ -61,6 +61,11 @@ class EmbeddedWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def request_stop(self) -> None:
+        """Ask the thread to stop after the series in hand, without waiting (safe from callbacks and signals)."""
+        self._stop.set()
+        self._wake.set()
+
     def stop(self, timeout_s: float = 120.0) -> None:
         """Finish the series in hand, then stop; whatever is still queued stays in the ledger for the next start."""
         self._stop.set()

@@ -127,12 +127,13 @@ def submit_to_ledger(ctx: WorkerContext, completed: CompletedSeries, via: str) -
 
 
 def release_spool(ctx: WorkerContext, completed: CompletedSeries) -> None:
+    """Tell the node's spool the series is finished (only for series that live in this spool)."""
     from dicom_node.spool import open_spool
 
-    try:
-        open_spool(ctx.settings).mark_done(completed.series_key, completed.generation)
-    except FileNotFoundError:  # not a spooled series (a folder given directly)
-        pass
+    spool = open_spool(ctx.settings)
+    if Path(completed.path).resolve() != spool.instances_dir(completed.series_key).resolve():
+        return  # a folder handed on directly (tests, tools): no spool state to update
+    spool.mark_done(completed.series_key, completed.generation)
 
 
 def process_job(ctx: WorkerContext, job: Job) -> dict[str, Any]:

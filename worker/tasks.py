@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_process_shutdown
 
 from worker.celery_app import PROCESS_TASK, WRITEBACK_TASK, app, current_settings, send_writeback
 from worker.ledger import DONE, WRITEBACK_PENDING, backoff_s
@@ -26,6 +27,15 @@ def context() -> WorkerContext:
     if _ctx is None:
         _ctx = WorkerContext(current_settings())
     return _ctx
+
+
+@worker_process_shutdown.connect
+def _close_context(**_: Any) -> None:
+    """Save the FAISS index and release the database when a worker process ends (``down``, SIGTERM)."""
+    global _ctx
+    if _ctx is not None:
+        _ctx.close()
+        _ctx = None
 
 
 @app.task(name=PROCESS_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)

@@ -1,0 +1,174 @@
+"""Service and scaled-out modes on real processes: ``up`` starts the SCP, Celery workers (real Redis) and a real
+Orthanc in the background; series go in through Orthanc's REST API or the SCP; ``down`` stops everything."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import create_engine, text
+
+from dicom_node.scu import send_instances
+from dicom_node.synthetic import mr_series
+from fingerprint.config import Settings, load_settings
+from orthanc import server, writeback
+from worker import service
+from worker.ledger import DONE, Ledger
+
+TIMEOUT_S = 240.0
+
+
+def wait_for(condition, timeout_s: float = TIMEOUT_S, interval_s: float = 0.5):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    return condition()
+
+
+def service_settings(home: Path, redis_url: str, **overrides) -> Settings:  # type: ignore[no-untyped-def]
+    """A private Redis DB number and queue prefix per run, so parallel runs and other tests never share work."""
+    base = redis_url.rsplit("/", 1)[0]
+    values = dict(home=home, port=server.free_port(), quiet_time_s=0.5, broker_url=f"{base}/13",
+                  queue_prefix=f"dbp-test-{uuid.uuid4().hex[:8]}", retry_backoff_max_s=2.0)
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("DBP_") and name != "DBP_SHARED_DATA":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def wait_workers_ready(settings: Settings, names: list[str]) -> None:
+    layout = service.ServiceLayout.for_settings(settings)
+
+    def ready() -> bool:
+        return all("ready." in layout.log_file(n).read_text(errors="replace") for n in names
+                   if layout.log_file(n).exists())
+
+    assert wait_for(ready, 120), {n: layout.log_file(n).read_text()[-2000:] for n in names}
+
+
+def upload(client, datasets: list[pydicom.Dataset]) -> None:  # type: ignore[no-untyped-def]
+    for ds in datasets:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        client.upload(buffer.getvalue())
+
+
+@pytest.mark.slow
+def test_series_stored_in_orthanc_ends_as_verdict_in_its_metadata(  # type: ignore[no-untyped-def]
+    tmp_path, redis_url, write_head_series, clean_env
+) -> None:
+    if not Path(server.ORTHANC_BINARY).exists():
+        pytest.skip("Orthanc is not installed")
+    settings = service_settings(tmp_path / "home", redis_url)
+    started = service.up(settings, workers=1, pool="solo", with_orthanc=True, orthanc_http_port=server.free_port(),
+                         orthanc_dicom_port=server.free_port(), orthanc_stable_age_s=1)
+    try:
+        assert set(started) == {"scp", "worker-1", "orthanc"}
+        wait_workers_ready(settings, ["worker-1"])
+        client = writeback.make_client(settings.orthanc_url, settings.orthanc_username, settings.orthanc_password)
+        head = [pydicom.dcmread(p) for p in write_head_series(tmp_path / "head", "colin", "SVC-PATIENT-1")]
+        scout = mr_series(6, seed=31, patient_id="SVC-PATIENT-2")
+        upload(client, head)
+        upload(client, scout)
+
+        def verdicts() -> dict | None:
+            found = {name: writeback.read_verdict(client, str(series[0].SeriesInstanceUID))
+                     for name, series in (("head", head), ("scout", scout))}
+            return found if all(writeback.METADATA_VERDICT in v for v in found.values()) else None
+
+        found = wait_for(verdicts)
+        layout = service.ServiceLayout.for_settings(settings)
+        assert found, (layout.log_file("worker-1").read_text()[-3000:], layout.log_file("scp").read_text()[-2000:])
+        assert found["head"][writeback.METADATA_VERDICT] == "new_patient"
+        assert found["head"][writeback.METADATA_MODEL_VERSION]
+        assert found["scout"][writeback.METADATA_VERDICT] == "rejected"
+        for name in ("worker-1", "scp"):
+            assert "SVC-PATIENT" not in layout.log_file(name).read_text()  # no PHI in the logs
+    finally:
+        stopped = service.down(settings)
+    assert set(stopped) == set(started)
+    assert service.ServiceLayout.for_settings(settings).running() == {}
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str):  # type: ignore[no-untyped-def]
+    """A fresh schema on the test database, dropped afterwards."""
+    schema = f"dbp_modes_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_two_workers_one_redis_one_postgres_keep_the_index_consistent(  # type: ignore[no-untyped-def]
+    tmp_path, redis_url, postgres_schema_url, write_head_series, small_heads, clean_env
+) -> None:
+    settings = service_settings(tmp_path / "home", redis_url, store_url=postgres_schema_url)
+    started = service.up(settings, workers=2, pool="solo")
+    series: list[list[Path]] = []
+    heads = [("colin", "axial"), ("colin", "sagittal"), ("mni" if "mni" in small_heads else "colin", "coronal")]
+    for number, (head, orientation) in enumerate(heads):
+        series.append(write_head_series(tmp_path / f"head-{number}", head, f"SCALE-{number}", orientation))
+    for number in range(3):
+        folder = tmp_path / f"scout-{number}"
+        folder.mkdir()
+        paths = []
+        for index, ds in enumerate(mr_series(6, seed=40 + number, patient_id=f"SCALE-S{number}")):
+            paths.append(folder / f"{index}.dcm")
+            ds.save_as(paths[-1], enforce_file_format=True)
+        series.append(paths)
+    ledger = Ledger(settings.store_url)
+    try:
+        wait_workers_ready(settings, ["worker-1", "worker-2"])
+        for paths in series:
+            assert send_instances(paths, settings.port, called_ae=settings.ae_title).all_ok
+        layout = service.ServiceLayout.for_settings(settings)
+        done = wait_for(lambda: ledger.counts()[DONE] == len(series))
+        assert done, (ledger.counts(), layout.log_file("worker-1").read_text()[-3000:])
+    finally:
+        stopped = service.down(settings)
+    assert set(stopped) == set(started)
+    jobs = ledger.all_jobs()
+    ledger.close()
+    uids = {str(pydicom.dcmread(p[0], stop_before_pixels=True).SeriesInstanceUID) for p in series}
+    assert {job.verdict["series_instance_uid"] for job in jobs} == uids
+    assert sum(job.verdict["verdict"] == "rejected" for job in jobs) == 3
+    # Each worker really worked (prefetch 1, solo pool): the load was spread.
+    for name in ("worker-1", "worker-2"):
+        assert "succeeded" in layout.log_file(name).read_text(), f"{name} processed nothing"
+    # Every series recorded exactly once; the FAISS index holds exactly the store's fingerprints.
+    engine = create_engine(settings.store_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT series_instance_uid, count(*) FROM dbp_series GROUP BY 1")).all()
+    engine.dispose()
+    assert sorted(uid for uid, _ in rows) == sorted(uids) and all(count == 1 for _, count in rows)
+    from fingerprint.archive import Archive
+
+    model_version = next(job.verdict["model_version"] for job in jobs if job.verdict["verdict"] != "rejected")
+    for name in ("worker-1", "worker-2"):
+        own = load_settings(home=settings.home, store_url=settings.store_url,
+                            patient_id_hash_key=settings.patient_id_hash_key,
+                            index_dir=settings.resolved_index_dir / "workers" / name)
+        with Archive(own) as archive:
+            with archive.store.reading() as conn:
+                stored = archive.store.count_fingerprinted(conn, model_version)
+            assert stored == 3
+            assert archive.index_for(model_version).ntotal == stored
