@@ -1,0 +1,216 @@
+"""Canonical orientation: a fast rigid alignment of any head volume to the shipped reference brain.
+
+Why rigid (6 degrees of freedom) and not affine: head and brain size are part of what makes a person recognisable,
+so the alignment may only move and turn the head, never scale it. Why mutual information (Mattes): series come from
+different scanners and sequences (MPRAGE, spin echo, post-contrast), so intensities do not match the template's;
+MI only asks that they be predictable from each other. The reference is brain-only; the metric is evaluated inside
+its dilated brain mask, so neck, shoulders and the field of view do not pull the alignment.
+
+Speed (< 2 s per series on one core): the volume is first block-averaged to about 2 mm, the registration runs on three
+resolutions (8, 4, 2 mm) with a random 15 % sample of the mask, and the start comes from the head itself (the vertex
+and the centroid of the top of the head), which is robust to how much neck the field of view contains.
+
+Guarding against failure: if the final metric is poor, the alignment is restarted from other rotations (the patient
+may lie prone or on a side with the DICOM patient position entered wrong); if it stays poor the series is refused as
+``NOT_T1_BRAIN``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from fingerprint.errors import RejectReason, SeriesRejected
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+REFERENCE_T1 = ASSETS / "reference_t1_2mm.nii.gz"
+REFERENCE_MASK = ASSETS / "reference_brain_mask_2mm.nii.gz"
+
+#: Working resolution of the alignment (mm); the reference is 2 mm.
+WORK_SPACING_MM = 2.0
+#: Dilation of the reference brain mask for the metric (mm): takes in the dark CSF/inner-skull border, a strong cue.
+#: Measured on the real series: 0 mm lets poorly contrasted scans drift (one turned 96 degrees); 6-10 mm pulls the
+#: brain towards the vertex by 5-8 mm (the template's zero band prefers air over scalp); 3 mm is stable and unbiased
+#: by eye (ventricle bodies at MNI z = +18 on every adult series).
+METRIC_MASK_DILATION_MM = 3.0
+#: Skull + scalp thickness assumed above the top of the brain when placing the start (mm, adult average).
+SCALP_MM = 12.0
+#: Depth of the "top of the head" chunk whose centroid gives the start (mm below the vertex).
+HEAD_TOP_DEPTH_MM = 100.0
+#: Mattes MI is negative (lower is better). Measured on the real series in shared/data at 2 mm: correct alignments
+#: score about -0.09 to -0.27, a noise volume -0.005, wrong poses -0.06 to -0.19. So MI cannot tell a wrong pose from a
+#: right one across people, but it does rank the poses of one series, and it does tell "no brain" from "a brain":
+#: above RETRY_METRIC the other starts are tried and the best kept; above POOR_METRIC the series is refused.
+RETRY_METRIC = -0.12
+POOR_METRIC = -0.06
+#: Start rotations tried when the first alignment is poor (Euler angles x, y, z in radians).
+EXTRA_STARTS: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, math.pi),  # prone entered as supine
+    (0.0, math.pi / 2, 0.0),  # lying on a side entered as supine
+    (0.0, -math.pi / 2, 0.0),
+    (0.0, math.pi, 0.0),
+)
+RANDOM_SEED = 20230227
+#: Fraction of the metric-mask voxels sampled per iteration (random, fixed seed: deterministic results).
+SAMPLING_FRACTION = 0.05
+ROTATION_SCALE = 80.0**2
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference head: float image, brain mask, dilated metric mask and a few landmarks (LPS mm)."""
+
+    image: sitk.Image
+    mask: sitk.Image
+    metric_mask: sitk.Image
+    brain_centre: tuple[float, float, float]
+    brain_top_z: float
+    brain_top_centroid: tuple[float, float, float]
+
+
+@dataclass
+class Alignment:
+    """Result of :func:`align`: the transform (reference mm -> image mm) and how it was found (JSON via ``as_json``)."""
+
+    transform: sitk.Euler3DTransform
+    metric: float
+    start: str
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        angles = [self.transform.GetAngleX(), self.transform.GetAngleY(), self.transform.GetAngleZ()]
+        return {
+            "type": "rigid (Euler3D, 6 dof)",
+            "maps": "reference (MNI152 2009a, LPS mm) -> image (LPS mm)",
+            "rotation_deg": [round(math.degrees(a), 2) for a in angles],
+            "translation_mm": [round(v, 2) for v in self.transform.GetTranslation()],
+            "center_mm": [round(v, 2) for v in self.transform.GetCenter()],
+            "metric": "Mattes mutual information (lower is better)",
+            "metric_value": round(self.metric, 4),
+            "start": self.start,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@lru_cache(maxsize=1)
+def load_reference() -> Reference:
+    """Read the shipped reference once per process."""
+    image = sitk.ReadImage(str(REFERENCE_T1), sitk.sitkFloat32)
+    mask = sitk.ReadImage(str(REFERENCE_MASK), sitk.sitkUInt8)
+    radius = int(round(METRIC_MASK_DILATION_MM / mask.GetSpacing()[0]))
+    metric_mask = sitk.BinaryDilate(mask, [radius] * 3, sitk.sitkBall)
+    points = _foreground_points(mask, threshold=0.5)
+    top_z = float(points[:, 2].max())
+    top = points[points[:, 2] > top_z + SCALP_MM - HEAD_TOP_DEPTH_MM]
+    return Reference(
+        image=image,
+        mask=mask,
+        metric_mask=metric_mask,
+        brain_centre=tuple(float(v) for v in points.mean(axis=0)),
+        brain_top_z=top_z,
+        brain_top_centroid=tuple(float(v) for v in top.mean(axis=0)),
+    )
+
+
+def align_to_reference(image: sitk.Image) -> sitk.Transform:
+    """The rigid transform mapping reference (MNI, LPS mm) points to points of ``image`` (LPS mm).
+
+    Raises ``SeriesRejected(NOT_T1_BRAIN)`` when no start gives an acceptable alignment.
+    """
+    return align(image).transform
+
+
+def align(image: sitk.Image) -> Alignment:
+    """Align ``image`` to the reference and report the metric, start and attempts (see module docstring)."""
+    started = time.perf_counter()
+    reference = load_reference()
+    moving = downsample(image, WORK_SPACING_MM)
+    centre_guess = head_start_point(moving)
+    attempts: list[dict[str, Any]] = []
+    best: tuple[float, sitk.Euler3DTransform, str] | None = None
+    for name, angles in (("head-top centroid", (0.0, 0.0, 0.0)), *[(f"rotated start {i + 1}", a) for i, a in enumerate(EXTRA_STARTS)]):
+        start = sitk.Euler3DTransform()
+        start.SetCenter(reference.brain_top_centroid)
+        start.SetRotation(*angles)
+        start.SetTranslation(tuple(np.subtract(centre_guess, reference.brain_top_centroid)))
+        transform, metric = _register(reference, moving, start)
+        attempts.append({"start": name, "metric_value": round(metric, 4)})
+        if best is None or metric < best[0]:
+            best = (metric, transform, name)
+        if metric < RETRY_METRIC:
+            break
+    assert best is not None
+    metric, transform, name = best
+    if metric >= POOR_METRIC:
+        raise SeriesRejected(
+            RejectReason.NOT_T1_BRAIN,
+            f"no rigid alignment to the reference brain reached the quality threshold (best Mattes MI {metric:.3f}, "
+            f"needs < {POOR_METRIC}): not a T1 brain volume, or too little of the head",
+        )
+    return Alignment(transform=transform, metric=metric, start=name, attempts=attempts, seconds=time.perf_counter() - started)
+
+
+def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """Block-average ``image`` to about ``spacing_mm`` per axis (fast, and it smooths before the coarse levels)."""
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    return sitk.BinShrink(image, factors) if any(f > 1 for f in factors) else image
+
+
+def head_start_point(image: sitk.Image) -> tuple[float, float, float]:
+    """Where the reference's top-of-brain centroid probably lies in ``image`` (LPS mm): the starting translation.
+
+    The head is the largest bright component (Otsu); its most superior point is the vertex. The centroid of the head
+    down to HEAD_TOP_DEPTH_MM below the vertex does not depend on how much neck the field of view holds.
+    """
+    head = sitk.OtsuThreshold(image, 0, 1)
+    head = sitk.RelabelComponent(sitk.ConnectedComponent(head), sortByObjectSize=True) == 1
+    points = _foreground_points(head, threshold=0.5)
+    if len(points) < 100:
+        raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "no head found in the volume (empty or noise only)")
+    vertex_z = float(points[:, 2].max())
+    top = points[points[:, 2] > vertex_z - HEAD_TOP_DEPTH_MM]
+    return tuple(float(v) for v in top.mean(axis=0))
+
+
+def _foreground_points(mask: sitk.Image, threshold: float) -> np.ndarray:
+    """Physical (LPS mm) coordinates of the voxels of ``mask`` above ``threshold``, as an (N, 3) array."""
+    array = sitk.GetArrayViewFromImage(mask)
+    kji = np.argwhere(array > threshold)
+    if len(kji) == 0:
+        return np.zeros((0, 3))
+    ijk = kji[:, ::-1].astype(np.float64)
+    direction = np.array(mask.GetDirection()).reshape(3, 3)
+    return np.array(mask.GetOrigin()) + (ijk * np.array(mask.GetSpacing())) @ direction.T
+
+
+def _register(reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransform) -> tuple[sitk.Euler3DTransform, float]:
+    """One multi-resolution Mattes-MI rigid registration from ``start``; returns the transform and final metric."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, RANDOM_SEED)
+    method.SetMetricFixedMask(reference.metric_mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=4.0, minStep=0.05, numberOfIterations=60, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
+    )
+    # Fixed scales instead of SetOptimizerScalesFromPhysicalShift (which costs more than the registration itself):
+    # one radian moves the brain surface by about 80 mm, hence (80 mm)^2 for the angles.
+    method.SetOptimizerScales([ROTATION_SCALE] * 3 + [1.0] * 3)
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    transform = sitk.Euler3DTransform(start)
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(reference.image, moving)
+    return transform, float(method.GetMetricValue())

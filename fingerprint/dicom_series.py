@@ -1,0 +1,378 @@
+"""DICOM files or datasets -> one 3D SimpleITK volume with its identifiers.
+
+A PACS sends whatever it has: gzip-wrapped files, files without extension or with odd ones, reports and raw data in
+the same folder, classic single-frame and Enhanced multi-frame objects, compressed transfer syntaxes. This module
+reads all of that with pydicom (plus the pylibjpeg / GDCM decoders), keeps only image frames, sorts them along the
+slice normal and builds a volume whose origin, spacing and direction are the patient coordinates the scanner wrote
+(LPS, as SimpleITK uses them). Anything that cannot become a 3D volume is refused with a typed
+:class:`~fingerprint.errors.SeriesRejected`; detail texts never contain patient identifiers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from fingerprint.errors import RejectReason, SeriesRejected
+from fingerprint.types import SeriesIdentifiers
+
+log = logging.getLogger(__name__)
+
+#: Fewer slices than this cannot hold a brain at any usual thickness (a 2D series, a scout, a partial volume).
+MIN_SLICES = 16
+#: Orientation cosines may differ by rounding between frames; more than this is a different plane.
+ORIENTATION_TOLERANCE = 1e-3
+#: Relative spread of slice gaps accepted (scanners round positions to 1e-3 mm; a missing slice doubles a gap).
+SPACING_TOLERANCE = 0.1
+#: Words in ImageType / SeriesDescription / ProtocolName that mark a scout.
+LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "SURVEY", "AAHEAD_SCOUT", "3-PLANE", "3PLANE", "TRI-PILOT")
+#: ImageType values that mean the pixels are not an anatomical T1 volume.
+NOT_ANATOMICAL_TYPES = ("MOSAIC", "DIFFUSION", "ADC", "TRACE", "FA", "PERFUSION", "FMRI", "PHASE", "B0")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class LoadedSeries:
+    """One series as a volume: ``image`` (float32 SimpleITK, LPS patient mm) and what identifies it.
+
+    ``info`` is JSON-ready and PHI-free: counts, the transfer syntaxes seen, frame/slice geometry as found.
+    """
+
+    image: sitk.Image
+    identifiers: SeriesIdentifiers
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Frame:
+    """One 2D image inside a series: where it lies and how to get its pixels (decoded lazily)."""
+
+    dataset: Dataset
+    frame_index: int | None  # None: single-frame object
+    position: np.ndarray  # ImagePositionPatient, mm
+    orientation: np.ndarray  # 6 cosines: row direction then column direction
+    pixel_spacing: tuple[float, float]  # (between rows, between columns), mm
+    slope: float
+    intercept: float
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def read_dicom_file(path: Path, stop_before_pixels: bool = False) -> Dataset | None:
+    """A dataset from one file (plain or gzip-wrapped), or None when the file is not DICOM.
+
+    Files without the 128-byte preamble are accepted only when they parse to something with a SOP Class or Series
+    UID, so that arbitrary binary files are not mistaken for DICOM.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(0)
+            raw: Any = io.BytesIO(gzip.decompress(fh.read())) if head == GZIP_MAGIC else fh
+            try:
+                return pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels)
+            except InvalidDicomError:
+                raw.seek(0)
+                ds = pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels, force=True)
+                if "SOPClassUID" in ds or "SeriesInstanceUID" in ds:
+                    return ds
+                return None
+    except Exception:  # noqa: BLE001 - anything unreadable is simply "not DICOM" here
+        log.debug("skipping unreadable file %s", path.name)
+        return None
+
+
+def iter_files(folder: Path) -> Iterable[Path]:
+    """Every regular file below ``folder`` in a stable order (hidden files included: PACS exports use any name)."""
+    folder = Path(folder)
+    if folder.is_file():
+        yield folder
+        return
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            yield path
+
+
+def find_series(folder: Path) -> dict[str, list[Path]]:
+    """Group the DICOM *image* files below ``folder`` by SeriesInstanceUID (headers only, pixels not decoded).
+
+    Objects without pixel data (reports, raw data, presentation states) are left out, so a study folder yields its
+    image series only.
+    """
+    groups: dict[str, list[Path]] = {}
+    for path in iter_files(folder):
+        ds = read_dicom_file(path, stop_before_pixels=True)
+        if ds is None or not _has_pixels(ds, headers_only=True):
+            continue
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(path)
+    return groups
+
+
+def _has_pixels(ds: Dataset, headers_only: bool = False) -> bool:
+    if headers_only:
+        # stop_before_pixels drops (7FE0,0010); Rows/Columns are the image module's mandatory attributes.
+        return "Rows" in ds and "Columns" in ds
+    return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Series -> volume
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def read_series(source: Path | str | Sequence[Dataset]) -> LoadedSeries:
+    """The one image series in ``source`` (a folder, a file, or in-memory datasets) as a 3D volume.
+
+    Raises :class:`SeriesRejected` for anything that is not one usable 3D MR volume.
+    """
+    datasets = _load_datasets(source)
+    if not datasets:
+        raise SeriesRejected(RejectReason.NO_DICOM, "no DICOM object found in the input")
+    images = [ds for ds in datasets if _has_pixels(ds)]
+    if not images:
+        kinds = sorted({_sop_class_name(ds) for ds in datasets})
+        raise SeriesRejected(RejectReason.NO_PIXEL_DATA, f"{len(datasets)} DICOM object(s) without pixel data: {', '.join(kinds)}")
+    series_uids = {str(ds.get("SeriesInstanceUID", "")) for ds in images}
+    if len(series_uids) > 1:
+        raise SeriesRejected(RejectReason.MULTIPLE_SERIES, f"the input holds {len(series_uids)} image series; one was expected")
+    first = images[0]
+    _check_kind(images)
+    frames = [frame for ds in images for frame in _frames_of(ds)]
+    frames = _one_volume(frames)
+    array = _decode(frames)
+    image = _to_image(frames, array)
+    identifiers = identifiers_of(images)
+    info = {
+        "instances": len(images),
+        "frames": len(frames),
+        "transfer_syntaxes": sorted({_transfer_syntax(ds) for ds in images}),
+        "enhanced": any("PerFrameFunctionalGroupsSequence" in ds for ds in images),
+        "image_type": list(first.get("ImageType", [])),
+        "bits_stored": int(first.get("BitsStored", 0) or 0),
+    }
+    return LoadedSeries(image=image, identifiers=identifiers, info=info)
+
+
+def identifiers_of(images: Sequence[Dataset]) -> SeriesIdentifiers:
+    """The identifiers of a series from its datasets (PatientID kept clear here; callers hash it)."""
+    first = images[0]
+    return SeriesIdentifiers(
+        patient_id=str(first.get("PatientID", "")),
+        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        series_instance_uid=str(first.get("SeriesInstanceUID", "")),
+        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for ds in images),
+        study_date=str(first.get("StudyDate", "")),
+        modality=str(first.get("Modality", "")),
+        manufacturer=str(first.get("Manufacturer", "")),
+        series_description=str(first.get("SeriesDescription", "")),
+    )
+
+
+def _load_datasets(source: Path | str | Sequence[Dataset]) -> list[Dataset]:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise SeriesRejected(RejectReason.NO_DICOM, "the input path does not exist")
+        return [ds for ds in (read_dicom_file(p) for p in iter_files(path)) if ds is not None]
+    return [ds for ds in source if isinstance(ds, Dataset)]
+
+
+def _sop_class_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    return uid.name if uid is not None else "unknown SOP class"
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(uid) if uid else "1.2.840.10008.1.2.1"
+
+
+def _words(ds: Dataset, keyword: str) -> list[str]:
+    value = ds.get(keyword)
+    if value is None:
+        return []
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    return [str(v).upper() for v in values]
+
+
+def _check_kind(images: Sequence[Dataset]) -> None:
+    """Refuse other modalities, scouts and non-anatomical MR before any pixel is decoded."""
+    first = images[0]
+    modality = str(first.get("Modality", "")).upper()
+    sop = str(first.get("SOPClassUID", ""))
+    mr_sops = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}
+    if modality != "MR" and sop not in mr_sops:
+        raise SeriesRejected(RejectReason.NOT_MR, f"modality is {modality or 'missing'}, not MR")
+    image_type = _words(first, "ImageType")
+    text = " ".join(image_type + _words(first, "SeriesDescription") + _words(first, "ProtocolName"))
+    if any(word in text for word in LOCALIZER_WORDS):
+        raise SeriesRejected(RejectReason.LOCALIZER, "a localiser/scout series (ImageType or description says so)")
+    found = [t for t in image_type if t in NOT_ANATOMICAL_TYPES]
+    if found:
+        raise SeriesRejected(RejectReason.NOT_T1_BRAIN, f"ImageType marks a non-anatomical image: {', '.join(found)}")
+    if "MOSAIC" in text:
+        raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "a Siemens mosaic (fMRI/diffusion), not a 3D anatomical volume")
+    bvalue = first.get("DiffusionBValue")
+    if bvalue is not None and float(bvalue) > 0:
+        raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "a diffusion-weighted series (b-value > 0)")
+
+
+def _group_item(ds: Dataset, index: int | None, sequence: str) -> Dataset | None:
+    """The item of functional group ``sequence`` for frame ``index``: per-frame first, then shared."""
+    for groups_name, pick in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        groups = ds.get(groups_name)
+        if groups is None or pick is None or pick >= len(groups):
+            continue
+        inner = groups[pick].get(sequence)
+        if inner:
+            return inner[0]
+    return None
+
+
+def _frames_of(ds: Dataset) -> list[_Frame]:
+    """The frames of one object with their geometry (classic: one frame; Enhanced: from the functional groups)."""
+    try:
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            return [_enhanced_frame(ds, i) for i in range(int(ds.get("NumberOfFrames", 1)))]
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "a multi-frame object without per-frame geometry")
+        return [
+            _Frame(
+                dataset=ds,
+                frame_index=None,
+                position=np.array([float(v) for v in ds.ImagePositionPatient]),
+                orientation=np.array([float(v) for v in ds.ImageOrientationPatient]),
+                pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+                slope=float(ds.get("RescaleSlope", 1) or 1),
+                intercept=float(ds.get("RescaleIntercept", 0) or 0),
+            )
+        ]
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        raise SeriesRejected(
+            RejectReason.INCONSISTENT_GEOMETRY, f"missing or malformed position/orientation/spacing ({type(exc).__name__})"
+        ) from None
+
+
+def _enhanced_frame(ds: Dataset, index: int) -> _Frame:
+    position = _group_item(ds, index, "PlanePositionSequence")
+    orientation = _group_item(ds, index, "PlaneOrientationSequence")
+    measures = _group_item(ds, index, "PixelMeasuresSequence")
+    if position is None or orientation is None or measures is None:
+        raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "an Enhanced frame without plane position/orientation/measures")
+    transform = _group_item(ds, index, "PixelValueTransformationSequence")
+    source = transform if transform is not None else ds
+    return _Frame(
+        dataset=ds,
+        frame_index=index,
+        position=np.array([float(v) for v in position.ImagePositionPatient]),
+        orientation=np.array([float(v) for v in orientation.ImageOrientationPatient]),
+        pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
+        slope=float(source.get("RescaleSlope", 1) or 1),
+        intercept=float(source.get("RescaleIntercept", 0) or 0),
+    )
+
+
+def _one_volume(frames: list[_Frame]) -> list[_Frame]:
+    """Check that the frames are one stack of parallel, evenly spaced slices; return them sorted along the normal."""
+    if len(frames) < 2:
+        raise SeriesRejected(RejectReason.TOO_FEW_SLICES, f"{len(frames)} slice: a 2D image, not a volume")
+    ref = frames[0]
+    for frame in frames:
+        if np.abs(frame.orientation - ref.orientation).max() > ORIENTATION_TOLERANCE:
+            raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices in different orientations (e.g. a 3-plane scout)")
+        if np.abs(np.subtract(frame.pixel_spacing, ref.pixel_spacing)).max() > 1e-3:
+            raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices with different pixel spacings")
+        if (frame.dataset.Rows, frame.dataset.Columns) != (ref.dataset.Rows, ref.dataset.Columns):
+            raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices with different matrix sizes")
+    normal = np.cross(ref.orientation[:3], ref.orientation[3:])
+    if not 0.99 < np.linalg.norm(normal) < 1.01:
+        raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "ImageOrientationPatient is not two orthonormal vectors")
+    distances = np.array([float(np.dot(f.position, normal)) for f in frames])
+    order = np.argsort(distances, kind="stable")
+    frames = [frames[i] for i in order]
+    distances = distances[order]
+    gaps = np.diff(distances)
+    if np.any(gaps < 1e-3):
+        repeats = len(frames) / max(len(np.unique(np.round(distances, 2))), 1)
+        raise SeriesRejected(
+            RejectReason.NOT_T1_BRAIN,
+            f"several images per slice position (about {repeats:.0f}): a time series, multi-echo or multi-contrast series",
+        )
+    if len(frames) < MIN_SLICES:
+        raise SeriesRejected(RejectReason.TOO_FEW_SLICES, f"{len(frames)} slices; at least {MIN_SLICES} are needed")
+    median_gap = float(np.median(gaps))
+    if np.abs(gaps - median_gap).max() > SPACING_TOLERANCE * median_gap + 1e-3:
+        raise SeriesRejected(
+            RejectReason.INCONSISTENT_GEOMETRY,
+            f"uneven slice gaps ({gaps.min():.2f}-{gaps.max():.2f} mm): missing slices or several stacks",
+        )
+    step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+    in_plane_drift = np.linalg.norm(step - np.dot(step, normal) * normal)
+    if in_plane_drift > 0.05 * median_gap + 1e-3:
+        raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slice positions are not along the slice normal (gantry tilt)")
+    return frames
+
+
+def _decode(frames: list[_Frame]) -> np.ndarray:
+    """Pixels of every frame as float32 (slices, rows, columns), after the modality rescale of each frame."""
+    decoded: dict[int, np.ndarray] = {}
+    out = np.empty((len(frames), int(frames[0].dataset.Rows), int(frames[0].dataset.Columns)), dtype=np.float32)
+    for k, frame in enumerate(frames):
+        key = id(frame.dataset)
+        if key not in decoded:
+            decoded[key] = _pixel_array(frame.dataset)
+        pixels = decoded[key]
+        plane = pixels if frame.frame_index is None else pixels[frame.frame_index]
+        if plane.ndim != 2:
+            raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "colour or multi-sample pixels, not a greyscale MR image")
+        out[k] = plane.astype(np.float32) * frame.slope + frame.intercept
+    return out
+
+
+def _pixel_array(ds: Dataset) -> np.ndarray:
+    """Decoded stored values (unused high bits masked by pydicom), or a typed refusal when no decoder can read them."""
+    if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() not in ("MONOCHROME1", "MONOCHROME2"):
+        raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "colour pixels, not a greyscale MR image")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom raises several types for unsupported or corrupt encodings
+        uid = _transfer_syntax(ds)
+        name = pydicom.uid.UID(uid).name
+        raise SeriesRejected(
+            RejectReason.UNDECODABLE_TRANSFER_SYNTAX, f"pixel data in {name} ({uid}) could not be decoded: {type(exc).__name__}"
+        ) from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 and pixels.ndim == 2:
+        pixels = pixels[np.newaxis]
+    return pixels
+
+
+def _to_image(frames: list[_Frame], array: np.ndarray) -> sitk.Image:
+    """SimpleITK image whose index (i, j, k) = (column, row, sorted slice) and whose geometry is the DICOM one."""
+    first = frames[0]
+    row_dir, col_dir = first.orientation[:3], first.orientation[3:]
+    step = (frames[-1].position - first.position) / (len(frames) - 1)
+    slice_spacing = float(np.linalg.norm(step))
+    slice_dir = step / slice_spacing
+    image = sitk.GetImageFromArray(array)
+    image.SetOrigin(tuple(float(v) for v in first.position))
+    image.SetSpacing((first.pixel_spacing[1], first.pixel_spacing[0], slice_spacing))
+    direction = np.column_stack([row_dir, col_dir, slice_dir])
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return image
