@@ -285,6 +285,38 @@ def train(config: TrainConfig) -> dict[str, Any]:
         state["bad_validations"] += 1
         return state["bad_validations"] >= config.patience
 
+    def one_step(indices: np.ndarray) -> dict[str, Any]:
+        """Two augmented views of the batch, the loss at the current progress, one LARS step; the log record."""
+        threads = tuner.threads_for_next_step() if tuner else 0
+        if tuner:
+            torch.set_num_threads(threads)
+        started = time.monotonic()
+        images = torch.from_numpy(train_set.slices[indices].astype(np.float32)).unsqueeze(1).to(device)
+        labels = torch.from_numpy(labels_all[indices]).to(device)
+        views = [augment_batch(images, config.augment, generator) for _ in range(2)]
+        if device.type == "cpu":
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        t = progress()
+        beta = branch_beta(beta_at(t, config.beta_schedule, config.beta_switch), config.branch)
+        lr = apply_lr(optimizer, lr_factor(t, config.batch_size))
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            _, p1 = model(views[0])
+            _, p2 = model(views[1])
+        loss, parts = deepbrainprint_loss(p1.float(), p2.float(), labels, beta, config.nce_weight)
+        optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            optimizer.step()
+        else:
+            parts["skipped_non_finite"] = True
+        state["step"] += 1
+        step_s = time.monotonic() - started
+        state["elapsed_s"] += step_s
+        if tuner:
+            tuner.record(threads, step_s)
+        return {"step": state["step"], "epoch": state["epoch"], "lr": lr, "progress": round(t, 5),
+                "step_s": round(step_s, 3), "threads": threads, **parts}
+
     from tqdm import tqdm
 
     log = open(run_dir / "log.jsonl", "a")
@@ -292,60 +324,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
     last_checkpoint = time.monotonic()
     stop = state["stopped_because"] is not None
     try:
-        while not stop and progress() < 1.0:
-            model.train()
-            for indices in pk_batches(labels_all, config.batch_size, config.per_subject, rng):
-                threads = tuner.threads_for_next_step() if tuner else 0
-                if tuner:
-                    torch.set_num_threads(threads)
-                started = time.monotonic()
-                images = torch.from_numpy(train_set.slices[indices].astype(np.float32)).unsqueeze(1).to(device)
-                labels = torch.from_numpy(labels_all[indices]).to(device)
-                view1 = augment_batch(images, config.augment, generator)
-                view2 = augment_batch(images, config.augment, generator)
-                if device.type == "cpu":
-                    view1 = view1.contiguous(memory_format=torch.channels_last)
-                    view2 = view2.contiguous(memory_format=torch.channels_last)
-                t = progress()
-                beta = branch_beta(beta_at(t, config.beta_schedule, config.beta_switch), config.branch)
-                lr = apply_lr(optimizer, lr_factor(t, config.batch_size))
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    _, p1 = model(view1)
-                    _, p2 = model(view2)
-                loss, parts = deepbrainprint_loss(p1.float(), p2.float(), labels, beta, config.nce_weight)
-                optimizer.zero_grad(set_to_none=True)
-                if torch.isfinite(loss):
-                    loss.backward()
-                    optimizer.step()
-                else:
-                    parts["skipped_non_finite"] = True
-                state["step"] += 1
-                step_s = time.monotonic() - started
-                state["elapsed_s"] += step_s
-                if tuner:
-                    tuner.record(threads, step_s)
-                record = {"step": state["step"], "epoch": state["epoch"], "lr": lr, "progress": round(t, 5),
-                          "step_s": round(step_s, 3), "threads": threads, **parts}
-                state["history"].append(record)
-                log.write(json.dumps(record) + "\n")
-                bar.n = min(1000, int(progress() * 1000))
-                bar.set_postfix(loss=f"{parts['loss']:.4g}", beta=f"{beta:.2f}", step=state["step"], refresh=False)
-                bar.refresh()
-                if state["step"] % validate_every == 0:
-                    started = time.monotonic()
-                    stop = run_validation()
-                    state["elapsed_s"] += time.monotonic() - started
-                    if stop:
-                        state["stopped_because"] = f"early stopping: no mAP@3 gain in {config.patience} validations"
+        try:
+            while not stop and progress() < 1.0:
+                model.train()
+                for indices in pk_batches(labels_all, config.batch_size, config.per_subject, rng):
+                    record = one_step(indices)
+                    state["history"].append(record)
+                    log.write(json.dumps(record) + "\n")
+                    bar.n = min(1000, int(progress() * 1000))
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", beta=f"{record['beta']:.2f}", step=state["step"],
+                                    refresh=False)
+                    bar.refresh()
+                    if state["step"] % validate_every == 0:
+                        started = time.monotonic()
+                        stop = run_validation()
+                        state["elapsed_s"] += time.monotonic() - started
+                        if stop:
+                            state["stopped_because"] = f"early stopping: no mAP@3 gain in {config.patience} validations"
+                            break
+                    if time.monotonic() - last_checkpoint > config.checkpoint_every_s:
+                        write_checkpoint()
+                        last_checkpoint = time.monotonic()
+                    if progress() >= 1.0:
                         break
-                if time.monotonic() - last_checkpoint > config.checkpoint_every_s:
-                    write_checkpoint()
-                    last_checkpoint = time.monotonic()
-                if progress() >= 1.0:
-                    break
-            else:
-                state["epoch"] += 1
+                else:
+                    state["epoch"] += 1
+        except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: keep what was learnt, export it
+            state["stopped_because"] = "interrupted (resumable with --resume)"
         if state["stopped_because"] is None:
             state["stopped_because"] = "time budget used" if budget_s and state["elapsed_s"] >= budget_s else (
                 "planned steps done")
