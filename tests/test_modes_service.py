@@ -104,19 +104,6 @@ def test_series_stored_in_orthanc_ends_as_verdict_in_its_metadata(  # type: igno
     assert service.ServiceLayout.for_settings(settings).running() == {}
 
 
-@pytest.fixture
-def postgres_schema_url(postgres_url: str):  # type: ignore[no-untyped-def]
-    """A fresh schema on the test database, dropped afterwards."""
-    schema = f"dbp_modes_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
-
-
 @pytest.mark.slow
 def test_two_workers_one_redis_one_postgres_keep_the_index_consistent(  # type: ignore[no-untyped-def]
     tmp_path, redis_url, postgres_schema_url, write_head_series, small_heads, clean_env
