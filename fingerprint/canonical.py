@@ -7,7 +7,8 @@ MI only asks that they be predictable from each other. The reference is brain-on
 its dilated brain mask, so neck, shoulders and the field of view do not pull the alignment.
 
 Speed (< 2 s per series on one core): the volume is first block-averaged to about 2 mm, the registration runs on three
-resolutions (8, 4, 2 mm) with a random 15 % sample of the mask, and the start comes from the head itself (the vertex
+resolutions (8, 4, 2 mm) with a random 5 % sample of the dilated brain mask, then is polished at 2 mm inside the
+brain mask itself, and the start comes from the head itself (the vertex
 and the centroid of the top of the head), which is robust to how much neck the field of view contains.
 
 Guarding against failure: if the final metric is poor, the alignment is restarted from other rotations (the patient
@@ -44,12 +45,15 @@ METRIC_MASK_DILATION_MM = 3.0
 SCALP_MM = 12.0
 #: Depth of the "top of the head" chunk whose centroid gives the start (mm below the vertex).
 HEAD_TOP_DEPTH_MM = 100.0
-#: Mattes MI is negative (lower is better). Measured on the real series in shared/data at 2 mm: correct alignments
-#: score about -0.09 to -0.27, a noise volume -0.005, wrong poses -0.06 to -0.19. So MI cannot tell a wrong pose from a
-#: right one across people, but it does rank the poses of one series, and it does tell "no brain" from "a brain":
-#: above RETRY_METRIC the other starts are tried and the best kept; above POOR_METRIC the series is refused.
-RETRY_METRIC = -0.12
-POOR_METRIC = -0.06
+#: Mattes MI is negative (lower is better). Measured on the real series in shared/data at 2 mm with a 3 mm metric
+#: mask: correct alignments score about -0.08 to -0.23, a noise volume about -0.005, wrong poses -0.05 to -0.19.
+#: So MI cannot tell a wrong pose from a right one across people, but it ranks the poses of one series, and it does
+#: tell "no brain" from "a brain": above RETRY_METRIC the other starts are tried, above POOR_METRIC it is refused.
+RETRY_METRIC = -0.07
+POOR_METRIC = -0.04
+#: A rotated start replaces the DICOM-frame start only if it is better by this much: patient coordinates are right
+#: far more often than not, and a weak scan (the 2 mm Prisma series) can score a flipped pose a hair better.
+ROTATED_START_MARGIN = 0.02
 #: Start rotations tried when the first alignment is poor (Euler angles x, y, z in radians).
 EXTRA_STARTS: tuple[tuple[float, float, float], ...] = (
     (0.0, 0.0, math.pi),  # prone entered as supine
@@ -60,6 +64,7 @@ EXTRA_STARTS: tuple[tuple[float, float, float], ...] = (
 RANDOM_SEED = 20230227
 #: Fraction of the metric-mask voxels sampled per iteration (random, fixed seed: deterministic results).
 SAMPLING_FRACTION = 0.05
+REFINE_SAMPLING_FRACTION = 0.2
 ROTATION_SCALE = 80.0**2
 
 
@@ -144,12 +149,15 @@ def align(image: sitk.Image) -> Alignment:
         start.SetTranslation(tuple(np.subtract(centre_guess, reference.brain_top_centroid)))
         transform, metric = _register(reference, moving, start)
         attempts.append({"start": name, "metric_value": round(metric, 4)})
-        if best is None or metric < best[0]:
+        if best is None or metric < best[0] - ROTATED_START_MARGIN:
             best = (metric, transform, name)
         if metric < RETRY_METRIC:
             break
     assert best is not None
     metric, transform, name = best
+    if metric < POOR_METRIC:
+        transform, refined_metric = _refine(reference, moving, transform)
+        attempts.append({"start": "brain-only refinement", "metric_value": round(refined_metric, 4)})
     if metric >= POOR_METRIC:
         raise SeriesRejected(
             RejectReason.NOT_T1_BRAIN,
@@ -191,6 +199,28 @@ def _foreground_points(mask: sitk.Image, threshold: float) -> np.ndarray:
     ijk = kji[:, ::-1].astype(np.float64)
     direction = np.array(mask.GetDirection()).reshape(3, 3)
     return np.array(mask.GetOrigin()) + (ijk * np.array(mask.GetSpacing())) @ direction.T
+
+
+def _refine(reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransform) -> tuple[sitk.Euler3DTransform, float]:
+    """Polish a coarse alignment at 2 mm with the metric restricted to the brain itself.
+
+    Measured on the four decubitus repeats of one man: slice agreement (NCC) between positions rose from 0.26-0.73
+    to 0.82-0.87 with this stage; started from a coarse pose, the brain-only metric no longer drifts.
+    """
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(REFINE_SAMPLING_FRACTION, RANDOM_SEED)
+    method.SetMetricFixedMask(reference.mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=0.01, numberOfIterations=100, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
+    )
+    method.SetOptimizerScales([ROTATION_SCALE] * 3 + [1.0] * 3)
+    transform = sitk.Euler3DTransform(start)
+    method.SetInitialTransform(transform, inPlace=True)
+    method.Execute(reference.image, moving)
+    return transform, float(method.GetMetricValue())
 
 
 def _register(reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransform) -> tuple[sitk.Euler3DTransform, float]:
