@@ -179,3 +179,20 @@ def test_orthanc_down_during_writeback_keeps_the_verdict_and_retries(settings, t
     finally:
         server.stop(instance)
         ctx.close()
+
+
+def test_serve_without_broker_starts_an_embedded_worker_on_first_series(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``deepbrainprint serve`` in embedded mode: the node's hand-on alone must get the series processed."""
+    node = StorageNode(settings, lambda completed: submit_completed_series(settings, completed)).start()
+    try:
+        assert send_instances(mr_series(6, seed=50), node.port, called_ae=settings.ae_title).all_ok
+        ctx = WorkerContext(settings)
+        assert wait_for(lambda: settled(ctx.ledger, 1), 60)
+        assert ctx.ledger.all_jobs()[0].verdict["verdict"] == "rejected"
+        ctx.close()
+    finally:
+        node.stop()
+        from worker.embedded import _running_workers
+
+        for worker in list(_running_workers):
+            worker.stop()

@@ -61,7 +61,23 @@ def load_heads() -> dict[str, Any]:
         from fingerprint.dicom_series import read_series
 
         heads["real T1 (Siemens Trio)"] = read_series(real).image
+    while len(heads) < 3:  # a bare machine: other people are made from Colin27 the way the cohort makes subjects
+        heads[f"Colin27 warped #{len(heads)}"] = warped_subject(heads["Colin27"], seed=len(heads))
     return heads
+
+
+def warped_subject(head: Any, seed: int) -> Any:
+    """Another subject from ``head``: a different size per axis and a smooth random deformation (the cohort's
+    subject model), used only when fewer than three real heads are installed."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from fingerprint.cohort.deform import displacement_transform, scale_transform, smooth_noise_field
+
+    rng = np.random.default_rng(1000 + seed)
+    scale = tuple(float(s) for s in 1.0 + rng.choice([-1, 1], 3) * rng.uniform(0.05, 0.08, 3))
+    transform = sitk.CompositeTransform([scale_transform(scale), displacement_transform(smooth_noise_field(rng))])
+    return sitk.Resample(head, head, transform, sitk.sitkLinear, 0.0)
 
 
 def plan(heads: dict[str, Any], quick: bool) -> list[DemoSeries]:
