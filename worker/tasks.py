@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_ready
 
 from worker.celery_app import PROCESS_TASK, WRITEBACK_TASK, app, current_settings, send_writeback
 from worker.ledger import DONE, WRITEBACK_PENDING, backoff_s
@@ -27,6 +27,20 @@ def context() -> WorkerContext:
     if _ctx is None:
         _ctx = WorkerContext(current_settings())
     return _ctx
+
+
+@worker_ready.connect
+def _resubmit_pending_writebacks(**_: Any) -> None:
+    """Verdicts still waiting for Orthanc (their retry message lost with a broker that restarted without its
+    append-only file, say) get a write-back message again when a worker starts; duplicates are harmless."""
+    try:
+        due = context().ledger.due_writebacks(limit=10_000)
+    except TRANSIENT_ERRORS:
+        return
+    for job in due:
+        send_writeback(context().settings, job.job_key)
+    if due:
+        log.info("%d pending write-backs queued again", len(due))
 
 
 @worker_process_shutdown.connect
