@@ -49,7 +49,7 @@ def random_appearance(rng: np.random.Generator) -> Appearance:
         sigmoid_width=float(rng.uniform(0.08, 0.2)),
         bias_coefficients=tuple(float(c) for c in coefficients),
         noise_sigma=float(rng.uniform(0.005, 0.04)),
-        intensity_scale=float(np.exp(rng.uniform(np.log(300.0), np.log(3000.0)))),
+        intensity_scale=float(np.exp(rng.uniform(np.log(150.0), np.log(1500.0)))),
         pixel_mm=float(rng.uniform(1.0, 1.5)),
         thickness_mm=float(rng.choice([1.0, 1.2, 1.5, 2.0, 2.5])),
     )
@@ -57,34 +57,39 @@ def random_appearance(rng: np.random.Generator) -> Appearance:
 
 def contrast_curve(values: np.ndarray, appearance: Appearance) -> np.ndarray:
     """The monotone intensity curve, on intensities where the head's bright end is ~1."""
-    x = np.clip(values, 0.0, None)
-    power = x**appearance.gamma
+    x = np.clip(values, 0.0, None).astype(np.float32, copy=False)
+    power = x ** np.float32(appearance.gamma)
     lo, hi = (1.0 / (1.0 + np.exp(-(v - appearance.sigmoid_centre) / appearance.sigmoid_width)) for v in (0.0, 1.0))
     sigmoid = (1.0 / (1.0 + np.exp(-(x - appearance.sigmoid_centre) / appearance.sigmoid_width)) - lo) / (hi - lo)
     curve = (1.0 - appearance.sigmoid_mix) * power + appearance.sigmoid_mix * sigmoid
     return np.where(x > 0, curve, 0.0)
 
 
-def bias_field(points_mm: np.ndarray, appearance: Appearance, half_extent_mm: float = 100.0) -> np.ndarray:
-    """Multiplicative smooth field at ``points_mm`` (..., 3), coordinates scaled so the head spans about [-1, 1]."""
-    u = points_mm / half_extent_mm
-    log_field = np.zeros(points_mm.shape[:-1])
+Coordinates = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def bias_field(coords_mm: Coordinates, appearance: Appearance, half_extent_mm: float = 100.0) -> np.ndarray:
+    """Multiplicative smooth field at points given as three broadcastable coordinate arrays (u, v, w) in mm of the
+    acquisition frame centred on the head; scaled so the head spans about [-1, 1]. Broadcastable (sparse) axes keep
+    a 3D volume's field cheap: no (N, 3) array of coordinates is ever built."""
+    u, v, w = (np.asarray(c, dtype=np.float32) / half_extent_mm for c in coords_mm)
+    log_field = np.zeros(np.broadcast_shapes(u.shape, v.shape, w.shape), dtype=np.float32)
     for (i, j, k), c in zip(BIAS_TERMS, appearance.bias_coefficients):
         if c:
-            log_field += c * u[..., 0] ** i * u[..., 1] ** j * u[..., 2] ** k
+            log_field += np.float32(c) * (u**i) * (v**j) * (w**k)
     return np.exp(log_field)
 
 
 def rician_noise(values: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of (signal + complex Gaussian noise): the noise of magnitude MR images, positive in the background."""
-    real = values + rng.normal(0.0, sigma, size=values.shape)
-    imaginary = rng.normal(0.0, sigma, size=values.shape)
-    return np.sqrt(real**2 + imaginary**2)
+    real = values + np.float32(sigma) * rng.standard_normal(size=values.shape, dtype=np.float32)
+    imaginary = np.float32(sigma) * rng.standard_normal(size=values.shape, dtype=np.float32)
+    return np.sqrt(real * real + imaginary * imaginary)
 
 
 def apply_appearance(
-    values: np.ndarray, points_mm: np.ndarray, appearance: Appearance, rng: np.random.Generator, noise_factor: float = 1.0
+    values: np.ndarray, coords_mm: Coordinates, appearance: Appearance, rng: np.random.Generator, noise_factor: float = 1.0
 ) -> np.ndarray:
     """Contrast curve, then bias field, then noise (``noise_factor`` < 1 where the grid is coarser than the scanner's)."""
-    shaded = contrast_curve(values, appearance) * bias_field(points_mm, appearance)
+    shaded = contrast_curve(values, appearance) * bias_field(coords_mm, appearance)
     return rician_noise(shaded, appearance.noise_sigma * noise_factor, rng).astype(np.float32)

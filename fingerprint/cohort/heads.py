@@ -11,15 +11,17 @@ The split (the model card quotes it):
 - HELD-OUT heads: ``colin27`` (one real man, the MNI Colin27 average of 27 scans of him) and ``siemens-trio``
   (man, 39 y). Only the benchmark's subjects come from them; no training subject ever does.
 
-Each head is read from its DICOM series with the slice pipeline's reader (``fingerprint.dicom_series.read_series``),
-rigidly aligned (6 dof: head size is identity, it must not be normalised away) to Colin27, which is a whole head in
-MNI space (skull and scalp included, unlike the brain-only MNI152 average, so head-to-head mutual information has far
-more to hold on to), resampled on the 1 mm MNI152 grid, cropped to the head, intensity-scaled so that the 99.5th
-percentile of the head is 1, and cached as NIfTI under ``~/.cache/deepbrainprint/cohort-heads`` (or
-``$DBP_COHORT_CACHE``). Colin27 only gives the *pose* (6 numbers) of the training heads: none of its anatomy enters
-them. MNI152 and Colin27 are NIfTI files already in MNI space: they are used as they are. This one-off alignment is
-slower and more careful than the pipeline's (~30 s per head instead of 2 s); the pipeline's own residual alignment
-error is modelled separately (see :mod:`fingerprint.cohort.visits`).
+Each head is read from its DICOM series with the slice pipeline's reader (``fingerprint.dicom_series.read_series``)
+and brought into reference space by a rigid (6 dof: head size is identity, it must not be normalised away) alignment
+in two steps (:func:`alignment_to_reference`): a careful head-to-head registration to Colin27, a whole head in MNI
+space (skull and scalp included, unlike the brain-only MNI152 average, so mutual information has far more to hold on
+to; ~30-60 s, once per head), then the pipeline's own brain alignment (``fingerprint.canonical.align``) from there, so
+the base head sits exactly where the pipeline puts heads and the canonical plane cuts it at the pipeline's level.
+Colin27 only gives the *pose* (6 numbers) of the training heads: none of its anatomy enters them. The aligned head is
+resampled on the 1 mm MNI152 grid, cropped to the head, intensity-scaled so that the 99.5th percentile of the head is
+1, and cached as NIfTI under ``~/.cache/deepbrainprint/cohort-heads`` (or ``$DBP_COHORT_CACHE``). MNI152 is the
+reference itself and is used as it is. The pipeline's residual alignment error on *visits* is modelled separately
+(see :mod:`fingerprint.cohort.visits` and :mod:`fingerprint.cohort.alignment_check`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ import numpy as np
 import SimpleITK as sitk
 
 #: Bump when the way heads are prepared changes: old caches are then ignored, not reused.
-HEAD_CACHE_VERSION = "v1"
+HEAD_CACHE_VERSION = "v2"
 COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
+#: A pipeline refinement of a base head's careful alignment that turns it more than this is rejected as a failure.
+MAX_REFINEMENT_DEG = 12.0
 SHARED_T1 = Path(os.environ.get("DBP_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "t1"
 
 
@@ -87,12 +91,31 @@ def _mni152_image() -> sitk.Image:
         return sitk.ReadImage(str(path), sitk.sitkFloat32)
 
 
-def _dicom_head(folder: Path) -> tuple[sitk.Image, sitk.Transform]:
-    """Read a real series with the pipeline's reader and align it, head to head, to Colin27 (see module docstring)."""
+def _dicom_head(folder: Path) -> sitk.Image:
+    """Read a real series with the pipeline's reader (float32)."""
     from fingerprint.dicom_series import read_series
 
-    image = sitk.Cast(read_series(folder).image, sitk.sitkFloat32)
-    return image, careful_rigid_alignment(image)
+    return sitk.Cast(read_series(folder).image, sitk.sitkFloat32)
+
+
+def alignment_to_reference(image: sitk.Image) -> sitk.Transform:
+    """Reference mm -> ``image`` mm: careful head-to-head start, then the pipeline's own brain alignment from there.
+
+    The refinement makes a base head sit where the pipeline puts heads (its brain-masked metric decides the level of
+    the canonical plane); the careful start keeps it from the wrong basins a fast aligner can fall into on a hard head
+    (the 2 mm prisma series). A refinement that moves more than MAX_REFINEMENT_DEG is not trusted and not used.
+    """
+    from fingerprint.canonical import align
+
+    careful = careful_rigid_alignment(image)
+    start = sitk.Resample(image, reference_grid(), careful, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    try:
+        refinement = align(start).transform
+    except Exception:  # the pipeline refused it: the careful alignment is the best we have
+        return careful
+    matrix = np.asarray(refinement.GetMatrix()).reshape(3, 3)
+    angle = np.degrees(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0)))
+    return sitk.CompositeTransform([careful, refinement]) if angle <= MAX_REFINEMENT_DEG else careful
 
 
 def _head_top_centroid(image: sitk.Image, depth_mm: float = 100.0) -> np.ndarray:
@@ -153,10 +176,10 @@ def prepare_head(name: str) -> sitk.Image:
     if name == "mni152":
         return _scaled_and_cropped(grid)
     if source.nifti is not None:
-        image, to_head = sitk.ReadImage(str(source.nifti), sitk.sitkFloat32), sitk.Transform(3, sitk.sitkIdentity)
+        image = sitk.ReadImage(str(source.nifti), sitk.sitkFloat32)
     else:
-        image, to_head = _dicom_head(SHARED_T1 / str(source.dicom_folder))
-    aligned = sitk.Resample(image, grid, to_head, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        image = _dicom_head(SHARED_T1 / str(source.dicom_folder))
+    aligned = sitk.Resample(image, grid, alignment_to_reference(image), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return _scaled_and_cropped(aligned)
 
 

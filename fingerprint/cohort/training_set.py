@@ -81,14 +81,15 @@ def fast_slice(anatomy: SubjectAnatomy, visit: VisitPlan) -> np.ndarray:
         chain = sitk.CompositeTransform([to_base, slab, residual])
         planes.append(sitk.GetArrayFromImage(sitk.Resample(head, grid, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32))[0])
     pixels = np.mean(planes, axis=0)
-    scanner_points = _scanner_points(grid, residual, pose)
-    shaded = apply_appearance(pixels, scanner_points, visit.appearance, visit.rng(), INTERPOLATED_NOISE_FACTOR)
+    frame = _acquisition_points(grid, residual, pose) @ scanner_direction(visit)  # acquisition frame, as the volume's
+    coords = (frame[..., 0], frame[..., 1], frame[..., 2])
+    shaded = apply_appearance(pixels, coords, visit.appearance, visit.rng(), INTERPOLATED_NOISE_FACTOR)
     return normalise(shaded, canonical_mask())
 
 
-def _scanner_points(grid: sitk.Image, residual: sitk.Transform, pose: sitk.Euler3DTransform) -> np.ndarray:
-    """Scanner coordinates (relative to the scanner's isocentre region) of the canonical plane's pixels: bias fields
-    belong to the coil, so they must move with the scanner, not with the head."""
+def _acquisition_points(grid: sitk.Image, residual: sitk.Transform, pose: sitk.Euler3DTransform) -> np.ndarray:
+    """Scanner coordinates (mm from where the brain centre lies in the scanner) of the canonical plane's pixels: bias
+    fields belong to the coil, so they move with the scanner, not with the head."""
     nx, ny = grid.GetSize()[:2]
     j, i = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     origin, spacing = np.asarray(grid.GetOrigin()), np.asarray(grid.GetSpacing())

@@ -117,8 +117,8 @@ def _visit(subject_id: str, v: int, baseline: dt.date, days: int, rng: np.random
         pose_shift_mm=tuple(float(s) for s in rng.uniform(-20.0, 20.0, size=3)),  # type: ignore[arg-type]
         plane=plane,
         oblique_deg=float(rng.uniform(10.0, 25.0) * rng.choice([-1, 1])) if plane == "oblique" else 0.0,
-        fov_mm=float(rng.uniform(220.0, 256.0)),
-        coverage_mm=float(rng.uniform(170.0, 200.0)),
+        fov_mm=float(rng.uniform(200.0, 230.0)),
+        coverage_mm=float(rng.uniform(150.0, 180.0)) + (40.0 if plane == "coronal" else 0.0),  # coronal: head length
         fov_offset_mm=tuple(float(s) for s in rng.uniform(-10.0, 10.0, size=3)),  # type: ignore[arg-type]
         residual_angles_deg=tuple(float(a) for a in rng.normal(0.0, RESIDUAL_ROTATION_SD_DEG, size=3)),  # type: ignore[arg-type]
         residual_shift_mm=tuple(float(s) for s in rng.normal(0.0, RESIDUAL_SHIFT_SD_MM, size=3)),  # type: ignore[arg-type]
