@@ -159,3 +159,36 @@ def test_two_workers_one_redis_one_postgres_keep_the_index_consistent(  # type: 
                 stored = archive.store.count_fingerprinted(conn, model_version)
             assert stored == 3
             assert archive.index_for(model_version).ntotal == stored
+
+
+@pytest.mark.slow
+def test_celery_writeback_retries_while_orthanc_is_down(tmp_path, redis_url, clean_env) -> None:  # type: ignore[no-untyped-def]
+    if not Path(server.ORTHANC_BINARY).exists():
+        pytest.skip("Orthanc is not installed")
+    instance = server.write_config(
+        tmp_path / "orthanc", username="radiology", password="pw-celery", http_port=server.free_port(),
+        dicom_port=server.free_port(), scp_ae_title="DEEPBRAINPRINT", scp_port=server.free_port(), stable_age_s=60,
+    )
+    server.start(instance)
+    client = writeback.make_client(instance.url, instance.username, instance.password)
+    scout = mr_series(6, seed=60, patient_id="SVC-WB-1")
+    upload(client, scout)
+    server.stop(instance)  # down before the verdict exists
+    settings = service_settings(tmp_path / "home", redis_url, orthanc_url=instance.url,
+                                orthanc_username="radiology", orthanc_password="pw-celery")
+    service.up(settings, workers=1, pool="solo")
+    ledger = Ledger(settings.store_url)
+    try:
+        wait_workers_ready(settings, ["worker-1"])
+        assert send_instances(scout, settings.port, called_ae=settings.ae_title).all_ok
+        assert wait_for(lambda: ledger.counts()[DONE] == 1 and ledger.all_jobs()[0].writeback_attempts >= 1, 120)
+        job = ledger.all_jobs()[0]
+        assert job.writeback_state == "pending" and job.verdict["verdict"] == "rejected"  # kept meanwhile
+        server.start(instance)
+        found = wait_for(lambda: writeback.read_verdict(client, str(scout[0].SeriesInstanceUID)), 60)
+        assert found and found[writeback.METADATA_VERDICT] == "rejected"
+        assert wait_for(lambda: ledger.all_jobs()[0].writeback_state == "done", 20)
+    finally:
+        service.down(settings)
+        server.stop(instance)
+        ledger.close()
