@@ -134,6 +134,8 @@ class Archive:
         self, result: FingerprintResult, source_info: dict, record: bool, patient_hash: str | None = None
     ) -> dict[str, Any]:
         ids = result.slice.identifiers
+        if not ids.series_instance_uid:  # a series without SeriesInstanceUID: its source is its key
+            ids = replace(ids, series_instance_uid=_source_key(source_info))
         model_version = result.model_version
         vector = np.asarray(result.vector, dtype=np.float32).reshape(-1)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
@@ -245,7 +247,8 @@ class Archive:
     ) -> dict[str, Any]:
         return {
             **verdict,
-            "series_instance_uid": ids.series_instance_uid,
+            "series_instance_uid": _real_uid(ids.series_instance_uid),
+            "series_key": ids.series_instance_uid,  # what the store is keyed on (the UID, or the source's key)
             "study_instance_uid": ids.study_instance_uid,
             "patient_id_hash": patient_hash,
             "model_version": model_version,
@@ -291,8 +294,14 @@ def _verdict_columns(verdict: dict[str, Any]) -> dict[str, Any]:
     return {"verdict": verdict["verdict"], "score": verdict["score"], "evidence": json.dumps(evidence)}
 
 
+#: Store key prefix of series that had no readable SeriesInstanceUID (keyed by where they came from instead).
+SOURCE_KEY_PREFIX = "source:"
 #: source_info keys that carry patient data: used to identify a rejected series, never stored or printed.
 PHI_KEYS = frozenset({"patient_id", "patient_name", "patient_birth_date"})
+
+
+def _real_uid(series_key: str) -> str:
+    return "" if series_key.startswith(SOURCE_KEY_PREFIX) else series_key
 
 
 def _without_phi(source_info: dict[str, Any]) -> dict[str, Any]:
@@ -307,7 +316,7 @@ def _source_key(source_info: dict[str, Any]) -> str:
     # (hashed: a source description may contain patient data)
     if source_info.get("folder") and not source_info.get("orthanc_id"):
         basis = str(Path(str(basis)).resolve())
-    return "source:" + hashlib.sha256(str(basis).encode()).hexdigest()[:32]
+    return SOURCE_KEY_PREFIX + hashlib.sha256(str(basis).encode()).hexdigest()[:32]
 
 
 def _identifiers_from_source_info(source_info: dict[str, Any]) -> SeriesIdentifiers:

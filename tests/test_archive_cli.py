@@ -182,7 +182,8 @@ def test_calibrate_writes_thresholds_for_the_model_in_use(tmp_path):
     stored = load_thresholds(load_settings(home=tmp_path, index_dir=index), out["model_version"])
     assert stored.source == "calibrated" and stored.match == out["match"] and stored.mismatch <= stored.match
     # The store holds it too, so a worker with another index folder on the same store decides the same way.
-    other_worker = load_settings(home=tmp_path, index_dir=tmp_path / "worker-2", store_url=f"sqlite:///{index}/store.sqlite")
+    store_url = f"sqlite:///{index}/store.sqlite"
+    other_worker = load_settings(home=tmp_path, index_dir=tmp_path / "worker-2", store_url=store_url)
     with Archive(other_worker) as arch:
         used = arch.thresholds(out["model_version"])
         assert used.details["from"] == "store" and used.match == out["match"]

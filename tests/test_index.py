@@ -122,7 +122,8 @@ CHILD_ENROLL = textwrap.dedent(
     for i in range(100000):
         v = rng.standard_normal(512).astype(np.float32)
         ids = SeriesIdentifiers(patient_id=f"P{i}", series_instance_uid=f"kill.{i}", study_instance_uid=f"s.{i}")
-        result = FingerprintResult(v / np.linalg.norm(v), "test-model", SliceResult(np.zeros((128, 128), np.float32), ids))
+        pixels = np.zeros((128, 128), np.float32)
+        result = FingerprintResult(v / np.linalg.norm(v), "test-model", SliceResult(pixels, ids))
         arch.decide_and_record(result, {})
         print(i, flush=True)
     """

@@ -121,7 +121,7 @@ def test_rejection_recorded_with_reason_and_nothing_searched(archive):
     # Without any identifier the source stands in, and the same source maps to the same row.
     a = archive.decide_and_record(SeriesRejected(RejectReason.NO_DICOM, "empty"), {"folder": "/spool/x"})
     b = archive.decide_and_record(SeriesRejected(RejectReason.NO_DICOM, "empty"), {"folder": "/spool/x"})
-    assert a["row_id"] == b["row_id"] and a["series_instance_uid"].startswith("source:")
+    assert a["row_id"] == b["row_id"] and a["series_key"].startswith("source:") and a["series_instance_uid"] == ""
 
 
 def test_query_without_record_changes_nothing(archive, synthetic_fingerprint):
