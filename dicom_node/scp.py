@@ -37,7 +37,7 @@ from fingerprint.config import Settings
 
 from .completion import CompletionTracker, OnSeriesComplete
 from .spool import Spool, SpoolWriteError, series_key_for, uid_key
-from .transport import disable_nagle
+from .transport import tune_receiver
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class StorageNode:
             self.recovered = self.tracker.recover_pending()
         self.tracker.start()
         handlers = [
-            (evt.EVT_CONN_OPEN, disable_nagle),
+            (evt.EVT_CONN_OPEN, tune_receiver),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_association_end),
