@@ -216,7 +216,9 @@ class Archive:
             return self._synced_index(conn, model_version or self.model_version)
 
     def _save_if_due(self, index: FingerprintIndex) -> None:
-        if index.unsaved_changes >= SAVE_INDEX_EVERY:
+        # Proportional: a 1M-vector index is 2 GB to write, while replaying 5% of the rows from the store on the
+        # next open is quick; small archives save every SAVE_INDEX_EVERY changes.
+        if index.unsaved_changes >= max(SAVE_INDEX_EVERY, index.ntotal // 20):
             index.save()
 
     def _identity_columns(

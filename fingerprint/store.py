@@ -31,6 +31,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -82,6 +83,8 @@ series_table = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("series_instance_uid", "model_version", name="uq_dbp_series_uid_model"),
+    Index("ix_dbp_series_model_seq", "model_version", "seq"),  # index catch-up: rows after a seq
+    Index("ix_dbp_series_model_status", "model_version", "status"),  # counts and rebuilds per model version
 )
 
 #: A site's calibrated verdict thresholds per model version (JSON of ``calibration.Thresholds``). Kept in the store so
