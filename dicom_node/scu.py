@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from .transport import disable_nagle
 
+log = logging.getLogger(__name__)
+
 
 class AssociationFailed(RuntimeError):
     """The SCP rejected or did not answer the association request (wrong AE title, not listening...)."""
@@ -28,7 +31,7 @@ class AssociationFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class SendResult:
-    statuses: list[int]  # one DIMSE status per instance, in order (-1: no response)
+    statuses: list[int]  # one DIMSE status per instance sent, in order
 
     @property
     def all_ok(self) -> bool:
@@ -62,33 +65,53 @@ def send_instances(
     called_ae: str = "DEEPBRAINPRINT",
     calling_ae: str = "DBP-SCU",
     abort_after: int | None = None,
+    response_timeout_s: float = 30.0,
+    max_reassociations: int = 3,
 ) -> SendResult:
-    """C-STORE every item (paths or datasets) over ONE association, then release it (or abort it after
-    ``abort_after`` instances, to play a sender that dies mid-series). Raises :class:`AssociationFailed`."""
+    """C-STORE every item (paths or datasets) over one association, then release it (or abort it after
+    ``abort_after`` instances, to play a sender that dies mid-series). Raises :class:`AssociationFailed`.
+
+    A response lost on the way (pynetdicom's requestor can, rarely, let its own reactor thread take a response meant
+    for ``send_c_store``: the store then times out and the association is aborted) is handled like a PACS would:
+    associate again and re-send that instance (the SCP keeps one copy per SOP Instance UID), at most
+    ``max_reassociations`` times.
+    """
     loaded = [_load(item) for item in items]
     keys = sorted({_context_key(item) for item in loaded})
-    ae = AE(ae_title=calling_ae)
-    contexts = []
-    for sop_class, syntax in keys:  # one context per (class, syntax): the SCP accepts each exactly
-        contexts.append(build_context(UID(sop_class), [UID(syntax)]))
+    contexts = [build_context(UID(sop_class), [UID(syntax)]) for sop_class, syntax in keys]  # accepted exactly
     if len(contexts) > 127:
         raise ValueError("too many distinct SOP class / transfer syntax pairs for one association")
-    assoc = ae.associate(
-        host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, disable_nagle)]
-    )
-    if not assoc.is_established:
-        raise AssociationFailed(f"association to {called_ae}@{host}:{port} was rejected or failed")
+    ae = AE(ae_title=calling_ae)
+    ae.dimse_timeout = response_timeout_s
+
+    def associate():  # type: ignore[no-untyped-def]
+        assoc = ae.associate(
+            host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, disable_nagle)]
+        )
+        if not assoc.is_established:
+            raise AssociationFailed(f"association to {called_ae}@{host}:{port} was rejected or failed")
+        return assoc
+
+    assoc = associate()
     statuses: list[int] = []
+    reassociations = 0
     try:
-        for index, item in enumerate(loaded):
-            if abort_after is not None and index >= abort_after:
-                break
-            response = assoc.send_c_store(item)
-            statuses.append(int(response.Status) if "Status" in response else -1)
+        while len(statuses) < len(loaded) and (abort_after is None or len(statuses) < abort_after):
+            response = assoc.send_c_store(loaded[len(statuses)])
+            if "Status" in response:
+                statuses.append(int(response.Status))
+                continue
+            if reassociations >= max_reassociations:
+                raise AssociationFailed(f"no response from {called_ae}@{host}:{port} after {reassociations} retries")
+            reassociations += 1
+            log.warning("no C-STORE response within %.0f s; associating again", response_timeout_s)
+            if assoc.is_established:
+                assoc.abort()
+            assoc = associate()
     finally:
         if abort_after is not None:
             assoc.abort()
-        else:
+        elif assoc.is_established:
             assoc.release()
     return SendResult(statuses)
 

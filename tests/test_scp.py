@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from dicom_node.scp import StorageNode, accepted_transfer_syntaxes
 from dicom_node.scu import AssociationFailed, echo, send_instances
@@ -120,6 +120,20 @@ def test_real_multi_file_series_is_spooled_and_handed_on_once(start_node: NodeFa
     assert _wait_for_state(node.spool, completed.series_key, "queued") == "queued"
     state = node.spool.read_state(completed.series_key)
     assert state.received_count == 35 and state.handed_on_at
+
+
+def test_dcmtk_storescu_sender_is_accepted(start_node: NodeFactory, shared_data: Path) -> None:
+    """A sender that is not pynetdicom: DCMTK's storescu (the toolkit Orthanc and many PACS are built on)."""
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        pytest.skip("DCMTK storescu is not installed (apt-get install dcmtk)")
+    folder = shared_data / "repeats" / "decubitus-HFP-t1-2d"
+    node, collector = start_node()
+    done = subprocess.run([storescu, "-aet", "PACS", "-aec", "DEEPBRAINPRINT", "+sd", "127.0.0.1", str(node.port),
+                           str(folder)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (completed,) = collector.wait(1)
+    assert completed.instance_count == len(list(folder.glob("*.dcm"))) and completed.calling_ae_title == "PACS"
 
 
 def test_enhanced_multiframe_file_is_stored_bit_identical(start_node: NodeFactory, shared_data: Path) -> None:
@@ -314,6 +328,30 @@ def test_failed_hand_on_is_retried_and_series_marked_queued_only_after_success(s
     assert completed.instance_count == 2
     assert _wait_for_state(node.spool, key, "queued") == "queued"
     assert node.spool.read_state(key).last_error == ""
+
+
+def test_scu_associates_again_when_a_response_does_not_come(tmp_path: Path) -> None:
+    """A real SCP that answers the first C-STORE too late: our SCU gives up on that association, associates again
+    and re-sends, so the demo/tests never stall or lose an instance on a lost response."""
+    received: list[str] = []
+
+    def slow_first(event):  # type: ignore[no-untyped-def]
+        received.append(event.request.AffectedSOPInstanceUID)
+        if len(received) == 1:
+            time.sleep(1.5)
+        return 0x0000
+
+    ae = AE(ae_title="DEEPBRAINPRINT")
+    ae.add_supported_context(MRImageStorage)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_first)])
+    try:
+        series = mr_series(3, size=8)
+        result = send_instances(series, server.server_address[1], response_timeout_s=0.5)
+        assert result.statuses == [0, 0, 0]
+        assert received[0] == received[1] == series[0].SOPInstanceUID, "the unanswered instance is sent again"
+        assert received[2:] == [ds.SOPInstanceUID for ds in series[1:]]
+    finally:
+        server.shutdown()
 
 
 def test_calling_ae_allow_list_and_called_ae_are_enforced(start_node: NodeFactory) -> None:
