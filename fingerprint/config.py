@@ -35,7 +35,7 @@ class Settings:
     patient_id_hash_key: str = ""  # keyed hash of PatientIDs; empty: a random key is created in <index_dir>
     keep_clear_patient_id: bool = False  # sites that want the clear PatientID stored too
     top_k: int = 5
-    faiss_search_params: str = ""  # approximate indexes only, e.g. "efSearch=64" (HNSW) or "nprobe=16" (IVF)
+    faiss_search_params: str = ""  # approximate indexes: e.g. "efSearch=64" (HNSW), "nprobe=16" (IVF); "" = defaults
     calibration_far: float = 0.001  # false-alarm rate `calibrate` picks thresholds for (0.1%)
 
     # --- DICOM node ----------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Vector ids are the store's row ids (``IndexIDMap2``), so a search answers directly with rows. Exact inner product
 (``"Flat"``; fingerprints are L2-normalised, so inner product is cosine similarity) is the default; any FAISS
 index-factory string (``"HNSW32"``, ``"IVF1024,Flat"``) gives an approximate index for large archives, with search
-parameters such as ``"efSearch=64"`` or ``"nprobe=16"`` (see ``bench/bench_index.py`` for their measured recall).
+parameters such as ``"efSearch=64"`` or ``"nprobe=16"`` (defaults: ``DEFAULT_SEARCH_PARAMS``; see
+``bench/results/index.md`` for their measured recall and speed).
 
 Crash safety: the index file is written atomically (temporary file, fsync, rename) with a checksum, and records the
 highest store ``seq`` it contains. On open, a missing, torn or foreign file is rebuilt from the store; a file that is
@@ -61,6 +62,14 @@ def index_file_path(index_dir: Path, model_version: str) -> Path:
 def new_faiss_index(factory: str, dim: int = VECTOR_DIM) -> faiss.IndexIDMap2:
     """An empty inner-product index from a factory string, wrapped so that its ids are store row ids."""
     return faiss.IndexIDMap2(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+
+
+#: Search parameters when the settings give none (``bench/results/index.md``: recall against exact search).
+DEFAULT_SEARCH_PARAMS = (("HNSW", "efSearch=128"), ("IVF", "nprobe=32"))
+
+
+def default_search_params(factory: str) -> str:
+    return next((params for family, params in DEFAULT_SEARCH_PARAMS if family in factory), "")
 
 
 @functools.lru_cache(maxsize=32)
@@ -237,8 +246,9 @@ class FingerprintIndex:
         self._ids.update(ids)
 
     def _apply_search_params(self) -> None:
-        if self.search_params and self.index is not None and self.effective_factory != "Flat":
-            faiss.ParameterSpace().set_index_parameters(self.index, self.search_params)
+        params = self.search_params or default_search_params(self.effective_factory)
+        if params and self.index is not None and self.effective_factory != "Flat":
+            faiss.ParameterSpace().set_index_parameters(self.index, params)
 
 
 def _write_index_file(path: Path, meta: dict, index: faiss.IndexIDMap2, ids: np.ndarray) -> None:

@@ -270,3 +270,18 @@ def test_trained_model_links_the_decubitus_repeats_and_keeps_five_people_apart(s
     assert [verdicts[p.name] for p in repeats] == ["new_patient", "consistent", "consistent", "consistent"], lines
     assert all(verdicts[p.name] == "new_patient" for p in people), verdicts
     assert code == 0, err
+
+
+def test_a_folder_mixing_two_series_is_split_by_series_uid(shared_data, tmp_path):
+    """A PACS export with two series in one folder: each is queried on its own, and named by folder#uid."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, path in enumerate(iter_files(shared_data / PERSON_A)):
+        (mixed / f"a{i:03d}").write_bytes(path.read_bytes())
+    scout = next(iter_files(shared_data / "hard" / "12bit"))
+    (mixed / "zz-other").write_bytes(scout.read_bytes())
+    code, lines, err = cli("query", mixed, "--index", tmp_path / "archive", "--json")
+    assert code == 3, err
+    assert sorted(l["verdict"] for l in lines) == ["new_patient", "rejected"]
+    assert all(l["series_dir"].startswith(f"{mixed}#") for l in lines)
+    assert {l["series_dir"].split("#")[1] for l in lines} == {l["series_instance_uid"] for l in lines}

@@ -256,3 +256,13 @@ def test_factory_change_rebuilds_and_store_is_the_truth(tmp_path, synthetic_fing
     store = Store(f"sqlite:///{tmp_path}/archive/store.sqlite")
     assert store.model_versions() == {"test-model": 5}
     store.close()
+
+
+def test_approximate_index_gets_measured_default_search_parameters(tmp_path, synthetic_fingerprint):
+    import faiss
+
+    with open_archive(tmp_path, faiss_factory="HNSW32") as arch:
+        enroll(arch, synthetic_fingerprint, unit_vectors(3, seed=10), "d")
+        index = arch.index_for()
+        hnsw = faiss.downcast_index(index.index.index)
+        assert hnsw.hnsw.efSearch == 128
