@@ -24,6 +24,7 @@ OnSeriesComplete = Callable[[CompletedSeries], None]
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+PURGE_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -47,10 +48,14 @@ class _Progress:
 class CompletionTracker:
     """Decides when series are complete and hands them on, from one background thread."""
 
-    def __init__(self, spool: Spool, on_series_complete: OnSeriesComplete, quiet_time_s: float) -> None:
+    def __init__(
+        self, spool: Spool, on_series_complete: OnSeriesComplete, quiet_time_s: float, keep_done_s: float = 0.0
+    ) -> None:
         self.spool = spool
         self.on_series_complete = on_series_complete
         self.quiet_time_s = float(quiet_time_s)
+        self.keep_done_s = float(keep_done_s)  # > 0: purge finished series that old, once an hour (0: never)
+        self._next_purge_mono = 0.0
         self._lock = threading.Lock()
         self._series: dict[str, _Progress] = {}
         self._stop = threading.Event()
@@ -162,10 +167,17 @@ class CompletionTracker:
         while not self._stop.is_set():
             try:
                 self.check_once()
+                self._purge_if_due()
             except Exception:  # never let the loop die: the spool keeps everything, a later check retries
                 log.exception("completion check failed")
             self._wake.wait(interval)
             self._wake.clear()
+
+    def _purge_if_due(self) -> None:
+        if self.keep_done_s <= 0 or time.monotonic() < self._next_purge_mono:
+            return
+        self._next_purge_mono = time.monotonic() + PURGE_INTERVAL_S
+        self.spool.purge_done(self.keep_done_s)
 
     def check_once(self) -> int:
         """Hand on every series that is due now; returns how many were handed on."""

@@ -6,6 +6,7 @@ Layout (no PHI in any path: folder and file names are hashes of UIDs)::
     <root>/series/<series_key>/state.json                the series' life cycle (see ``dicom_node.types``)
     <root>/series/<series_key>/.lock                     flock'd while state.json is read-modify-written
     <root>/rejected/<sop_key>.dcm + .json                instances that cannot be filed (kept, with the reason)
+    <root>/trash/                                        finished series being deleted (``purge_done``)
 
 Why write-then-rename with fsyncs: a power cut must leave either the old file or the complete new one, never a
 truncated instance that the worker would later read as a broken series; fsync of the file makes the bytes durable,
@@ -21,11 +22,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -197,15 +199,27 @@ class Spool:
     # --- state files --------------------------------------------------------------------------------------------
     @contextmanager
     def _locked(self, series_key: str) -> Iterator[None]:
+        """flock the series' ``.lock``. If :meth:`purge_done` moved the folder away while we waited, the lock we got
+        belongs to the old folder: lock the (new) one at the path instead."""
         folder = self.series_dir(series_key)
-        if not folder.is_dir():
-            self._makedirs(folder)
-        try:
-            fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise SpoolWriteError(exc.errno, _describe(exc, "state lock")) from exc
-        try:
+        lock_path = folder / ".lock"
+        while True:
+            if not folder.is_dir():
+                self._makedirs(folder)
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise SpoolWriteError(exc.errno, _describe(exc, "state lock")) from exc
             fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                at_path = os.stat(lock_path)
+            except FileNotFoundError:
+                at_path = None
+            if at_path is not None and (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino):
+                break
+            os.close(fd)
+        try:
             yield
         finally:
             os.close(fd)  # closing releases the flock
@@ -281,6 +295,36 @@ class Spool:
             return True
 
         return self.update_state(series_key, change).state == "done"
+
+
+    def purge_done(self, older_than_s: float) -> list[str]:
+        """Delete series the worker finished more than ``older_than_s`` ago (the verdict is in the store; the spool
+        is a buffer, not an archive). A series re-sent meanwhile is ``receiving`` again and is kept. The folder is
+        first moved to ``<root>/trash`` under the series lock (atomic), then deleted."""
+        cutoff = utc_now() - timedelta(seconds=older_than_s)
+
+        def expired(state: SeriesState | None) -> bool:
+            if state is None or state.state != "done" or not state.done_at:
+                return False
+            return datetime.fromisoformat(state.done_at) < cutoff
+
+        trash = self.root / "trash"
+        purged = []
+        for key in self.series_keys():
+            if not expired(self.read_state(key)):
+                continue
+            with self._locked(key):
+                if not expired(self.read_state(key)):
+                    continue
+                self._makedirs(trash)
+                os.replace(self.series_dir(key), trash / f"{key}-{uuid.uuid4().hex[:8]}")
+                purged.append(key)
+        if trash.is_dir():
+            for leftover in trash.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
+        if purged:
+            log.info("purged %d finished series from the spool", len(purged))
+        return purged
 
 
 def open_spool(settings: Settings) -> Spool:

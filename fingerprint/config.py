@@ -48,6 +48,7 @@ class Settings:
     # while bound to loopback (the SCP refuses to start on another address without a list); "*": any, explicitly.
     allowed_calling_aes: str = ""
     dicom_network_timeout_s: float = 60.0  # a silent peer's association is aborted after this (keeps what it sent)
+    spool_keep_done_s: float = 7 * 86400.0  # finished series leave the spool after this long; 0 keeps them forever
 
     # --- worker ----------------------------------------------------------------------------------------------------
     broker_url: str = ""  # empty: embedded mode (no server); "redis://127.0.0.1:6379/0" in service mode

@@ -6,6 +6,8 @@ import errno
 import json
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,47 @@ def test_full_disk_raises_enospc_and_leaves_no_partial_file(tiny_tmpfs: Path) ->
     leftovers = sorted(p.name for p in spool.instances_dir(key).iterdir())
     assert leftovers == [uid_key(SOP_UID, "sop") + ".dcm"], "the failed write must leave nothing behind"
     spool.store_instance(key, SOP_UID + ".3", b"space is back after the cleanup")
+
+
+def test_purge_removes_only_series_finished_long_enough_ago(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    done_key, open_key = series_key_for(SERIES_UID), series_key_for(SERIES_UID + ".9")
+    for key in (done_key, open_key):
+        spool.store_instance(key, SOP_UID + key[:4], b"x")
+        spool.update_state(key, lambda s: setattr(s, "state", "queued"))
+    assert spool.mark_done(done_key)
+    assert spool.purge_done(older_than_s=3600) == [], "finished just now: kept"
+    assert spool.purge_done(older_than_s=0) == [done_key]
+    assert not spool.series_dir(done_key).exists() and spool.series_dir(open_key).is_dir()
+    assert not list((spool.root / "trash").iterdir())
+    spool.store_instance(done_key, SOP_UID, b"re-sent later")  # the series can come back
+    assert spool.instance_count(done_key) == 1
+
+
+def test_a_writer_waiting_on_a_purged_series_locks_the_new_folder(tmp_path: Path) -> None:
+    """Without the lock re-check, the waiter would write into a folder that was moved away (and fail)."""
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    spool.store_instance(key, SOP_UID, b"x")
+    locked, errors = threading.Event(), []
+
+    def purger() -> None:
+        with spool._locked(key):
+            locked.set()
+            time.sleep(0.3)  # the writer opens the lock file and blocks on it meanwhile
+            spool.series_dir(key).rename(tmp_path / "moved-away")
+
+    def writer() -> None:
+        locked.wait()
+        try:
+            spool.update_state(key, lambda s: setattr(s, "state", "receiving"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=purger), threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert spool.read_state(key).state == "receiving"
