@@ -79,7 +79,7 @@ def up(
             orthanc_http_port=orthanc_http_port, orthanc_dicom_port=orthanc_dicom_port,
             orthanc_stable_age_s=orthanc_stable_age,
         )
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:
         typer.echo(f"cannot start: {error}", err=True)
         raise typer.Exit(2) from None
     layout = service.ServiceLayout.for_settings(settings)

@@ -35,6 +35,8 @@ class ServiceLayout:
         return self.run_dir / f"{name}.pid"
 
     def log_file(self, name: str) -> Path:
+        if name == "orthanc":
+            return self.orthanc_dir / "orthanc.log"  # Orthanc writes its own log beside its configuration
         return self.run_dir / f"{name}.log"
 
     @property
@@ -118,11 +120,14 @@ def up(
 ) -> dict[str, int]:
     """Start the service on this host; returns {name: pid}. Refuses when a previous ``up`` is still running."""
     from orthanc import server as orthanc_server
+    from orthanc.server import free_port
 
     layout = ServiceLayout.for_settings(settings)
     if layout.running():
         raise RuntimeError(f"already running ({', '.join(layout.running())}); run `deepbrainprint down` first")
     check_redis(settings.broker_url)
+    if not int(settings.port):
+        settings.port = free_port()  # Orthanc and senders need the SCP's real port, known before it starts
     if with_orthanc:
         username = settings.orthanc_username or "deepbrainprint"
         password = settings.orthanc_password or secrets.token_urlsafe(18)
@@ -134,16 +139,20 @@ def up(
         settings.orthanc_url, settings.orthanc_username, settings.orthanc_password = instance.url, username, password
     pin_shared_settings(settings)
     env = child_environment(settings)
-    started = {"scp": spawn(layout, "scp", [*CLI, "serve"], env)}
-    for number in range(1, workers + 1):
-        name = f"worker-{number}"
-        argv = [*CLI, "worker", "--concurrency", str(concurrency), "--pool", pool, "--name", f"{name}@%h"]
-        own_index = {"DBP_INDEX_DIR": str(settings.resolved_index_dir / "workers" / name)}
-        started[name] = spawn(layout, name, argv, {**env, **own_index})
-    if with_orthanc:
-        process = orthanc_server.start(instance)
-        started["orthanc"] = process.pid
-        layout.pid_file("orthanc").write_text(str(process.pid))
+    started: dict[str, int] = {}
+    try:
+        if with_orthanc:  # first: the one most likely to refuse (port taken), before anything else runs
+            started["orthanc"] = orthanc_server.start(instance).pid
+            layout.pid_file("orthanc").write_text(str(started["orthanc"]))
+        started["scp"] = spawn(layout, "scp", [*CLI, "serve"], env)
+        for number in range(1, workers + 1):
+            name = f"worker-{number}"
+            argv = [*CLI, "worker", "--concurrency", str(concurrency), "--pool", pool, "--name", f"{name}@%h"]
+            own_index = {"DBP_INDEX_DIR": str(settings.resolved_index_dir / "workers" / name)}
+            started[name] = spawn(layout, name, argv, {**env, **own_index})
+    except (RuntimeError, OSError):
+        down(settings)  # all or nothing: no half-started service left behind
+        raise
     return started
 
 
