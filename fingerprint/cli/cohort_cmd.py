@@ -96,6 +96,53 @@ def generate(
     typer.echo(f"{scans} scans of {n_subjects} subjects written to {out} in {seconds:.0f} s", err=True)
 
 
+@cohort_app.command("preview")
+def preview(
+    cohort: Annotated[Path, typer.Argument(help="A slice cohort folder (cohort.csv + slices.npz).")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")],
+    subjects: Annotated[int, typer.Option(help="Rows: the first N subjects.")] = 8,
+) -> None:
+    """Write a PNG grid of canonical slices, one row per subject, one column per visit: look at the pixels."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    data = np.load(cohort / "slices.npz")
+    index = {scan_id: i for i, scan_id in enumerate(data["scan_id"])}
+    rows: dict[str, list[int]] = {}
+    with open(cohort / "cohort.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["scan_id"] in index and (row["subject_id"] in rows or len(rows) < subjects):
+                rows.setdefault(row["subject_id"], []).append(index[row["scan_id"]])
+    width = max(len(v) for v in rows.values())
+    tiles = [[data["slices"][i].astype(np.float32) for i in v] + [np.zeros((128, 128), np.float32)] * (width - len(v)) for v in rows.values()]
+    grid = np.concatenate([np.concatenate(t, axis=1) for t in tiles], axis=0)
+    Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8)).save(out)
+    typer.echo(f"{out}: {len(rows)} subjects x up to {width} visits", err=True)
+
+
+@cohort_app.command("measure-alignment")
+def measure_alignment(
+    cohort: Annotated[Path, typer.Argument(help="A benchmark or calibration folder (volumes) made by 'cohort generate'.")],
+    limit: Annotated[int | None, typer.Option(help="Only the first N scans (alignment takes ~2-5 s each).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON file for per-scan records + summary [COHORT/alignment.json].")] = None,
+) -> None:
+    """Measure the slice pipeline's residual alignment error against the known truth; print the summary as JSON.
+
+    The residual is pose o alignment (reference -> subject space): its rotation and where the canonical plane's centre
+    lands (dz = error of the axial level). The training fast path's residual should match its within-subject spread.
+    """
+    import json
+
+    from fingerprint.cohort.alignment_check import measure
+
+    result = measure(cohort, limit)
+    target = out or cohort / "alignment.json"
+    target.write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(json.dumps(result["summary"], indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``deepbrainprint cohort`` to the app."""
     app.add_typer(cohort_app, name="cohort")
