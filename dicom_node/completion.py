@@ -94,6 +94,14 @@ class CompletionTracker:
             progress.active_associations.add(association_id)
             progress.calling_ae_title = calling_ae_title
             progress.last_received, progress.last_received_mono = now, mono
+
+    def instance_stored(self, series_key: str) -> None:
+        """Called after the instance is durably in the spool: counts it and restarts the quiet time."""
+        with self._lock:
+            progress = self._series.get(series_key)
+            if progress is None:  # cannot happen while the association is active; be safe anyway
+                return
+            progress.last_received, progress.last_received_mono = utc_now(), time.monotonic()
             progress.received_since_flush += 1
             progress.changes += 1
 
@@ -198,12 +206,22 @@ class CompletionTracker:
 
     def _hand_on(self, progress: _Progress, changes_seen: int) -> bool:
         key, generation = progress.series_key, progress.generation
+        instance_count = self.spool.instance_count(key)
+        if instance_count == 0:  # every write failed (disk full...): the sender was told, nothing to hand on
+            with self._lock:
+                if progress.changes == changes_seen and not progress.active_associations:
+                    del self._series[key]
+                progress.handing_on = False
+            return False
         try:
             self.spool.update_state(key, lambda s: _set_state(s, "complete", generation))
+        except OSError as exc:  # a full disk must not hold back what is already stored (processing frees space)
+            log.warning("series %s: state file not updated (%s); handing on anyway", key, exc)
+        try:
             completed = CompletedSeries(
                 series_key=key,
                 path=self.spool.instances_dir(key),
-                instance_count=self.spool.instance_count(key),
+                instance_count=instance_count,
                 calling_ae_title=progress.calling_ae_title,
                 first_received=progress.first_received,
                 last_received=progress.last_received,

@@ -242,6 +242,7 @@ class StorageNode:
         try:
             self.tracker.instance_arriving(series_key, association_id, calling_ae)
             _, replaced = self.spool.store_instance(series_key, sop_uid, event.encoded_dataset())
+            self.tracker.instance_stored(series_key)
         except SpoolWriteError as exc:
             log.error("instance %s of series %s from %s NOT stored: %s", sop_ref, series_key, calling_ae, exc)
             return _status(STATUS_OUT_OF_RESOURCES, str(exc))

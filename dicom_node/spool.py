@@ -72,7 +72,7 @@ class SeriesState:
     series_key: str
     state: str = "receiving"
     generation: int = 1
-    received_count: int = 0  # instances received, duplicates included (instance_count() counts unique files)
+    received_count: int = 0  # instances stored, re-sent duplicates included (instance_count(): unique files)
     first_received: str = ""  # ISO 8601 UTC
     last_received: str = ""
     calling_ae_title: str = ""  # of the last association that sent to this series

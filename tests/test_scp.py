@@ -284,6 +284,11 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
         stored = sum(node.spool.instance_count(k) for k in node.spool.series_keys())
         assert stored == statuses.count(0), "every success must be a file on disk, every failure not"
         assert not list(mount_point.rglob("*.tmp"))
+        with_files = [k for k in node.spool.series_keys() if node.spool.instance_count(k)]
+        completed = collector.wait(len(with_files))
+        time.sleep(QUIET_S * 2)
+        assert sorted(c.series_key for c in collector.completed) == sorted(with_files), "no empty hand-on"
+        assert sum(c.instance_count for c in completed) == stored
     finally:
         if node is not None:
             node.stop()
