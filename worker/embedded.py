@@ -4,7 +4,9 @@ Why not Celery with kombu's SQLAlchemy or filesystem transport: both would still
 process, or a thread running Celery's consumer machinery) and poll their own tables, only to end in the same
 ``process_job`` call; the ledger already has to exist for idempotency and pending write-backs, and a ``queued`` row
 in it is exactly a durable message. One thread, one table: nothing is lost on restart (rows left ``running`` by a
-stop or crash are queued again), nothing needs a server.
+stop or crash are queued again), nothing needs a server. Measured (``bench/bench_queue.py``, same run, SQLite): both
+queues move 30-60 messages/s, far more than series take to process; the ledger hands a series on in ~40 ms (the
+worker is woken in-process) where kombu's transport polls, ~720 ms median.
 """
 
 from __future__ import annotations
