@@ -19,6 +19,8 @@ def serve(
     ae_title: str = typer.Option(None, help="Our AE title (default: settings ae_title, DEEPBRAINPRINT)."),
     port: int = typer.Option(None, help="TCP port (default: settings port, 11112; 0 picks a free one)."),
     bind: str = typer.Option(None, help="Address to listen on (default 127.0.0.1; others need allowed_calling_aes)."),
+    allowed_calling_aes: str = typer.Option(None, help="Calling AE titles allowed to connect, comma-separated "
+                                                     "('*': any; required when --bind is not loopback)."),
     spool: Path = typer.Option(None, help="Spool folder (default <home>/spool)."),
     quiet_time: float = typer.Option(None, help="Seconds without new instances after release before a series is "
                                                "complete (like Orthanc's StableAge)."),
@@ -40,6 +42,7 @@ def serve(
         ae_title=ae_title,
         port=port,
         bind_address=bind,
+        allowed_calling_aes=allowed_calling_aes,
         spool_dir=spool,
         quiet_time_s=quiet_time,
         broker_url=broker,

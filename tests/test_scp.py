@@ -435,3 +435,10 @@ def test_serve_command_answers_echo_and_stops_on_sigterm(tmp_path: Path) -> None
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serve_refuses_all_interfaces_without_an_allow_list(tmp_path: Path) -> None:
+    env = {**os.environ, "DBP_HOME": str(tmp_path / "home")}
+    command = [sys.executable, "-m", "fingerprint.cli.app", "serve", "--bind", "0.0.0.0", "--port", "0"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "allow-list" in done.stderr
