@@ -383,7 +383,10 @@ def test_instance_without_series_uid_is_refused_and_kept(start_node: NodeFactory
     node, collector = start_node()
     (ds,) = mr_series(1, size=8)
     del ds.SeriesInstanceUID
-    assert send_instances([ds], node.port).statuses == [0xC000]
+    good = mr_series(2, size=8, seed=4)
+    assert send_instances([good[0], ds, good[1]], node.port).statuses == [0, 0xC000, 0], "the others go on"
+    (completed,) = collector.wait(1)
+    assert completed.instance_count == 2
     kept = list(node.spool.rejected_dir.glob("*.dcm"))
     assert len(kept) == 1 and "SeriesInstanceUID" in kept[0].with_suffix(".json").read_text()
     assert pydicom.dcmread(kept[0]).SOPInstanceUID == ds.SOPInstanceUID
