@@ -129,7 +129,7 @@ def test_volume_cohort_csv_and_cli(tmp_path: Path) -> None:
     out = tmp_path / "calib"
     subprocess.run(
         [sys.executable, "-m", "fingerprint.cli.app", "cohort", "generate", "--out", str(out), "--kind", "calibration",
-         "--subjects", "1", "--visits", "2", "--seed", "5"],
+         "--subjects", "1", "--visits", "2", "--seed", "5", "--dicom", "1"],
         check=True,
         capture_output=True,
         timeout=300,
@@ -144,3 +144,12 @@ def test_volume_cohort_csv_and_cli(tmp_path: Path) -> None:
     assert all((out / r["path"]).exists() and r["path"].endswith(".nii.gz") for r in rows)
     manifest = json.loads((out / "cohort.json").read_text())
     assert manifest["kind"] == "calibration" and manifest["scans"] == 2 and manifest["seed"] == 5
+    # --dicom 1: the first scan again as a DICOM series the pipeline's reader turns back into the same volume.
+    from fingerprint.dicom_series import read_series
+
+    volume = sitk.ReadImage(str(out / rows[0]["path"]))
+    loaded = read_series(out / "dicom" / rows[0]["scan_id"])
+    assert loaded.image.GetSize() == volume.GetSize() and loaded.identifiers.patient_id == rows[0]["subject_id"]
+    assert np.allclose(loaded.image.GetDirection(), volume.GetDirection(), atol=1e-4)
+    assert np.allclose(loaded.image.GetOrigin(), volume.GetOrigin(), atol=0.01)
+    assert not (out / "dicom" / rows[1]["scan_id"]).exists()

@@ -133,9 +133,13 @@ def write_dicom_copies(out: Path, rows: list[dict[str, str]]) -> None:
 
     for row in rows:
         image = sitk.ReadImage(str(out / row["path"]))
-        write_series(
+        write_series(  # the volume's own grid: the writer's resampling is then the identity
             image,
             out / "dicom" / row["scan_id"],
             patient_id=row["subject_id"],
+            orientation=image.GetDirection(),
+            pixel_spacing_mm=image.GetSpacing()[0],
+            slice_thickness_mm=image.GetSpacing()[2],
             study_date=row["date"].replace("-", ""),
+            series_description=f"synthetic T1 {row['scan_id']}",
         )
