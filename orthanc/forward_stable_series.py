@@ -22,15 +22,43 @@ TARGET_MODALITY = _SETTINGS.get("ForwardToModality", "deepbrainprint")
 FORWARDED_MODALITIES = set(_SETTINGS.get("ForwardModalities", ["MR"]))
 RETRY_DELAYS_S = list(_SETTINGS.get("RetryDelaysSeconds", [2, 5, 15, 60, 300, 900]))
 
+#: Orthanc global property (plugins use ids >= 1024) holding the series not yet forwarded, so that a restart of
+#: Orthanc while the SCP is down loses none of them.
+PENDING_PROPERTY = 5467
+
 _pending = []  # heap of (due_time, sequence, series_id, attempt)
+_unsent = set()  # series ids scheduled and not yet forwarded or given up (mirrored in PENDING_PROPERTY)
 _wakeup = threading.Condition()
 _stopping = threading.Event()
 _sequence = 0
 
 
+def _remember(series_id, pending):
+    """Add or drop a series in the persisted pending set (called under ``_wakeup``)."""
+    if pending:
+        _unsent.add(series_id)
+    else:
+        _unsent.discard(series_id)
+    orthanc.SetGlobalProperty(PENDING_PROPERTY, json.dumps(sorted(_unsent)))
+
+
+def _restore_pending():
+    """Series a previous run had not forwarded yet are scheduled again at start."""
+    try:
+        saved = json.loads(orthanc.GetGlobalProperty(PENDING_PROPERTY, "[]") or "[]")
+    except ValueError:
+        saved = []
+    for series_id in saved:
+        _schedule(series_id, 0, 0.0)
+    if saved:
+        orthanc.LogWarning("DeepBrainPrint: %d series still to forward from the previous run" % len(saved))
+
+
 def _schedule(series_id, attempt, delay_s):
     global _sequence
     with _wakeup:
+        if attempt == 0:
+            _remember(series_id, True)
         _sequence += 1
         heapq.heappush(_pending, (time.monotonic() + delay_s, _sequence, series_id, attempt))
         _wakeup.notify()
@@ -49,13 +77,16 @@ def _forward(series_id, attempt):
     modality = _series_modality(series_id)
     if modality is None:
         orthanc.LogWarning("DeepBrainPrint: series %s vanished before forwarding" % series_id)
+        _forget(series_id)
         return
     if modality not in FORWARDED_MODALITIES:
+        _forget(series_id)
         return
     body = json.dumps({"Resources": [series_id], "Synchronous": True})
     try:
         orthanc.RestApiPost("/modalities/%s/store" % TARGET_MODALITY, body)
         orthanc.LogWarning("DeepBrainPrint: forwarded series %s (attempt %d)" % (series_id, attempt + 1))
+        _forget(series_id)
     except Exception as error:  # SCP down, refused association, failure status
         if attempt < len(RETRY_DELAYS_S):
             delay = RETRY_DELAYS_S[attempt]
@@ -66,6 +97,12 @@ def _forward(series_id, attempt):
             _schedule(series_id, attempt + 1, delay)
         else:
             orthanc.LogError("DeepBrainPrint: giving up forwarding series %s after %d attempts" % (series_id, attempt + 1))
+            _forget(series_id)
+
+
+def _forget(series_id):
+    with _wakeup:
+        _remember(series_id, False)
 
 
 def _sender_loop():
@@ -86,6 +123,7 @@ _sender = threading.Thread(target=_sender_loop, name="deepbrainprint-forward", d
 def on_change(change_type, level, resource_id):
     if change_type == orthanc.ChangeType.ORTHANC_STARTED:
         _sender.start()
+        _restore_pending()
     elif change_type == orthanc.ChangeType.STABLE_SERIES:
         _schedule(resource_id, 0, 0.0)
     elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:

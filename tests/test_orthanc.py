@@ -180,3 +180,20 @@ def test_writeback_to_down_or_refusing_orthanc_is_unavailable(orthanc_factory) -
     with pytest.raises(writeback.WritebackUnavailable):
         writeback.write_verdict(down, "1.2.3", {"verdict": "new_patient"})
 
+
+
+def test_series_not_yet_forwarded_survive_an_orthanc_restart(orthanc_factory) -> None:  # type: ignore[no-untyped-def]
+    scp_port = server.free_port()
+    instance = orthanc_factory(scp_port=scp_port, forward_retry_delays_s=[600])  # no retry within this test
+    client = writeback.make_client(instance.url, instance.username, instance.password)
+    series = mr_series(3, seed=11)
+    for ds in series:
+        client.upload(encode(ds))
+    assert wait_for(lambda: "retry 1 in 600" in instance.log_path.read_text(), timeout_s=20)
+    server.stop(instance)
+    scp = RecordingSCP(scp_port)
+    try:
+        server.start(instance)  # the pending series is restored and sent at once
+        assert wait_for(lambda: len(scp.received) == 3, timeout_s=20), "pending series lost in the restart"
+    finally:
+        scp.stop()
