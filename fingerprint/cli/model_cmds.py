@@ -129,6 +129,7 @@ def evaluate_cmd(
     repeats: Optional[Path] = typer.Option(
         None, help="Real-data folder with t1/ and repeats/ (default: the shared data when present)."
     ),
+    skip_real: bool = typer.Option(False, "--skip-real", help="Skip the real repeat-scan check."),
     cache: Optional[Path] = typer.Option(None, help="Where sliced benchmark volumes are cached (default: in --out)."),
     split: Optional[str] = typer.Option(None, help="Only rows of this split of cohort.csv (default: all rows)."),
 ) -> None:
@@ -142,9 +143,11 @@ def evaluate_cmd(
         if not sep or not name or not path:
             raise typer.BadParameter(f"--compare expects NAME=WEIGHTS_DIR, got {item!r}")
         others[name] = Path(path)
+    real = None if skip_real else (repeats if repeats is not None else default_real_data_dir())
+    if real is not None and not (real / "repeats").is_dir():
+        raise typer.BadParameter(f"{real} has no repeats/ folder (pass --skip-real to skip the real-data check)")
     report = run_benchmark(
-        cohort_dir=cohort, model_path=model_path, out_dir=out, others=others,
-        real_data_dir=repeats if repeats is not None else default_real_data_dir(),
+        cohort_dir=cohort, model_path=model_path, out_dir=out, others=others, real_data_dir=real,
         cache_dir=cache, split=split,
     )
     typer.echo((Path(out) / "results.md").read_text())
