@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -118,14 +119,16 @@ def run_demo(home: Path | None = None, quick: bool = False, echo: Callable[[str]
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="deepbrainprint-demo-"))
+    keep_archive = home is not None
     home = Path(home) if home else work / "home"
     settings = load_settings(home=home, port=free_port(), quiet_time_s=1.0, broker_url="", orthanc_url="",
                              allowed_calling_aes="", bind_address="127.0.0.1")
     echo("Loading real heads ...")
     heads = load_heads()
     items = plan(heads, quick)
+    where = f"; archive kept in {home}" if keep_archive else ""
     echo(f"Heads: {', '.join(heads)}. Sending {len(items)} series to the in-process SCP "
-         f"({settings.ae_title} on port {settings.port}); archive in {home}\n")
+         f"({settings.ae_title} on port {settings.port}){where}\n")
     verdicts: queue.Queue[dict[str, Any]] = queue.Queue()
     worker = EmbeddedWorker(settings, on_verdict=lambda job, verdict: verdicts.put(verdict)).start()
     node = StorageNode(settings, lambda completed: submit_completed_series(settings, completed)).start()
@@ -143,6 +146,10 @@ def run_demo(home: Path | None = None, quick: bool = False, echo: Callable[[str]
     finally:
         node.stop()
         worker.stop()
+        for folder in work.glob("series-*"):  # the demo's DICOM files (hundreds of MB) are not kept
+            shutil.rmtree(folder, ignore_errors=True)
+        if not keep_archive:
+            shutil.rmtree(work, ignore_errors=True)
     _summary(rows, echo, time.monotonic() - started)
     return 0 if all(v is not None for _, _, v, _ in rows) else 1
 
