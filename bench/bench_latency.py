@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -90,6 +91,7 @@ def run(series_count: int, quiet_time_s: float) -> dict:
     finally:
         node.stop()
         worker.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return {
         "benchmark": "latency, last instance received -> verdict written (embedded mode)",
         "command": " ".join(["bench/bench_latency.py", "--series", str(series_count), "--quiet-time",

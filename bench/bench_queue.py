@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def main() -> None:
         "ledger": ledger(folder, args.messages, args.samples),
         "kombu_sqla": kombu_sqla(folder, args.messages, args.samples),
     }
+    shutil.rmtree(folder, ignore_errors=True)
     result["ratios"] = {k: result["ledger"][k] / result["kombu_sqla"][k] for k in result["ledger"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "queue.json").write_text(json.dumps(result, indent=2))
