@@ -1,8 +1,10 @@
 """When is a series complete? DICOM has no "end of series" message, so we use Orthanc's StableAge idea.
 
 A series is handed on when every association that sent to it has ended (released or aborted: what was stored is
-kept) AND no new instance arrived for ``quiet_time_s``. New instances after a hand-on reopen the series (a new
-generation) and it is handed on again. The hand-on callback must be quick (the worker only enqueues); the series is
+kept) AND no new instance arrived for ``quiet_time_s``. A sender that keeps one association open and sends series
+after series on it would hold them all back, so a series with no new instance for ``open_quiet_time_s`` is handed on
+even while its association is open. New instances after a hand-on reopen the series (a new generation) and it is
+handed on again. The hand-on callback must be quick (the worker only enqueues); the series is
 marked ``queued`` only once it returned without error, otherwise the hand-on is retried with back-off.
 """
 
@@ -49,11 +51,18 @@ class CompletionTracker:
     """Decides when series are complete and hands them on, from one background thread."""
 
     def __init__(
-        self, spool: Spool, on_series_complete: OnSeriesComplete, quiet_time_s: float, keep_done_s: float = 0.0
+        self,
+        spool: Spool,
+        on_series_complete: OnSeriesComplete,
+        quiet_time_s: float,
+        *,
+        open_quiet_time_s: float = 60.0,
+        keep_done_s: float = 0.0,
     ) -> None:
         self.spool = spool
         self.on_series_complete = on_series_complete
         self.quiet_time_s = float(quiet_time_s)
+        self.open_quiet_time_s = max(float(open_quiet_time_s), self.quiet_time_s)
         self.keep_done_s = float(keep_done_s)  # > 0: purge finished series that old, once an hour (0: never)
         self._next_purge_mono = 0.0
         self._lock = threading.Lock()
@@ -195,9 +204,9 @@ class CompletionTracker:
                 p
                 for p in self._series.values()
                 if not p.handing_on
-                and not p.active_associations
-                and mono - p.last_received_mono >= self.quiet_time_s
                 and mono >= p.next_attempt_mono
+                and mono - p.last_received_mono
+                >= (self.open_quiet_time_s if p.active_associations else self.quiet_time_s)
             ]
             for progress in due:
                 progress.handing_on = True
@@ -213,8 +222,16 @@ class CompletionTracker:
                     del self._series[key]
                 progress.handing_on = False
             return False
+        with self._lock:  # counts so far go with the "complete" write (the association may still be open)
+            received, progress.received_since_flush = progress.received_since_flush, 0
+            last = progress.last_received
+
+        def complete(state: SeriesState) -> None:
+            _add_received(state, received, last)
+            _set_state(state, "complete", generation)
+
         try:
-            self.spool.update_state(key, lambda s: _set_state(s, "complete", generation))
+            self.spool.update_state(key, complete)
         except OSError as exc:  # a full disk must not hold back what is already stored (processing frees space)
             log.warning("series %s: state file not updated (%s); handing on anyway", key, exc)
         try:
@@ -234,8 +251,8 @@ class CompletionTracker:
         reopen = False
         with self._lock:
             progress.handing_on = False
-            if progress.changes == changes_seen and not progress.active_associations:
-                del self._series[key]
+            if progress.changes == changes_seen:
+                del self._series[key]  # later instances (same association or not) start a new generation
             else:
                 reopen = True  # instances arrived while handing on: the worker may not have seen them
         try:

@@ -131,7 +131,11 @@ class StorageNode:
         self.settings = settings
         self.spool = spool or Spool(settings.resolved_spool_dir)
         self.tracker = CompletionTracker(
-            self.spool, on_series_complete, settings.quiet_time_s, keep_done_s=settings.spool_keep_done_s
+            self.spool,
+            on_series_complete,
+            settings.quiet_time_s,
+            open_quiet_time_s=settings.open_quiet_time_s,
+            keep_done_s=settings.spool_keep_done_s,
         )
         self.recover = recover
         self.allowed_calling_aes = parse_ae_list(settings.allowed_calling_aes)

@@ -43,6 +43,7 @@ class Settings:
     port: int = 11112
     spool_dir: Path | None = None  # None: <home>/spool
     quiet_time_s: float = 5.0  # a series is complete when no instance arrived for this long after release
+    open_quiet_time_s: float = 60.0  # ... or for this long while its association stays open (senders that keep one)
     bind_address: str = "127.0.0.1"  # where the SCP listens; "0.0.0.0" for all interfaces (needs the allow-list)
     # DICOM has no passwords: calling AE titles allowed to associate, comma-separated. Empty: any caller, but only
     # while bound to loopback (the SCP refuses to start on another address without a list); "*": any, explicitly.

@@ -235,6 +235,24 @@ def test_series_sent_over_two_concurrent_associations_waits_for_both(start_node:
     assert len(node.spool.read_state(completed.series_key).association_ids) == 2
 
 
+def test_series_on_an_association_kept_open_is_handed_on_after_the_open_quiet_time(start_node: NodeFactory) -> None:
+    """A sender that keeps its association open (series after series) must not hold finished series back."""
+    first, second = mr_series(2, size=8), mr_series(1, size=8, seed=2)
+    node, collector = start_node(open_quiet_time_s=1.0)
+    assoc = _open_association(node.port)
+    for ds in first:
+        assert assoc.send_c_store(ds).Status == 0
+    time.sleep(QUIET_S * 2)
+    assert collector.completed == [], "released-or-open-long-enough: not yet"
+    (handed,) = collector.wait(1, timeout=5)
+    assert handed.instance_count == 2 and handed.generation == 1
+    assert assoc.send_c_store(second[0]).Status == 0  # the same association goes on with another series
+    assoc.release()
+    _, other = collector.wait(2)
+    assert other.series_key == series_key_for(second[0].SeriesInstanceUID)
+    assert node.spool.read_state(handed.series_key).received_count == 2
+
+
 def test_aborted_association_keeps_what_was_stored(start_node: NodeFactory) -> None:
     series = mr_series(5, size=8)
     node, collector = start_node()
