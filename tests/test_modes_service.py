@@ -192,3 +192,42 @@ def test_celery_writeback_retries_while_orthanc_is_down(tmp_path, redis_url, cle
         service.down(settings)
         server.stop(instance)
         ledger.close()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_worker_process_killed_mid_series_loses_nothing(  # type: ignore[no-untyped-def]
+    tmp_path, redis_url, write_head_series, clean_env
+) -> None:
+    """acks_late + reject_on_worker_lost: the series in hand when a pool process dies is delivered again."""
+    import signal
+
+    settings = service_settings(tmp_path / "home", redis_url)
+    started = service.up(settings, workers=1, pool="prefork", concurrency=1)
+    ledger = Ledger(settings.store_url)
+    try:
+        wait_workers_ready(settings, ["worker-1"])
+        files = write_head_series(tmp_path / "head", "colin", "KILL-PATIENT-1")
+        assert send_instances(files, settings.port, called_ae=settings.ae_title).all_ok
+        assert wait_for(lambda: ledger.counts()["running"] == 1, 60, interval_s=0.05)
+        pool_processes = children_of(started["worker-1"])
+        assert pool_processes
+        for pid in pool_processes:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: ledger.counts()[DONE] == 1)
+        job = ledger.all_jobs()[0]
+        assert job.attempts == 2 and job.verdict["verdict"] == "new_patient"
+    finally:
+        service.down(settings)
+        ledger.close()
