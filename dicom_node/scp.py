@@ -16,7 +16,6 @@ import ipaddress
 import logging
 import threading
 import uuid
-from collections.abc import Callable
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -38,6 +37,7 @@ from fingerprint.config import Settings
 from .completion import CompletionTracker, OnSeriesComplete
 from .spool import Spool, SpoolWriteError, series_key_for, uid_key
 from .transport import tune_receiver
+from .types import CompletedSeries
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ def parse_ae_list(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
 
 
 def is_loopback(address: str) -> bool:
-    if address in ("localhost", ""):
-        return address == "localhost"
+    """True for 127.0.0.0/8, ::1 and "localhost"; "" and 0.0.0.0 mean every interface."""
+    if address == "localhost":
+        return True
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -272,18 +273,21 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
-def log_completion(completed) -> None:  # type: ignore[no-untyped-def]
+def log_completion(completed: CompletedSeries) -> None:
     """The stand-in hand-on when no worker is installed: say so (the series stays ``queued`` in the spool and is
     handed on again at the next start, when a worker may exist)."""
     log.info("series complete (no worker configured): %s", completed.as_json())
 
 
-def make_series_callback(settings: Settings) -> Callable:  # type: ignore[type-arg]
-    """``worker.dispatch.submit_completed_series(settings, completed)`` when the worker package provides it,
-    otherwise a logger."""
+def make_series_callback(settings: Settings) -> OnSeriesComplete:
+    """``worker.dispatch.submit_completed_series(settings, completed)`` when the worker package is installed,
+    otherwise a logger. A worker package that is there but fails to import is an error, not a fallback: the node
+    would otherwise mark series ``queued`` that nobody will process."""
     try:
-        from worker.dispatch import submit_completed_series  # type: ignore[import-not-found]
-    except ImportError:
+        from worker.dispatch import submit_completed_series
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("worker", "worker.dispatch"):
+            raise
         log.warning("worker.dispatch is not available: completed series are only logged")
         return log_completion
     return lambda completed: submit_completed_series(settings, completed)
