@@ -283,7 +283,8 @@ def run_benchmark(
     cache_dir = Path(cache_dir) if cache_dir else out_dir / "slice-cache"
     main = load_model(model_path)
     models = [(main.model_version, main)] + [(name, load_model(path)) for name, path in (others or {}).items()]
-    models.append(("untrained-0 (random init)", None))
+    if main.model_version != "untrained-0":
+        models.append(("untrained-0 (random init)", None))  # how much training added
     rows = []
     anatomical = _benchmark_slices(cohort_dir, "anatomical", cache_dir, split)
     if anatomical is None:
