@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fingerprint.config import Settings
-from worker.ledger import DONE, QUEUED, RUNNING, WRITEBACK_PENDING, Job, backoff_s
+from worker.ledger import QUEUED, RUNNING, WRITEBACK_PENDING, Job, backoff_s
 from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class EmbeddedWorker:
         return False
 
 
-__all__ = ["EmbeddedWorker", "wake_embedded_workers", "DONE"]
+__all__ = ["EmbeddedWorker", "ensure_embedded_worker", "wake_embedded_workers"]
 
 
 def ensure_embedded_worker(settings: Settings) -> EmbeddedWorker:
