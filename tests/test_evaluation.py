@@ -87,9 +87,10 @@ def test_benchmark_driver_writes_tables_and_compares_to_raw_pixels(tmp_path) -> 
     torch.set_num_threads(1)
     cohort = _tiny_cohort(tmp_path / "cohort", subjects=6, visits=3, with_val=False)
     save_encoder(seeded_encoder(seed=11), tmp_path / "other", {"model_version": "other-11"})
-    report = run_benchmark(cohort, tmp_path / "out", others={"ssl-only": tmp_path / "other"})
+    save_encoder(seeded_encoder(seed=12), tmp_path / "main", {"model_version": "main-12"})
+    report = run_benchmark(cohort, tmp_path / "out", model_path=tmp_path / "main", others={"ssl-only": tmp_path / "other"})
     names = [row["name"] for row in report["rows"]]
-    assert names == [report["model_version"], "ssl-only", "untrained-0 (random init)", "raw pixels"]
+    assert names == ["main-12", "ssl-only", "untrained-0 (random init)", "raw pixels"]
     raw = report["rows"][-1]
     assert raw["recall@1"] == 1.0 and raw["scans"] == 18 and raw["subjects"] == 6
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
