@@ -8,11 +8,12 @@ Receivers, each fed the same pre-encoded files over ONE association per repetiti
   file and the folder, series state) -- what a sender waits for before it may forget an instance;
 - ``node_nofsync``: the same without fsync, to show what durability itself costs on this disk.
 The order of receivers is rotated per repetition so drift (other load on the machine) hits each alike. Reported:
-median instances/s per receiver and the ratios node/bare, node_nofsync/bare, per payload size.
+median instances/s per receiver and the ratios node/bare, node_nofsync/bare, per payload; a payload may be split
+over concurrent associations (senders at once: fsyncs of different associations can share journal commits).
 
 Usage::
 
-    nice -n 10 .venv/bin/python bench/bench_ingest.py              # 500 x 64x64 and 176 x 256x256, 3 repetitions
+    nice -n 10 .venv/bin/python bench/bench_ingest.py   # 500 x 64x64, 176 x 256x256, 500 x 64x64 over 4 associations
     nice -n 10 .venv/bin/python bench/bench_ingest.py --repetitions 5 --payloads 500:64
 
 The sender is DCMTK's ``storescu`` in its own process (what Orthanc and most PACS are built on), so the SCP does
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,32 +91,38 @@ class NodeReceiver:
         self.node.stop()
 
 
-def write_payload(folder: Path, count: int, size: int) -> list[Path]:
-    """Pre-encoded files, so the SCU only reads bytes (it sends files without decoding them)."""
+def write_payload(folder: Path, count: int, size: int, series: int = 1) -> list[list[Path]]:
+    """Pre-encoded files (the sender only reads bytes), ``series`` series of ``count // series`` instances each."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, ds in enumerate(mr_series(count, size=size, seed=size)):
-        path = folder / f"{index:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    groups = []
+    for group in range(series):
+        paths = []
+        for index, ds in enumerate(mr_series(count // series, size=size, seed=size + group)):
+            path = folder / f"{group:02d}-{index:05d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        groups.append(paths)
+    return groups
 
 
-def time_one(receiver_name: str, files: list[Path], work: Path, repetition: int) -> float:
-    """Seconds from association request to release for all files, through a fresh receiver."""
+def time_one(receiver_name: str, groups: list[list[Path]], work: Path, tag: str) -> float:
+    """Seconds from the first association request to the last release, one concurrent association per group of
+    files, through a fresh receiver."""
     if receiver_name.startswith("bare"):
         receiver: BareReceiver | NodeReceiver = BareReceiver(tuned=receiver_name == "bare")
     else:
-        receiver = NodeReceiver(work / f"spool-{len(files)}-{receiver_name}-{repetition}", fsync=receiver_name == "node")
+        receiver = NodeReceiver(work / f"spool-{tag}-{receiver_name}", fsync=receiver_name == "node")
+    expected = sum(len(files) for files in groups)
     try:
         start = time.perf_counter()
-        send(files, receiver.port)
+        with ThreadPoolExecutor(len(groups)) as pool:
+            list(pool.map(lambda files: send(files, receiver.port), groups))
         elapsed = time.perf_counter() - start
         stored = receiver.stored()
     finally:
         receiver.stop()
-    if stored != len(files):
-        raise RuntimeError(f"{receiver_name}: {stored} of {len(files)} instances arrived")
+    if stored != expected:
+        raise RuntimeError(f"{receiver_name}: {stored} of {expected} instances arrived")
     return elapsed
 
 
@@ -142,7 +150,7 @@ def filesystem_of(path: Path) -> str:
         return "unknown"
 
 
-def run(payloads: list[tuple[int, int]], repetitions: int, work: Path) -> dict:
+def run(payloads: list[tuple[int, int, int]], repetitions: int, work: Path) -> dict:
     results: dict = {
         "benchmark": "ingest",
         "what": "instances/s over one DICOM association, loopback",
@@ -152,20 +160,23 @@ def run(payloads: list[tuple[int, int]], repetitions: int, work: Path) -> dict:
         "repetitions": repetitions,
         "payloads": [],
     }
-    for count, size in payloads:
-        files = write_payload(work / f"payload-{count}x{size}", count, size)
-        bytes_each = files[0].stat().st_size
+    for count, size, parallel in payloads:
+        label = f"{count}x{size}x{parallel}"
+        groups = write_payload(work / f"payload-{label}", count, size, parallel)
+        count = sum(len(files) for files in groups)
+        bytes_each = groups[0][0].stat().st_size
         times: dict[str, list[float]] = {name: [] for name in RECEIVERS}
-        time_one("bare", files[:5], work, -1)  # warm-up: imports, decoder plugin discovery
+        time_one("bare", [groups[0][:5]], work, f"warmup-{label}")  # imports, decoder plugin discovery
         for repetition in range(repetitions):
             shift = repetition % len(RECEIVERS)
             order = RECEIVERS[shift:] + RECEIVERS[:shift]
             for name in order:
-                times[name].append(time_one(name, files, work, repetition))
+                times[name].append(time_one(name, groups, work, f"{label}-{repetition}"))
         medians = {name: statistics.median(values) for name, values in times.items()}
         rates = {name: count / medians[name] for name in RECEIVERS}
         entry = {
             "instances": count,
+            "associations": parallel,
             "pixels": f"{size}x{size}",
             "bytes_per_instance": bytes_each,
             "seconds": times,
@@ -177,7 +188,7 @@ def run(payloads: list[tuple[int, int]], repetitions: int, work: Path) -> dict:
         }
         results["payloads"].append(entry)
         print(
-            f"{count} x {size}x{size}: bare {rates['bare']:.0f}/s, node {rates['node']:.0f}/s "
+            f"{count} x {size}x{size} over {parallel} association(s): bare {rates['bare']:.0f}/s, node {rates['node']:.0f}/s "
             f"(x{entry['ratio_node_to_bare']:.2f}), node without fsync {rates['node_nofsync']:.0f}/s "
             f"(x{entry['ratio_node_nofsync_to_bare']:.2f}), stock pynetdicom {rates['bare_stock']:.0f}/s",
             flush=True,
@@ -194,14 +205,14 @@ def markdown(results: dict, command: str) -> str:
         f"{results['spool_filesystem']}; {results['repetitions']} repetitions, medians; one association per run "
         f"over loopback; sender: {results['sender']} (own process).",
         "",
-        "| payload | bytes/instance | bare pynetdicom SCP | our SCP (spool, fsync) | ratio | our SCP without fsync "
+        "| payload | associations | bytes/instance | bare pynetdicom SCP | our SCP (spool, fsync) | ratio | our SCP without fsync "
         "| ratio | stock pynetdicom SCP (no TCP tuning) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in results["payloads"]:
         rate = p["median_instances_per_s"]
         lines.append(
-            f"| {p['instances']} x {p['pixels']} | {p['bytes_per_instance']} | {rate['bare']:.0f}/s | "
+            f"| {p['instances']} x {p['pixels']} | {p.get('associations', 1)} | {p['bytes_per_instance']} | {rate['bare']:.0f}/s | "
             f"{rate['node']:.0f}/s | {p['ratio_node_to_bare']:.2f} | {rate['node_nofsync']:.0f}/s | "
             f"{p['ratio_node_nofsync_to_bare']:.2f} | {rate['bare_stock']:.0f}/s |"
         )
@@ -221,12 +232,18 @@ def markdown(results: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--payloads", nargs="+", default=["500:64", "176:256"], help="COUNT:SIZE pairs")
+    parser.add_argument(
+        "--payloads",
+        nargs="+",
+        default=["500:64", "176:256", "500:64:4"],
+        help="COUNT:SIZE[:ASSOCIATIONS]: COUNT instances of SIZE x SIZE pixels, split over concurrent associations "
+        "(one series each)",
+    )
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, default=None, help="where spools go (default: a temp dir)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    payloads = [tuple(int(x) for x in p.split(":")) for p in args.payloads]
+    payloads = [tuple(int(x) for x in (p + ":1").split(":")[:3]) for p in args.payloads]
     command = "nice -n 10 .venv/bin/python bench/bench_ingest.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         results = run(payloads, args.repetitions, Path(tmp))  # type: ignore[arg-type]
