@@ -157,6 +157,7 @@ def run(payloads: list[tuple[int, int, int]], repetitions: int, work: Path) -> d
         "sender": sender_name(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "spool_filesystem": filesystem_of(work),
+        "load_average": [round(x, 1) for x in os.getloadavg()],  # other work on the machine skews absolute figures
         "repetitions": repetitions,
         "payloads": [],
     }
@@ -202,8 +203,10 @@ def markdown(results: dict, command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}; spool on "
-        f"{results['spool_filesystem']}; {results['repetitions']} repetitions, medians; one association per run "
-        f"over loopback; sender: {results['sender']} (own process).",
+        f"{results['spool_filesystem']}; {results['repetitions']} repetitions, medians; loopback; each association "
+        f"sends one series; sender: {results['sender']} (own process per association)"
+        + (f"; load average at start {results['load_average']}" if "load_average" in results else "")
+        + ".",
         "",
         "| payload | associations | bytes/instance | bare pynetdicom SCP | our SCP (spool, fsync) | ratio | our SCP without fsync "
         "| ratio | stock pynetdicom SCP (no TCP tuning) |",
