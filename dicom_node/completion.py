@@ -251,6 +251,7 @@ class CompletionTracker:
         reopen = False
         with self._lock:
             progress.handing_on = False
+            progress.failures = 0
             if progress.changes == changes_seen:
                 del self._series[key]  # later instances (same association or not) start a new generation
             else:
