@@ -96,32 +96,69 @@ def slice_volume_file(path: Path, method: str) -> np.ndarray:
     return pixels
 
 
-def load_volume_cohort(cohort_dir: Path, method: str = "anatomical", cache_dir: Path | None = None) -> SliceSet:
-    """Slice every volume of a cohort folder once per method (cached); rejected volumes are reported, not fatal."""
+def first_subjects(rows: list[dict[str, str]], subjects: int | None) -> list[dict[str, str]]:
+    """The rows of the first ``subjects`` subjects in CSV order (all rows when None)."""
+    if subjects is None:
+        return rows
+    keep: list[str] = []
+    for row in rows:
+        if row["subject_id"] not in keep and len(keep) < subjects:
+            keep.append(row["subject_id"])
+    chosen = set(keep)
+    return [row for row in rows if row["subject_id"] in chosen]
+
+
+def _read_volume_cache(cache: Path) -> tuple[list[np.ndarray], list[str], dict]:
+    if not cache.exists():
+        return [], [], {}
+    with np.load(cache, allow_pickle=False) as data:
+        return list(data["slices"]), [str(s) for s in data["scan_id"]], json.loads(str(data["rejected"]))
+
+
+def _write_volume_cache(cache: Path, slices: list[np.ndarray], scan_ids: list[str], rejected: dict) -> np.ndarray:
+    stack = np.stack(slices) if slices else np.zeros((0, SLICE_SIZE, SLICE_SIZE), np.float16)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.name + ".partial.npz")
+    np.savez(partial, slices=stack, scan_id=np.asarray(scan_ids, dtype=str), rejected=json.dumps(rejected))
+    partial.replace(cache)
+    return stack
+
+
+def load_volume_cohort(
+    cohort_dir: Path, method: str = "anatomical", cache_dir: Path | None = None, subjects: int | None = None
+) -> SliceSet:
+    """Slice the volumes of a cohort folder once per method; rejected volumes are reported, not fatal.
+
+    The cache (``slices-<method>.npz``) is written every few volumes and extended on the next call, so an
+    interrupted or partial run (``subjects``: only the first N subjects) is never sliced twice.
+    """
     from tqdm import tqdm
 
     from fingerprint.errors import SeriesRejected
 
     cohort_dir = Path(cohort_dir)
-    rows = read_cohort_csv(cohort_dir)
-    cache = Path(cache_dir or cohort_dir) / f"slices-{method}.npz"
-    if cache.exists() and cache.stat().st_mtime >= (cohort_dir / "cohort.csv").stat().st_mtime:
-        with np.load(cache, allow_pickle=False) as data:
-            return _from_rows(rows, data["scan_id"], data["slices"], json.loads(str(data["rejected"])))
+    rows = first_subjects(read_cohort_csv(cohort_dir), subjects)
     if not rows or "path" not in rows[0]:
         raise ValueError(f"{cohort_dir}/cohort.csv has no 'path' column and there is no {SLICE_CACHE}")
-    slices, scan_ids, rejected = [], [], {}
-    for row in tqdm(rows, desc=f"slicing ({method})", unit="scan"):
+    cache = Path(cache_dir or cohort_dir) / f"slices-{method}.npz"
+    slices, scan_ids, rejected = _read_volume_cache(cache)
+    done = set(scan_ids) | set(rejected)
+    todo = [row for row in rows if row["scan_id"] not in done]
+    for count, row in enumerate(tqdm(todo, desc=f"slicing ({method})", unit="scan", disable=not todo), start=1):
         path = Path(row["path"]) if Path(row["path"]).is_absolute() else cohort_dir / row["path"]
         try:
             slices.append(slice_volume_file(path, method).astype(np.float16))
             scan_ids.append(row["scan_id"])
         except SeriesRejected as exc:
             rejected[row["scan_id"]] = exc.as_json()
-    stack = np.stack(slices) if slices else np.zeros((0, SLICE_SIZE, SLICE_SIZE), np.float16)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, slices=stack, scan_id=np.asarray(scan_ids), rejected=json.dumps(rejected))
-    return _from_rows(rows, np.asarray(scan_ids), stack, rejected)
+        if count % 20 == 0:
+            _write_volume_cache(cache, slices, scan_ids, rejected)
+    if todo:
+        stack = _write_volume_cache(cache, slices, scan_ids, rejected)
+    else:
+        stack = np.stack(slices) if slices else np.zeros((0, SLICE_SIZE, SLICE_SIZE), np.float16)
+    wanted = {row["scan_id"] for row in rows}
+    return _from_rows(rows, np.asarray(scan_ids), stack, {k: v for k, v in rejected.items() if k in wanted})
 
 
 def load_cohort(cohort_dir: Path, method: str = "anatomical", cache_dir: Path | None = None) -> SliceSet:
