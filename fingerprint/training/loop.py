@@ -253,6 +253,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         best_encoder_state = checkpoint.get("best_encoder")
         if not str(state["stopped_because"] or "").startswith("early stopping"):
             state["stopped_because"] = None  # a larger budget or more steps continue the run
+        if state.get("cohort") != str(config.cohort_dir):  # e.g. continued on a larger cohort: new validation set,
+            state["best"], state["bad_validations"] = None, 0  # whose figures are not comparable with the old ones
+            best_encoder_state = None
+    state["cohort"] = str(config.cohort_dir)
 
     def progress() -> float:
         by_steps = state["step"] / planned_steps
