@@ -134,3 +134,14 @@ def write_head_series(small_heads: dict):
                             study_date=study_date)
 
     return write
+
+
+# --- slice pipeline tests (helper "slice") ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def colin27():
+    """The Colin27 head (mricron-data) at its native 1 mm as float32 SimpleITK, or a skip saying it is absent."""
+    if not COLIN27_PATH.exists():
+        pytest.skip(f"Colin27 not found at {COLIN27_PATH} (install the Debian package mricron-data)")
+    import SimpleITK as sitk
+
+    return sitk.ReadImage(str(COLIN27_PATH), sitk.sitkFloat32)
