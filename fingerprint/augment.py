@@ -60,14 +60,26 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, generator, device)
     return low + (high - low) * torch.rand(shape, generator=generator, device=device)
 
 
-def foreground_mask(images: torch.Tensor) -> torch.Tensor:
-    """Where the head is: (N,1,H,W) boolean."""
-    return images > FOREGROUND_THRESHOLD
+def foreground_mask(images: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Where the brain is: (N,1,H,W) boolean. ``region`` (H,W), when given, is the area the slicer keeps (its fixed
+    canonical mask): inside it even pixels clipped to 0 (dark CSF) are foreground, so a negative turns them bright
+    instead of leaving a speckled rim of zeros. Without it, non-zero pixels."""
+    nonzero = images > FOREGROUND_THRESHOLD
+    if region is None:
+        return nonzero
+    return nonzero | region.to(images.device).view(1, 1, *images.shape[-2:])
 
 
-def random_negative(images: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+def slicer_region(slices) -> torch.Tensor:
+    """The area any slice of a set is non-zero in (for slices of one slicer: its canonical mask), (H,W) boolean."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray((np.asarray(slices) > 0).any(axis=0)))
+
+
+def random_negative(images: torch.Tensor, chosen: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
     """Invert the foreground intensities between its own min and max (public code: whole image; see module doc)."""
-    mask = foreground_mask(images)
+    mask = foreground_mask(images, region)
     big = torch.finfo(images.dtype).max
     low = torch.where(mask, images, big).amin(dim=(1, 2, 3), keepdim=True)
     high = torch.where(mask, images, -big).amax(dim=(1, 2, 3), keepdim=True)
@@ -75,14 +87,16 @@ def random_negative(images: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return torch.where(chosen.view(-1, 1, 1, 1), inverted, images)
 
 
-def random_shift(images: torch.Tensor, chosen: torch.Tensor, offset: float, generator=None) -> torch.Tensor:
+def random_shift(
+    images: torch.Tensor, chosen: torch.Tensor, offset: float, generator=None, region: torch.Tensor | None = None
+) -> torch.Tensor:
     """Add one random offset per image to its foreground (MONAI RandShiftIntensity on z-scored images).
 
     The offset is drawn in ±``offset`` standard deviations of the image's foreground, so it means what it means in
     the public code, where images were z-scored before augmenting; the result is clamped at a small positive value
     so the foreground stays foreground.
     """
-    mask = foreground_mask(images)
+    mask = foreground_mask(images, region)
     n = images.shape[0]
     weights = mask.float()
     count = weights.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
@@ -172,17 +186,27 @@ def random_geometry(
 
 
 def augment_batch(
-    images: torch.Tensor, config: AugmentConfig = AugmentConfig(), generator: torch.Generator | None = None
+    images: torch.Tensor,
+    config: AugmentConfig = AugmentConfig(),
+    generator: torch.Generator | None = None,
+    region: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One random view of each image: (N,1,H,W) float -> same shape and dtype. Order as the public code, with the
-    two geometric steps fused (rotation first, elastic last there; both are resamplings, so fusing changes only
-    where the intensity steps' smooth fields are evaluated)."""
+    """One random view of each image: (N,1,H,W) float -> same shape and dtype.
+
+    Same steps and probabilities as the public code; the order differs in one way: the intensity steps (negative,
+    shift, bias field) come before the geometric ones, where the slicer's ``region`` (see :func:`foreground_mask`)
+    still lines up with the image; rotation and elastic deformation are then one resampling; patches come last.
+    """
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"expected (N, 1, H, W) images, got {tuple(images.shape)}")
     n = images.shape[0]
     device = images.device
     out = images.float()
-    out = random_negative(out, _chosen(n, config.p_negative, generator, device))
+    out = random_negative(out, _chosen(n, config.p_negative, generator, device), region)
+    out = random_shift(out, _chosen(n, config.p_shift, generator, device), config.shift_offset, generator, region)
+    out = random_bias_field(
+        out, _chosen(n, config.p_bias, generator, device), config.bias_order, config.bias_max_coefficient, generator
+    )
     out = random_geometry(
         out,
         config.rotation_degrees,
@@ -190,10 +214,6 @@ def augment_batch(
         config.elastic_spacing_px,
         config.elastic_magnitude_px,
         generator,
-    )
-    out = random_shift(out, _chosen(n, config.p_shift, generator, device), config.shift_offset, generator)
-    out = random_bias_field(
-        out, _chosen(n, config.p_bias, generator, device), config.bias_order, config.bias_max_coefficient, generator
     )
     out = random_patches(
         out, _chosen(n, config.p_patches, generator, device), config.patch_count, config.patch_size, generator

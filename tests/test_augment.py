@@ -76,3 +76,14 @@ def test_default_augmentation_is_random_but_seedable_and_keeps_dtype() -> None:
 def test_refuses_wrong_shape() -> None:
     with pytest.raises(ValueError):
         augment_batch(torch.zeros(2, 128, 128))
+
+
+def test_slicer_region_makes_dark_pixels_inside_it_foreground() -> None:
+    from fingerprint.augment import slicer_region
+
+    images = _heads(2)
+    images[:, :, 60:64, 60:64] = 0.0  # dark CSF clipped to zero, inside the head
+    region = slicer_region(_heads(2).squeeze(1).numpy())
+    out = augment_batch(images, replace(NO_AUGMENTATION, p_negative=1.0), region=region)
+    assert bool((out[:, :, 60:64, 60:64] > 0.5).all()), "inside the region, black becomes white"
+    assert bool((out[:, :, ~region] == 0).all()), "outside it, the background stays zero"

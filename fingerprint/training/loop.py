@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fingerprint.augment import AugmentConfig, augment_batch
+from fingerprint.augment import AugmentConfig, augment_batch, slicer_region
 from fingerprint.evaluation import all_metrics
 from fingerprint.losses import beta_at, branch_beta, deepbrainprint_loss
 from fingerprint.model import TrainingNet, save_encoder
@@ -223,6 +223,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "validation_subjects": int(len(np.unique(val_set.subjects))),
     }
     labels_all = train_set.labels
+    region = slicer_region(train_set.slices).to(device)  # where the slicer keeps pixels: its canonical mask
     group = max(1, config.batch_size // config.per_subject)
     steps_per_epoch = max(1, len(np.unique(labels_all)) // group)
     planned_steps = config.max_steps or config.epochs * steps_per_epoch
@@ -297,7 +298,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         started = time.monotonic()
         images = torch.from_numpy(train_set.slices[indices].astype(np.float32)).unsqueeze(1).to(device)
         labels = torch.from_numpy(labels_all[indices]).to(device)
-        views = [augment_batch(images, config.augment, generator) for _ in range(2)]
+        views = [augment_batch(images, config.augment, generator, region) for _ in range(2)]
         if device.type == "cpu":
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         t = progress()
@@ -335,6 +336,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     record = one_step(indices)
                     state["history"].append(record)
                     log.write(json.dumps(record) + "\n")
+                    log.flush()
                     bar.n = min(1000, int(progress() * 1000))
                     bar.set_postfix(loss=f"{record['loss']:.4g}", beta=f"{record['beta']:.2f}", step=state["step"],
                                     refresh=False)
