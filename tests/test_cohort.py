@@ -153,3 +153,17 @@ def test_volume_cohort_csv_and_cli(tmp_path: Path) -> None:
     assert np.allclose(loaded.image.GetDirection(), volume.GetDirection(), atol=1e-4)
     assert np.allclose(loaded.image.GetOrigin(), volume.GetOrigin(), atol=0.01)
     assert not (out / "dicom" / rows[1]["scan_id"]).exists()
+
+
+def test_residual_model_has_a_subject_offset_shared_by_its_visits() -> None:
+    from fingerprint.cohort.visits import FIRST_RESIDUAL, ResidualModel
+
+    offsets_only = ResidualModel(0.0, 0.0, 2.5, 2.5, 0.0, 0.0, 0.0)
+    a, b = plan_subjects("train", 2, 0)
+    visits_a, visits_b = plan_visits(a, 3, offsets_only), plan_visits(b, 3, offsets_only)
+    assert len({v.residual_angles_deg for v in visits_a}) == 1 and len({v.residual_shift_mm for v in visits_a}) == 1
+    assert visits_a[0].residual_angles_deg != visits_b[0].residual_angles_deg
+    # The residual never changes anything else about a visit (pose, scanner, date stay as planned).
+    first = plan_visits(a, 3, FIRST_RESIDUAL)
+    assert [(v.pose_angles_deg, v.appearance, v.date) for v in first] == [(v.pose_angles_deg, v.appearance, v.date) for v in visits_a]
+    assert all(max(abs(x) for x in v.residual_angles_deg) < 6 for v in first)

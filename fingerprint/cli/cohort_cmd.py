@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated
@@ -42,6 +43,11 @@ def generate(
     ] = None,
     dicom: Annotated[int, typer.Option(help="volumes only: also write the first N scans as DICOM series (dicom/<scan_id>/).")] = 0,
     workers: Annotated[int, typer.Option(help="Worker processes (the machine is shared: keep it small).")] = 1,
+    residual: Annotated[
+        str,
+        typer.Option(help="slices only: the pipeline alignment error to mimic. measured: per-subject offset + per-visit "
+                     "spread + 10% failures, as measured on the benchmark. first: 1.5 deg / 1.5 mm per visit only."),
+    ] = "measured",
 ) -> None:
     """Generate a cohort: subjects (smooth deformations of real heads) and their visits (ageing, scanner, position).
 
@@ -62,13 +68,15 @@ def generate(
     fmt = output_format or default_format
     if fmt not in ("slices", "volumes"):
         raise typer.BadParameter("--format must be slices or volumes")
+    if residual not in visit_plans.RESIDUAL_MODELS:
+        raise typer.BadParameter(f"--residual must be one of {', '.join(visit_plans.RESIDUAL_MODELS)}")
     plans = visit_plans.plan_subjects(kind, n_subjects, seed_value)
     started = time.perf_counter()
     with tqdm(total=len(plans), unit="subject", desc=f"cohort {kind}") as bar:
         if fmt == "slices":
             from fingerprint.cohort.training_set import write_slice_cohort
 
-            scans = write_slice_cohort(out, plans, n_visits, workers, bar.update)
+            scans = write_slice_cohort(out, plans, n_visits, workers, bar.update, visit_plans.RESIDUAL_MODELS[residual])
         else:
             from fingerprint.cohort.benchmark import write_volume_cohort
 
@@ -87,8 +95,7 @@ def generate(
             "training_heads": list(heads.TRAINING_HEADS),
             "held_out_heads": list(heads.HELD_OUT_HEADS),
             "head_cache_version": heads.HEAD_CACHE_VERSION,
-            "residual_rotation_sd_deg": visit_plans.RESIDUAL_ROTATION_SD_DEG,
-            "residual_shift_sd_mm": visit_plans.RESIDUAL_SHIFT_SD_MM,
+            "residual_model": {"name": residual, **dataclasses.asdict(visit_plans.RESIDUAL_MODELS[residual])},
             "workers": workers,
             "seconds": round(seconds, 1),
         },

@@ -7,9 +7,9 @@ visit scanner's contrast. We compose exactly that chain of maps and sample only 
 
     reference plane --residual rigid error--> subject space --slab offset--> subject anatomy + ageing --> base head
 
-- residual rigid error: rotation and shift drawn per visit (:data:`fingerprint.cohort.visits.RESIDUAL_ROTATION_SD_DEG`,
-  ``RESIDUAL_SHIFT_SD_MM``), the shift including the axial level; sized to what the pipeline really does on the
-  benchmark (``deepbrainprint cohort measure-alignment``);
+- residual rigid error (:class:`fingerprint.cohort.visits.ResidualModel`): a per-subject offset, a per-visit spread
+  and occasional alignment failures, the shift including the axial level; sized to what the pipeline really does on
+  the benchmark (``deepbrainprint cohort measure-alignment``);
 - resolution: the base head is pre-blurred once for pixels coarser than 1.2 mm, and thick slices (> 1.2 mm) are the
   mean of three planes spread over the slice thickness along the acquisition's slice normal (which the head's
   repositioning turns in subject space);
@@ -34,6 +34,8 @@ from fingerprint.cohort.deform import SubjectAnatomy
 from fingerprint.cohort.heads import load_head
 from fingerprint.cohort.records import scan_row, write_cohort_csv
 from fingerprint.cohort.visits import (
+    MEASURED_RESIDUAL,
+    ResidualModel,
     SubjectPlan,
     VisitPlan,
     plan_visits,
@@ -105,44 +107,55 @@ def _apply_rigid(transform: sitk.Euler3DTransform, points: np.ndarray) -> np.nda
     return (points - centre) @ matrix.T + centre + np.asarray(transform.GetTranslation())
 
 
-def subject_slices(subject: SubjectPlan, visits: int) -> list[tuple[VisitPlan, np.ndarray]]:
+def subject_slices(
+    subject: SubjectPlan, visits: int, residual: ResidualModel = MEASURED_RESIDUAL
+) -> list[tuple[VisitPlan, np.ndarray]]:
     """All visits of one subject, as (visit plan, slice) pairs. Picklable entry point for worker processes."""
     anatomy = subject.anatomy()
-    return [(visit, fast_slice(anatomy, visit)) for visit in plan_visits(subject, visits)]
+    return [(visit, fast_slice(anatomy, visit)) for visit in plan_visits(subject, visits, residual)]
 
 
 def generate_slices(
-    subjects: list[SubjectPlan], visits: int, workers: int = 1, progress: Callable[[int], None] | None = None
+    subjects: list[SubjectPlan],
+    visits: int,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    residual: ResidualModel = MEASURED_RESIDUAL,
 ) -> Iterator[tuple[SubjectPlan, list[tuple[VisitPlan, np.ndarray]]]]:
     """Yield each subject with its slices, in subject order, on ``workers`` processes (1: in this process)."""
     if workers <= 1:
         for subject in subjects:
-            yield subject, subject_slices(subject, visits)
+            yield subject, subject_slices(subject, visits, residual)
             if progress:
                 progress(1)
         return
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(workers) as pool:
-        results = pool.imap(_subject_slices_star, [(s, visits) for s in subjects], chunksize=4)
+        results = pool.imap(_subject_slices_star, [(s, visits, residual) for s in subjects], chunksize=4)
         for subject, result in zip(subjects, results):
             yield subject, result
             if progress:
                 progress(1)
 
 
-def _subject_slices_star(args: tuple[SubjectPlan, int]) -> list[tuple[VisitPlan, np.ndarray]]:
+def _subject_slices_star(args: tuple[SubjectPlan, int, ResidualModel]) -> list[tuple[VisitPlan, np.ndarray]]:
     return subject_slices(*args)
 
 
 def write_slice_cohort(
-    out: Path, subjects: list[SubjectPlan], visits: int, workers: int = 1, progress: Callable[[int], None] | None = None
+    out: Path,
+    subjects: list[SubjectPlan],
+    visits: int,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    residual: ResidualModel = MEASURED_RESIDUAL,
 ) -> int:
     """Write ``cohort.csv`` + ``slices.npz`` (float16) for these subjects into ``out``; returns the number of scans."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
     slices = np.empty((len(subjects) * visits, SLICE_SIZE, SLICE_SIZE), dtype=np.float16)
-    for subject, results in generate_slices(subjects, visits, workers, progress):
+    for subject, results in generate_slices(subjects, visits, workers, progress, residual):
         for visit, pixels in results:
             slices[len(rows)] = pixels.astype(np.float16)
             rows.append(scan_row(subject, visit))
