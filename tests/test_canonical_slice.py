@@ -1,0 +1,156 @@
+"""Canonical orientation and anatomical level: same slice whatever the plane, position or patient posture."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fingerprint.canonical import align, align_to_reference, load_reference
+from fingerprint.dicom_writer import write_series
+from fingerprint.pipeline import slice_series, slice_volume
+from fingerprint.slicing import DEFAULT_LEVEL_MM, canonical_mask, sample_canonical_slice, slice_grid
+from fingerprint.types import SLICE_SIZE
+
+sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two canonical slices inside the canonical brain mask."""
+    mask = canonical_mask()
+    x, y = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
+    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
+
+
+@pytest.fixture(scope="module")
+def colin_2mm(colin27: sitk.Image) -> sitk.Image:
+    return sitk.BinShrink(colin27, [2, 2, 2])
+
+
+def test_slice_array_orientation_is_radiological_anterior_up() -> None:
+    """A marker put at the patient's left-anterior side of the reference lands top-right in the array."""
+    reference = load_reference().image
+    marked = sitk.Image(reference)
+    index = marked.TransformPhysicalPointToIndex((30.0, -40.0, DEFAULT_LEVEL_MM))  # LPS: left, anterior
+    for dx, dy in itertools.product(range(-2, 3), repeat=2):
+        marked[index[0] + dx, index[1] + dy, index[2]] = 1000.0
+    pixels = sample_canonical_slice(marked, sitk.Transform())
+    assert pixels.shape == (SLICE_SIZE, SLICE_SIZE) and pixels.dtype == np.float32
+    change = pixels - sample_canonical_slice(reference, sitk.Transform())
+    row, column = np.unravel_index(np.argmax(change), change.shape)
+    assert change[row, column] > 0.05
+    assert row < SLICE_SIZE // 2 - 10  # anterior -> top
+    assert column > SLICE_SIZE // 2 + 10  # patient left -> right of the image (radiological)
+
+
+def test_slice_is_masked_and_normalised() -> None:
+    pixels = sample_canonical_slice(load_reference().image, sitk.Transform())
+    mask = canonical_mask()
+    assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+    assert not pixels[~mask].any()
+    assert 0.2 < mask.mean() < 0.8
+    assert slice_grid().GetOrigin()[2] == DEFAULT_LEVEL_MM
+
+
+@pytest.mark.slow
+def test_every_acquisition_plane_gives_the_same_slice(colin27: sitk.Image, tmp_path: Path) -> None:
+    """Axial, sagittal, coronal and a 15/10-degree oblique acquisition of one head: NCC >= 0.95 with the axial."""
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(np.radians(15), np.radians(10), 0.0)
+    planes = {"axial": "axial", "sagittal": "sagittal", "coronal": "coronal", "oblique": rotation.GetMatrix()}
+    slices = {}
+    for name, orientation in planes.items():
+        folder = tmp_path / name
+        write_series(colin27, folder, patient_id="PLANES", orientation=orientation, pixel_spacing_mm=2.0)
+        result = slice_series(folder)
+        assert result.geometry["input"]["acquisition_plane"].endswith(name if name != "oblique" else "axial") or name == "oblique"
+        slices[name] = result.pixels
+    for name in ("sagittal", "coronal", "oblique"):
+        assert ncc(slices["axial"], slices[name]) >= 0.95, name
+
+
+@pytest.mark.slow
+def test_thick_sagittal_slices_still_match(colin27: sitk.Image, tmp_path: Path) -> None:
+    write_series(colin27, tmp_path / "axial", patient_id="THICK", pixel_spacing_mm=2.0)
+    write_series(colin27, tmp_path / "sag", patient_id="THICK", orientation="sagittal", slice_thickness_mm=4.0,
+                 pixel_spacing_mm=1.0)
+    assert ncc(slice_series(tmp_path / "axial").pixels, slice_series(tmp_path / "sag").pixels) >= 0.95
+
+
+@pytest.mark.slow
+def test_shifted_and_rotated_head_gives_the_same_level_within_2mm(colin_2mm: sitk.Image) -> None:
+    """Move the head 30 mm and turn it 10 degrees in a larger field of view; the reference plane must land on the
+    same anatomy: map it into the original head through both recovered transforms and compare."""
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter((0.0, -20.0, 10.0))
+    motion.SetRotation(np.radians(7), np.radians(5), np.radians(5))
+    motion.SetTranslation((18.0, -18.0, 15.0))
+    angle = np.degrees(np.arccos((np.trace(np.array(motion.GetMatrix()).reshape(3, 3)) - 1) / 2))
+    assert angle == pytest.approx(10.0, abs=0.2) and np.linalg.norm(motion.GetTranslation()) == pytest.approx(30, abs=1)
+    field = sitk.ConstantPad(colin_2mm, [25] * 3, [25] * 3, 0.0)
+    moved = sitk.Resample(colin_2mm, field, motion.GetInverse(), sitk.sitkLinear, 0.0)
+    original_fit, moved_fit = align_to_reference(colin_2mm), align_to_reference(moved)
+    grid, mask = slice_grid(), canonical_mask()
+    plane = [grid.TransformIndexToPhysicalPoint((int(i), int(j), 0)) for j, i in zip(*np.nonzero(mask))]
+    back = motion.GetInverse()
+    in_original = np.array([original_fit.TransformPoint(p) for p in plane])
+    via_moved = np.array([back.TransformPoint(moved_fit.TransformPoint(p)) for p in plane])
+    normal = np.array(original_fit.GetMatrix()).reshape(3, 3)[:, 2]
+    assert np.abs((via_moved - in_original) @ normal).max() < 2.0
+    assert np.linalg.norm(via_moved - in_original, axis=1).max() < 3.0
+    assert ncc(sample_canonical_slice(colin_2mm, original_fit), sample_canonical_slice(moved, moved_fit)) >= 0.95
+
+
+@pytest.mark.slow
+def test_four_decubitus_positions_land_in_the_same_canonical_orientation(shared_data: Path) -> None:
+    """One man scanned supine, prone, on his left and right side: after alignment the slices agree, far better than
+    the array-middle slices do. (HFDL's field of view cuts part of one hemisphere, so it agrees less.)"""
+    folders = {p.name.split("-")[1]: p for p in sorted((shared_data / "repeats").iterdir())}
+    anatomical, middle = {}, {}
+    for position, folder in folders.items():
+        result = slice_series(folder)
+        rotation = np.array(result.geometry["alignment"]["rotation_deg"])
+        assert np.abs(rotation).max() < 30, position  # the patient frame was right: no flipped pose
+        anatomical[position] = result.pixels
+        middle[position] = slice_series(folder, method="middle").pixels
+    pairs = list(itertools.combinations(sorted(folders), 2))
+    full_fov = [pair for pair in pairs if "HFDL" not in pair]
+    assert min(ncc(anatomical[a], anatomical[b]) for a, b in full_fov) >= 0.75
+    assert min(ncc(anatomical[a], anatomical[b]) for a, b in pairs) >= 0.25
+    mean_anatomical = np.mean([ncc(anatomical[a], anatomical[b]) for a, b in pairs])
+    mean_middle = np.mean([ncc(middle[a], middle[b]) for a, b in pairs])
+    assert mean_anatomical > mean_middle + 0.3
+
+
+@pytest.mark.slow
+def test_every_real_t1_series_gives_a_ventricle_level_slice(shared_data: Path) -> None:
+    """Each real T1 series: a full brain slice that resembles the reference's plane (ventricles, orientation) more
+    than the paper's array-middle slice does."""
+    reference_slice = sample_canonical_slice(load_reference().image, sitk.Transform())
+    mask = canonical_mask()
+    scores, baseline = [], []
+    for folder in sorted((shared_data / "t1").iterdir()):
+        result = slice_series(folder)
+        json.dumps(result.geometry)  # JSON-ready
+        assert (result.pixels[mask] > 0.05).mean() > 0.8, folder.name  # brain fills the mask
+        scores.append(ncc(result.pixels, reference_slice))
+        baseline.append(ncc(slice_series(folder, method="middle").pixels, reference_slice))
+        assert scores[-1] >= 0.15, folder.name
+    assert np.mean(scores) > np.mean(baseline) + 0.15
+
+
+def test_alignment_report_and_slice_volume_geometry(colin_2mm: sitk.Image) -> None:
+    alignment = align(colin_2mm)
+    report = alignment.as_json()
+    assert report["metric_value"] < -0.04 and len(report["rotation_deg"]) == 3
+    pixels, geometry = slice_volume(colin_2mm)
+    assert pixels.shape == (SLICE_SIZE, SLICE_SIZE)
+    assert geometry["level"]["reference_z_mm"] == DEFAULT_LEVEL_MM
+    assert geometry["output"]["spacing_mm"] == [1.5, 1.5]
+    json.dumps(geometry)
+    with pytest.raises(ValueError):
+        slice_volume(colin_2mm, method="random")
