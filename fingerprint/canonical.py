@@ -64,7 +64,7 @@ EXTRA_STARTS: tuple[tuple[float, float, float], ...] = (
 RANDOM_SEED = 20230227
 #: Fraction of the metric-mask voxels sampled per iteration (random, fixed seed: deterministic results).
 SAMPLING_FRACTION = 0.05
-REFINE_SAMPLING_FRACTION = 0.2
+REFINE_SAMPLING_FRACTION = 0.1
 ROTATION_SCALE = 80.0**2
 
 
@@ -204,8 +204,9 @@ def _foreground_points(mask: sitk.Image, threshold: float) -> np.ndarray:
 def _refine(reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransform) -> tuple[sitk.Euler3DTransform, float]:
     """Polish a coarse alignment at 2 mm with the metric restricted to the brain itself.
 
-    Measured on the four decubitus repeats of one man: slice agreement (NCC) between positions rose from 0.26-0.73
-    to 0.82-0.87 with this stage; started from a coarse pose, the brain-only metric no longer drifts.
+    Measured on the four decubitus repeats of one man: slice agreement (NCC) between the three fully covered
+    positions rose from 0.26-0.73 to 0.82-0.87 with this stage; started from a coarse pose, the brain-only metric no
+    longer drifts. 10 % sampling and 40 iterations cost 0.3-0.6 s CPU and agree as well as 20 % / 100 iterations.
     """
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
@@ -214,7 +215,7 @@ def _refine(reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransfo
     method.SetMetricFixedMask(reference.mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=0.01, numberOfIterations=100, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
+        learningRate=1.0, minStep=0.02, numberOfIterations=40, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
     )
     method.SetOptimizerScales([ROTATION_SCALE] * 3 + [1.0] * 3)
     transform = sitk.Euler3DTransform(start)
