@@ -54,6 +54,9 @@ POOR_METRIC = -0.04
 #: A rotated start replaces the DICOM-frame start only if it is better by this much: patient coordinates are right
 #: far more often than not, and a weak scan (the 2 mm Prisma series) can score a flipped pose a hair better.
 ROTATED_START_MARGIN = 0.02
+#: Fraction of the reference brain that must lie inside the volume after alignment. MI is computed only where both
+#: images overlap, so a thin slab can "align" with an excellent metric anywhere; coverage catches that.
+MIN_BRAIN_COVERAGE = 0.6
 #: Start rotations tried when the first alignment is poor (Euler angles x, y, z in radians).
 EXTRA_STARTS: tuple[tuple[float, float, float], ...] = (
     (0.0, 0.0, math.pi),  # prone entered as supine
@@ -89,6 +92,7 @@ class Alignment:
     start: str
     attempts: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    brain_coverage: float = 1.0
 
     def as_json(self) -> dict[str, Any]:
         angles = [self.transform.GetAngleX(), self.transform.GetAngleY(), self.transform.GetAngleZ()]
@@ -102,6 +106,7 @@ class Alignment:
             "metric_value": round(self.metric, 4),
             "start": self.start,
             "attempts": self.attempts,
+            "brain_coverage": round(self.brain_coverage, 3),
             "seconds": round(self.seconds, 3),
         }
 
@@ -147,24 +152,50 @@ def align(image: sitk.Image) -> Alignment:
         start.SetCenter(reference.brain_top_centroid)
         start.SetRotation(*angles)
         start.SetTranslation(tuple(np.subtract(centre_guess, reference.brain_top_centroid)))
-        transform, metric = _register(reference, moving, start)
+        try:
+            transform, metric = _register(reference, moving, start)
+        except RuntimeError as error:  # ITK: e.g. too many samples map outside the moving image (a thin slab)
+            attempts.append({"start": name, "failed": str(error).strip().splitlines()[-1][:160]})
+            continue
         attempts.append({"start": name, "metric_value": round(metric, 4)})
         if best is None or metric < best[0] - ROTATED_START_MARGIN:
             best = (metric, transform, name)
         if metric < RETRY_METRIC:
             break
-    assert best is not None
+    if best is None:
+        raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "the rigid alignment to the reference brain failed from every start")
     metric, transform, name = best
     if metric < POOR_METRIC:
-        transform, refined_metric = _refine(reference, moving, transform)
-        attempts.append({"start": "brain-only refinement", "metric_value": round(refined_metric, 4)})
+        try:
+            transform, refined_metric = _refine(reference, moving, transform)
+            attempts.append({"start": "brain-only refinement", "metric_value": round(refined_metric, 4)})
+        except RuntimeError:
+            attempts.append({"start": "brain-only refinement", "failed": "kept the coarse alignment"})
     if metric >= POOR_METRIC:
         raise SeriesRejected(
             RejectReason.NOT_T1_BRAIN,
             f"no rigid alignment to the reference brain reached the quality threshold (best Mattes MI {metric:.3f}, "
             f"needs < {POOR_METRIC}): not a T1 brain volume, or too little of the head",
         )
-    return Alignment(transform=transform, metric=metric, start=name, attempts=attempts, seconds=time.perf_counter() - started)
+    covered = coverage(image, transform, reference.mask)
+    if covered < MIN_BRAIN_COVERAGE:
+        raise SeriesRejected(
+            RejectReason.NOT_T1_BRAIN,
+            f"the volume holds only {100 * covered:.0f}% of the brain after alignment (needs {100 * MIN_BRAIN_COVERAGE:.0f}%): "
+            "a partial-coverage slab, not a whole-brain T1 volume",
+        )
+    return Alignment(
+        transform=transform, metric=metric, start=name, attempts=attempts, seconds=time.perf_counter() - started, brain_coverage=covered
+    )
+
+
+def coverage(image: sitk.Image, transform: sitk.Transform, mask: sitk.Image) -> float:
+    """Fraction of the voxels of ``mask`` (a reference-space mask) that ``transform`` maps inside ``image``'s volume."""
+    inside = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(image)
+    mapped = sitk.Resample(inside, mask, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    wanted = sitk.GetArrayViewFromImage(mask) > 0
+    return float(sitk.GetArrayViewFromImage(mapped)[wanted].mean()) if wanted.any() else 0.0
 
 
 def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:

@@ -8,7 +8,8 @@ ImageOrientationPatient, PixelSpacing, SliceThickness, SpacingBetweenSlices, 12-
 RescaleSlope/Intercept, fresh UIDs from ``pydicom.uid.generate_uid``.
 
 Thick slices are simulated honestly: the volume is smoothed along the slice normal with a Gaussian whose FWHM is the
-slice thickness before it is sampled at the slice centres.
+slice thickness (less the source's own resolution along that normal) before it is sampled at the slice centres.
+Writing a volume on its own grid (its direction, spacing and thickness) is therefore an identity resampling.
 
 Transfer syntaxes: the native ones (explicit/implicit little endian, deflated) and those pydicom can encode here:
 RLE Lossless (pydicom's own encoder), JPEG-LS Lossless and JPEG 2000 Lossless when their encoder plugins are
@@ -169,16 +170,20 @@ def _resample_for_acquisition(image: sitk.Image, direction: Sequence[float], in_
     grid.SetDirection([float(v) for v in matrix.ravel()])
     grid.SetOrigin([float(v) for v in matrix @ low])
     source = sitk.Cast(image, sitk.sitkFloat32)
-    across = thickness / 2.355  # Gaussian sigma whose FWHM is the slice thickness
+    # The source already blurs over its own voxel size along the new normal; add only what the thickness lacks.
+    normal = matrix[:, 2]
+    source_axes = np.array(image.GetDirection()).reshape(3, 3)
+    source_resolution = float(np.sum(np.abs(source_axes.T @ normal) * np.array(image.GetSpacing())))
+    across = np.sqrt(max(0.0, thickness**2 - source_resolution**2)) / 2.355  # Gaussian sigma from FWHM
     finest = min(image.GetSpacing())
-    if across > finest:
+    if across > 0.5 * finest:
         # Smooth along the new slice normal: resample to the new frame at fine spacing, blur along z, then sample.
         fine = sitk.Image([int(v) for v in np.ceil((high - low) / np.array([in_plane, in_plane, finest])) + 1], sitk.sitkFloat32)
         fine.SetSpacing([in_plane, in_plane, finest])
         fine.SetDirection(grid.GetDirection())
         fine.SetOrigin(grid.GetOrigin())
         source = sitk.Resample(source, fine, sitk.Transform(), sitk.sitkLinear, 0.0)
-        source = sitk.RecursiveGaussian(source, sigma=across, direction=2)
+        source = sitk.RecursiveGaussian(source, sigma=float(across), direction=2)
     return sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
 
 

@@ -22,14 +22,16 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from fingerprint.canonical import align
+from fingerprint.canonical import align, coverage
+from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.dicom_series import read_series
-from fingerprint.slicing import DEFAULT_LEVEL_MM, normalise, sample_canonical_slice
+from fingerprint.slicing import DEFAULT_LEVEL_MM, canonical_mask_image, normalise, sample_canonical_slice
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM, SliceResult
 
 METHODS = ("anatomical", "middle")
-#: A volume must cover at least this much of the head in every direction (mm) to hold the canonical plane.
-MIN_EXTENT_MM = 60.0
+#: Fraction of the canonical plane's brain mask that must lie inside the field of view (a cut hemisphere is kept,
+#: with its coverage reported; a plane mostly outside the volume is refused).
+MIN_PLANE_COVERAGE = 0.7
 
 
 def slice_series(source: Path | str | Sequence[Dataset], method: str = "anatomical") -> SliceResult:
@@ -53,11 +55,19 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
         alignment = align(image)
         aligned = time.perf_counter()
         pixels = sample_canonical_slice(image, alignment.transform)
+        plane_covered = coverage(image, alignment.transform, canonical_mask_image())
+        if plane_covered < MIN_PLANE_COVERAGE:
+            raise SeriesRejected(
+                RejectReason.NOT_T1_BRAIN,
+                f"the field of view holds only {100 * plane_covered:.0f}% of the canonical plane's brain "
+                f"(needs {100 * MIN_PLANE_COVERAGE:.0f}%)",
+            )
         geometry["alignment"] = alignment.as_json()
         geometry["level"] = {
             "how": "fixed plane of the reference brain after rigid alignment",
             "reference_z_mm": DEFAULT_LEVEL_MM,
             "anatomy": "bodies of the lateral ventricles (MNI152 z = +18 mm)",
+            "plane_coverage": round(plane_covered, 3),
         }
         geometry["timings_s"]["align"] = round(aligned - started, 3)
         geometry["timings_s"]["slice"] = round(time.perf_counter() - aligned, 3)

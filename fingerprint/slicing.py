@@ -81,6 +81,13 @@ def _canonical_mask_cached(level_mm: float) -> np.ndarray:
     return mask
 
 
+def canonical_mask_image(level_mm: float | None = None) -> sitk.Image:
+    """The canonical plane's brain mask as a SimpleITK image on :func:`slice_grid` (uint8 0/1)."""
+    mask = sitk.GetImageFromArray(canonical_mask(level_mm)[np.newaxis].astype(np.uint8))
+    mask.CopyInformation(slice_grid(level_mm))
+    return mask
+
+
 def canonical_mask(level_mm: float | None = None) -> np.ndarray:
     """The (read-only) boolean brain mask of the canonical plane at ``level_mm``, cached per level."""
     return _canonical_mask_cached(round(DEFAULT_LEVEL_MM if level_mm is None else float(level_mm), 3))

@@ -154,3 +154,14 @@ def test_alignment_report_and_slice_volume_geometry(colin_2mm: sitk.Image) -> No
     json.dumps(geometry)
     with pytest.raises(ValueError):
         slice_volume(colin_2mm, method="random")
+
+
+def test_a_thin_slab_is_refused_not_aligned_anywhere(colin27: sitk.Image) -> None:
+    """MI only counts the overlap, so a 20 mm slab scores well anywhere; the brain-coverage check refuses it."""
+    from fingerprint.errors import RejectReason, SeriesRejected
+
+    with pytest.raises(SeriesRejected) as caught:
+        slice_volume(colin27[:, :, 80:100])
+    assert caught.value.reason is RejectReason.NOT_T1_BRAIN and "% of the brain" in caught.value.detail
+    _, geometry = slice_volume(sitk.BinShrink(colin27, [2, 2, 2]))
+    assert geometry["alignment"]["brain_coverage"] > 0.95 and geometry["level"]["plane_coverage"] > 0.95
