@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 0.1
 #: Words in ImageType / SeriesDescription / ProtocolName that mark a scout.
 LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "SURVEY", "AAHEAD_SCOUT", "3-PLANE", "3PLANE", "TRI-PILOT")
+#: A series this small whose images lie in several planes is a multi-plane scout, whatever its description says.
+LOCALIZER_MAX_IMAGES = 30
 #: ImageType values that mean the pixels are not an anatomical T1 volume.
 NOT_ANATOMICAL_TYPES = ("MOSAIC", "DIFFUSION", "ADC", "TRACE", "FA", "PERFUSION", "FMRI", "PHASE", "B0")
 GZIP_MAGIC = b"\x1f\x8b"
@@ -87,7 +90,9 @@ def read_dicom_file(path: Path, stop_before_pixels: bool = False) -> Dataset | N
                 return pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels)
             except InvalidDicomError:
                 raw.seek(0)
-                ds = pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels, force=True)
+                with warnings.catch_warnings():  # forced parsing of non-DICOM bytes warns about VRs; the check follows
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels, force=True)
                 if "SOPClassUID" in ds or "SeriesInstanceUID" in ds:
                     return ds
                 return None
@@ -151,10 +156,14 @@ def read_series(source: Path | str | Sequence[Dataset]) -> LoadedSeries:
         raise SeriesRejected(RejectReason.MULTIPLE_SERIES, f"the input holds {len(series_uids)} image series; one was expected")
     first = images[0]
     _check_kind(images)
-    frames = [frame for ds in images for frame in _frames_of(ds)]
-    frames = _one_volume(frames)
-    array = _decode(frames)
-    image = _to_image(frames, array)
+    try:
+        frames = _one_volume([frame for ds in images for frame in _frames_of(ds)])
+        image = _to_image(frames, _decode(frames))
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # Malformed headers (missing Rows, frame counts that disagree with the pixel data, ...): refuse, don't crash.
+        raise SeriesRejected(
+            RejectReason.INCONSISTENT_GEOMETRY, f"malformed image attributes ({type(exc).__name__})"
+        ) from None
     identifiers = identifiers_of(images)
     info = {
         "instances": len(images),
@@ -295,7 +304,9 @@ def _one_volume(frames: list[_Frame]) -> list[_Frame]:
     ref = frames[0]
     for frame in frames:
         if np.abs(frame.orientation - ref.orientation).max() > ORIENTATION_TOLERANCE:
-            raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices in different orientations (e.g. a 3-plane scout)")
+            if len(frames) <= LOCALIZER_MAX_IMAGES:
+                raise SeriesRejected(RejectReason.LOCALIZER, f"{len(frames)} images in several orientations: a multi-plane scout")
+            raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices in different orientations")
         if np.abs(np.subtract(frame.pixel_spacing, ref.pixel_spacing)).max() > 1e-3:
             raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices with different pixel spacings")
         if (frame.dataset.Rows, frame.dataset.Columns) != (ref.dataset.Rows, ref.dataset.Columns):
@@ -342,6 +353,8 @@ def _decode(frames: list[_Frame]) -> np.ndarray:
         if plane.ndim != 2:
             raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "colour or multi-sample pixels, not a greyscale MR image")
         out[k] = plane.astype(np.float32) * frame.slope + frame.intercept
+    if str(frames[0].dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = -out  # MONOCHROME1 displays low values bright; the pipeline expects T1 brightness (WM bright)
     return out
 
 

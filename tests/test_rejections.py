@@ -161,3 +161,26 @@ def test_hard_data_is_rejected_for_the_right_reasons(shared_data: Path) -> None:
         with pytest.raises(SeriesRejected) as caught:
             read_series(hard / relative)
         assert caught.value.reason is reason, relative
+
+
+def test_a_three_plane_scout_without_telling_words_is_a_localizer(small_head: sitk.Image, tmp_path: Path) -> None:
+    """GE/Philips scouts are often just a few images in three planes; their geometry gives them away."""
+    for plane in ("axial", "sagittal", "coronal"):
+        paths = _write(small_head, tmp_path / plane, orientation=plane, series_description="3pl T1")
+        keep = paths[len(paths) // 2 - 1 : len(paths) // 2 + 2]
+        for path in paths:
+            if path not in keep:
+                path.unlink()
+    series_uid = pydicom.uid.generate_uid()
+    _rewrite(sorted(tmp_path.rglob("*.dcm")), lambda ds: setattr(ds, "SeriesInstanceUID", series_uid))
+    with pytest.raises(SeriesRejected) as caught:
+        read_series(tmp_path)
+    assert caught.value.reason is RejectReason.LOCALIZER
+
+
+def test_malformed_headers_are_refused_not_raised(small_head: sitk.Image, tmp_path: Path) -> None:
+    paths = _write(small_head, tmp_path)
+    _rewrite(paths[:1], lambda ds: delattr(ds, "PixelSpacing"))
+    with pytest.raises(SeriesRejected) as caught:
+        read_series(tmp_path)
+    assert caught.value.reason is RejectReason.INCONSISTENT_GEOMETRY
