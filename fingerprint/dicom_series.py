@@ -97,7 +97,7 @@ def read_dicom_file(path: Path, stop_before_pixels: bool = False) -> Dataset | N
                     return ds
                 return None
     except Exception:  # noqa: BLE001 - anything unreadable is simply "not DICOM" here
-        log.debug("skipping unreadable file %s", path.name)
+        log.debug("skipping a file that is not readable as DICOM")  # no name: PACS exports may name files by patient
         return None
 
 
