@@ -95,7 +95,8 @@ def generate(
             "training_heads": list(heads.TRAINING_HEADS),
             "held_out_heads": list(heads.HELD_OUT_HEADS),
             "head_cache_version": heads.HEAD_CACHE_VERSION,
-            "residual_model": {"name": residual, **dataclasses.asdict(visit_plans.RESIDUAL_MODELS[residual])},
+            # The residual alignment error is only simulated on the fast path; volumes go through the real pipeline.
+            "residual_model": {"name": residual, **dataclasses.asdict(visit_plans.RESIDUAL_MODELS[residual])} if fmt == "slices" else None,
             "workers": workers,
             "seconds": round(seconds, 1),
         },
