@@ -171,7 +171,7 @@ def write_reports(results: dict) -> None:
     lines = [
         "# Index benchmark (`bench/bench_index.py`)",
         "",
-        f"Command: `{results['command']}`  ",
+        f"Command: {results['command'] if '`' in results['command'] else '`' + results['command'] + '`'}  ",
         f"Machine: {results['machine']}; FAISS {results['faiss_version']}, {results['faiss_threads']} thread(s); "
         f"{results['queries']} single queries, k={results['k']}, medians. Data: clustered unit fingerprints "
         f"({VISITS} visits per person, same-person cosine ~{results['same_person_cosine']:.2f}).",
@@ -189,6 +189,7 @@ def write_reports(results: dict) -> None:
             f"| {r['n']:,} | {r['factory']} | {r['search_params'] or '-'} | {r['build_s']} | {r['memory_mb']} | "
             f"{r['median_query_ms']} | {speedup:.1f} | {r['recall_at_10']} | {r['top1_agreement']} |"
         )
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
     if results.get("archive"):
         lines += [
             "",
@@ -240,7 +241,9 @@ def main() -> None:
         kept = json.loads(previous.read_text())
         kept_rows = [r for r in kept.get("rows", []) if r["n"] not in args.sizes]
         if kept_rows:
-            results["command"] = f"{kept['command']}; then {results['command']}"
+            sizes_run = f"; then `{results['command']}`" if args.sizes else ""
+            results["command"] = f"{kept['command']}{sizes_run}"
+            results["notes"] = kept.get("notes", [])
         if kept.get("archive") and not args.archive:
             results["archive"], results["archive_command"] = kept["archive"], kept.get("archive_command", "")
         results["skipped"] = [s for s in kept.get("skipped", []) if not any(f"n={n:,}" in s for n in args.sizes)]
