@@ -53,6 +53,10 @@ class Archive:
     def __init__(self, settings: Settings, model: Any = None, thresholds: Thresholds | None = None) -> None:
         self.settings = settings
         self.store = Store(settings.resolved_store_url)
+        if settings.faiss_threads > 0:  # process-wide: OpenMP start-up costs more than one query on a busy host
+            import faiss
+
+            faiss.omp_set_num_threads(settings.faiss_threads)
         self._hash_key = load_or_create_key(settings)
         self._model = model
         self._explicit_thresholds = thresholds

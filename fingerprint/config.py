@@ -37,6 +37,7 @@ class Settings:
     top_k: int = 5
     faiss_search_params: str = ""  # approximate indexes: e.g. "efSearch=64" (HNSW), "nprobe=16" (IVF); "" = defaults
     calibration_far: float = 0.001  # false-alarm rate `calibrate` picks thresholds for (0.1%)
+    faiss_threads: int = 1  # FAISS OpenMP threads; one query at a time: 2 threads made decide 7x slower here
 
     # --- DICOM node ----------------------------------------------------------------------------------------------
     ae_title: str = "DEEPBRAINPRINT"
