@@ -97,3 +97,37 @@ def test_benchmark_driver_writes_tables_and_compares_to_raw_pixels(tmp_path) -> 
     assert len(saved["rows"]) == 4
     assert "| raw pixels |" in (tmp_path / "out" / "results.md").read_text()
     assert (tmp_path / "out" / "similarity_histograms.png").stat().st_size > 1000
+
+
+def test_volume_cohort_is_sliced_once_and_extended(tmp_path) -> None:
+    """Benchmark volumes go through the real slice pipeline; the cache grows with --subjects and is reused."""
+    import csv
+
+    import SimpleITK as sitk
+
+    from fingerprint.training.data import load_volume_cohort
+
+    head = sitk.ReadImage("/usr/share/mricron/templates/ch2.nii.gz")
+    head = sitk.Shrink(head, [2, 2, 2])  # 2 mm: fast, still a head the pipeline aligns
+    (tmp_path / "volumes").mkdir()
+    rows = []
+    for subject, visit in [("a", 0), ("a", 1), ("b", 0)]:
+        path = f"volumes/{subject}{visit}.nii.gz"
+        sitk.WriteImage(head, str(tmp_path / path))
+        rows.append({"scan_id": f"{subject}{visit}", "subject_id": subject, "path": path})
+    (tmp_path / "volumes" / "c0.nii.gz").write_bytes(b"not a volume")
+    rows.append({"scan_id": "c0", "subject_id": "c", "path": "volumes/c0.nii.gz"})
+    with open(tmp_path / "cohort.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["scan_id", "subject_id", "path"])
+        writer.writeheader()
+        writer.writerows(rows)
+    cache = tmp_path / "cache"
+    first = load_volume_cohort(tmp_path, "middle", cache, subjects=1)
+    assert list(first.scan_ids) == ["a0", "a1"] and first.slices.shape == (2, 128, 128)
+    cached = np.load(cache / "slices-middle.npz")
+    assert sorted(cached["scan_id"].tolist()) == ["a0", "a1"]
+    both = load_volume_cohort(tmp_path, "middle", cache)
+    assert list(both.scan_ids) == ["a0", "a1", "b0"]
+    assert both.rejected["c0"]["rejected"] == "unreadable_volume"  # reported, and the others still sliced
+    np.testing.assert_array_equal(both.slices[:2], first.slices)
+    assert sorted(np.load(cache / "slices-middle.npz")["scan_id"].tolist()) == ["a0", "a1", "b0"]

@@ -151,6 +151,8 @@ def load_volume_cohort(
             scan_ids.append(row["scan_id"])
         except SeriesRejected as exc:
             rejected[row["scan_id"]] = exc.as_json()
+        except (RuntimeError, OSError) as exc:  # a volume file SimpleITK cannot read: reported, not fatal
+            rejected[row["scan_id"]] = {"rejected": "unreadable_volume", "detail": str(exc).strip()[:300]}
         if count % 20 == 0:
             _write_volume_cache(cache, slices, scan_ids, rejected)
     if todo:
