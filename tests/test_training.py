@@ -127,3 +127,22 @@ def test_thread_tuner_probes_the_other_count_and_keeps_the_faster() -> None:
         tuner.record(threads, seconds[threads])
     assert tuner.current == 1
     torch.set_num_threads(1)
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_given_weights(tmp_path: Path) -> None:
+    from fingerprint.model import save_encoder, seeded_encoder
+
+    start = seeded_encoder(seed=5)
+    save_encoder(start, tmp_path / "start", {"model_version": "start-5"})
+    cohort = _tiny_cohort(tmp_path / "cohort")
+    summary = train(TrainConfig(cohort_dir=cohort, run_dir=tmp_path / "run", max_steps=1, batch_size=8, per_subject=2,
+                                progress_bar=False, threads=1, init_weights=tmp_path / "start",
+                                weights_lr=0.0, biases_lr=0.0))
+    assert "fine-tuned from" in summary["metadata"]["training"]["pretrained_weights"]
+    tuned = api.load_model(tmp_path / "run" / "model").encoder.state_dict()
+    other = seeded_encoder(seed=6).state_dict()
+    for name, value in start.state_dict().items():
+        if name.endswith("weight"):  # lr 0: weights are the starting ones (up to float16 storage), not another init
+            assert torch.allclose(tuned[name], value, atol=2e-3), name
+    assert not torch.allclose(other["conv1.weight"], tuned["conv1.weight"], atol=2e-3)

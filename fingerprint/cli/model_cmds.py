@@ -88,6 +88,7 @@ def train_cmd(
     patience: int = typer.Option(10, help="Validations without mAP@3 gain before early stopping."),
     slice_method: str = typer.Option("anatomical", help="Slice method when the cohort holds volumes."),
     model_version: Optional[str] = typer.Option(None, help="Version string written into model.json."),
+    init: Optional[Path] = typer.Option(None, help="Start the encoder from this weights folder (fine-tuning)."),
 ) -> None:
     """Train the encoder (Barlow Twins + supervised NT-Xent, LARS), with checkpoints, a curve plot and a log."""
     from datetime import datetime, timezone
@@ -108,7 +109,7 @@ def train_cmd(
         cohort_dir=cohort_dir, run_dir=run_dir, max_minutes=max_minutes, epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, per_subject=per_subject, beta_schedule=beta_schedule, branch=branch, device=device,
         precision=precision, threads=threads, seed=seed, validate_every=validate_every, patience=patience,
-        slice_method=slice_method, model_version=model_version,
+        slice_method=slice_method, model_version=model_version, init_weights=init,
     )
     summary = train(config)
     training = summary["metadata"]["training"]

@@ -67,6 +67,7 @@ class TrainConfig:
     checkpoint_every_s: float = 120.0
     slice_method: str = "anatomical"  # used when the cohort holds volumes
     model_version: str | None = None
+    init_weights: Path | None = None  # start the encoder from these weights (fine-tuning) instead of random
     progress_bar: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -187,7 +188,8 @@ def _model_metadata(config: TrainConfig, state: dict[str, Any], data_info: dict[
             "stopped_because": state.get("stopped_because"),
             "device": state.get("device"),
             "precision": state.get("precision"),
-            "pretrained_weights": "none (trained from scratch: no ImageNet weights can be downloaded here)",
+            "pretrained_weights": "none (trained from scratch: no ImageNet weights can be downloaded here)"
+            if config.init_weights is None else f"fine-tuned from {config.init_weights}",
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -230,7 +232,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     budget_s = config.max_minutes * 60.0 if config.max_minutes else None
     validate_every = config.validate_every or steps_per_epoch
 
-    model = TrainingNet().to(device)
+    model = TrainingNet()
+    if config.init_weights is not None:
+        from fingerprint.model import load_encoder
+
+        model.encoder.load_state_dict(load_encoder(config.init_weights)[0].state_dict())
+    model = model.to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     optimizer = lars_for(model, config.weights_lr, config.biases_lr, config.weight_decay)
