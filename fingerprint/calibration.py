@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fingerprint.config import Settings
+from fingerprint.errors import SeriesRejected
 
 THRESHOLDS_FILE = "thresholds.json"
 SHIPPED_THRESHOLDS = Path(__file__).resolve().parent / "weights" / THRESHOLDS_FILE
@@ -154,16 +155,74 @@ def read_cohort(cohort_dir: Path, split: str | None = "calibration") -> list[dic
     return rows
 
 
-def cohort_slices(cohort_dir: Path, rows: list[dict[str, str]]) -> np.ndarray:
-    """The canonical slices of the rows: from ``slices.npz`` when present, else through the real slice pipeline."""
+def cohort_slices(cohort_dir: Path, rows: list[dict[str, str]]) -> tuple[np.ndarray, list[dict[str, str]], dict[str, str]]:
+    """The canonical slices of the rows: from ``slices.npz`` when present, else through the real slice pipeline.
+
+    Returns ``(slices, kept_rows, rejected)``: a volume the pipeline refuses is left out with its reason code
+    (``rejected`` maps scan_id -> code) instead of stopping the calibration, as one bad series never stops the
+    others. Slices made through the pipeline are cached beside the cohort (``calibration_slices.npz``) so an
+    interrupted calibration does not slice again.
+    """
     cohort_dir = Path(cohort_dir)
     npz = cohort_dir / "slices.npz"
     if npz.exists():
         with np.load(npz) as data:
             position = {str(s): i for i, s in enumerate(data["scan_id"])}
             slices = data["slices"]
-            return slices[[position[r["scan_id"]] for r in rows]].astype(np.float32)
-    return np.stack([_slice_from_path(cohort_dir / r["path"]) for r in rows])
+            return slices[[position[r["scan_id"]] for r in rows]].astype(np.float32), rows, {}
+    cache = _SliceCache(cohort_dir / "calibration_slices.npz")
+    kept: list[dict[str, str]] = []
+    pixels: list[np.ndarray] = []
+    rejected: dict[str, str] = {}
+    from tqdm import tqdm
+
+    for row in tqdm(rows, desc="slicing calibration scans", unit="scan", disable=None):
+        cached = cache.get(row["scan_id"])
+        if cached is None:
+            try:
+                cached = _slice_from_path(cohort_dir / row["path"])
+            except SeriesRejected as rejection:
+                rejected[row["scan_id"]] = rejection.reason.value
+                continue
+            cache.put(row["scan_id"], cached)
+        kept.append(row)
+        pixels.append(cached)
+    cache.save()
+    if not pixels:
+        raise ValueError(f"every scan of {cohort_dir} was rejected by the slice pipeline")
+    return np.stack(pixels).astype(np.float32), kept, rejected
+
+
+class _SliceCache:
+    """Canonical slices by scan_id in one ``.npz`` (float16), written atomically every few additions."""
+
+    def __init__(self, path: Path, save_every: int = 20) -> None:
+        self.path = path
+        self.save_every = save_every
+        self.slices: dict[str, np.ndarray] = {}
+        self.unsaved = 0
+        if path.exists():
+            with np.load(path) as data:
+                self.slices = {str(k): v for k, v in zip(data["scan_id"], data["slices"])}
+
+    def get(self, scan_id: str) -> np.ndarray | None:
+        found = self.slices.get(scan_id)
+        return None if found is None else found.astype(np.float32)
+
+    def put(self, scan_id: str, pixels: np.ndarray) -> None:
+        self.slices[scan_id] = pixels.astype(np.float16)
+        self.unsaved += 1
+        if self.unsaved >= self.save_every:
+            self.save()
+
+    def save(self) -> None:
+        if not self.unsaved:
+            return
+        temporary = self.path.with_name(self.path.name + ".tmp.npz")
+        ids = sorted(self.slices)
+        np.savez(temporary, scan_id=np.array(ids), slices=np.stack([self.slices[i] for i in ids]))
+        temporary.replace(self.path)
+        self.unsaved = 0
 
 
 def _slice_from_path(path: Path) -> np.ndarray:
@@ -186,7 +245,13 @@ def calibrate_cohort(
 ) -> Thresholds:
     """Embed a labelled cohort and derive the thresholds for ``far``."""
     rows = read_cohort(cohort_dir, split)
-    vectors = embed(cohort_slices(cohort_dir, rows))
+    slices, rows, rejected = cohort_slices(cohort_dir, rows)
+    vectors = embed(slices)
     same, different = pair_similarities(vectors, [r["subject_id"] for r in rows])
-    details = {"cohort": str(cohort_dir), "scans": len(rows), "subjects": len({r["subject_id"] for r in rows})}
+    details = {
+        "cohort": str(cohort_dir),
+        "scans": len(rows),
+        "subjects": len({r["subject_id"] for r in rows}),
+        "rejected_scans": rejected,
+    }
     return thresholds_from_similarities(same, different, far, model_version, details)
