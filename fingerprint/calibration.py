@@ -15,7 +15,6 @@ any for the model in use, clearly-labelled fallback values are used and every ve
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from fingerprint.config import Settings
-from fingerprint.errors import SeriesRejected
 
 THRESHOLDS_FILE = "thresholds.json"
 SHIPPED_THRESHOLDS = Path(__file__).resolve().parent / "weights" / THRESHOLDS_FILE
@@ -143,99 +141,7 @@ def load_thresholds(settings: Settings, model_version: str) -> Thresholds:
     return fallback_thresholds(model_version)
 
 
-# --- calibration sets ----------------------------------------------------------------------------------------------
-def read_cohort(cohort_dir: Path, split: str | None = "calibration") -> list[dict[str, str]]:
-    """Rows of ``cohort.csv``; only the given split when the file has a ``split`` column and that split exists."""
-    with open(Path(cohort_dir) / "cohort.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or "subject_id" not in rows[0]:
-        raise ValueError(f"{cohort_dir}/cohort.csv has no subject_id column")
-    if split and "split" in rows[0] and any(r["split"] == split for r in rows):
-        rows = [r for r in rows if r["split"] == split]
-    return rows
-
-
-def cohort_slices(cohort_dir: Path, rows: list[dict[str, str]]) -> tuple[np.ndarray, list[dict[str, str]], dict[str, str]]:
-    """The canonical slices of the rows: from ``slices.npz`` when present, else through the real slice pipeline.
-
-    Returns ``(slices, kept_rows, rejected)``: a volume the pipeline refuses is left out with its reason code
-    (``rejected`` maps scan_id -> code) instead of stopping the calibration, as one bad series never stops the
-    others. Slices made through the pipeline are cached beside the cohort (``calibration_slices.npz``) so an
-    interrupted calibration does not slice again.
-    """
-    cohort_dir = Path(cohort_dir)
-    npz = cohort_dir / "slices.npz"
-    if npz.exists():
-        with np.load(npz) as data:
-            position = {str(s): i for i, s in enumerate(data["scan_id"])}
-            slices = data["slices"]
-            return slices[[position[r["scan_id"]] for r in rows]].astype(np.float32), rows, {}
-    cache = _SliceCache(cohort_dir / "calibration_slices.npz")
-    kept: list[dict[str, str]] = []
-    pixels: list[np.ndarray] = []
-    rejected: dict[str, str] = {}
-    from tqdm import tqdm
-
-    for row in tqdm(rows, desc="slicing calibration scans", unit="scan", disable=None):
-        cached = cache.get(row["scan_id"])
-        if cached is None:
-            try:
-                cached = _slice_from_path(cohort_dir / row["path"])
-            except SeriesRejected as rejection:
-                rejected[row["scan_id"]] = rejection.reason.value
-                continue
-            cache.put(row["scan_id"], cached)
-        kept.append(row)
-        pixels.append(cached)
-    cache.save()
-    if not pixels:
-        raise ValueError(f"every scan of {cohort_dir} was rejected by the slice pipeline")
-    return np.stack(pixels).astype(np.float32), kept, rejected
-
-
-class _SliceCache:
-    """Canonical slices by scan_id in one ``.npz`` (float16), written atomically every few additions."""
-
-    def __init__(self, path: Path, save_every: int = 20) -> None:
-        self.path = path
-        self.save_every = save_every
-        self.slices: dict[str, np.ndarray] = {}
-        self.unsaved = 0
-        if path.exists():
-            with np.load(path) as data:
-                self.slices = {str(k): v for k, v in zip(data["scan_id"], data["slices"])}
-
-    def get(self, scan_id: str) -> np.ndarray | None:
-        found = self.slices.get(scan_id)
-        return None if found is None else found.astype(np.float32)
-
-    def put(self, scan_id: str, pixels: np.ndarray) -> None:
-        self.slices[scan_id] = pixels.astype(np.float16)
-        self.unsaved += 1
-        if self.unsaved >= self.save_every:
-            self.save()
-
-    def save(self) -> None:
-        if not self.unsaved:
-            return
-        temporary = self.path.with_name(self.path.name + ".tmp.npz")
-        ids = sorted(self.slices)
-        np.savez(temporary, scan_id=np.array(ids), slices=np.stack([self.slices[i] for i in ids]))
-        temporary.replace(self.path)
-        self.unsaved = 0
-
-
-def _slice_from_path(path: Path) -> np.ndarray:
-    from fingerprint import pipeline
-
-    if path.is_dir():  # a DICOM series folder
-        return pipeline.slice_series(path).pixels
-    import SimpleITK as sitk
-
-    pixels, _ = pipeline.slice_volume(sitk.ReadImage(str(path)))
-    return pixels
-
-
+# --- calibration -------------------------------------------------------------------------------------------------
 def calibrate_cohort(
     cohort_dir: Path,
     embed: Callable[[np.ndarray], np.ndarray],
@@ -243,15 +149,23 @@ def calibrate_cohort(
     far: float = 0.001,
     split: str | None = "calibration",
 ) -> Thresholds:
-    """Embed a labelled cohort and derive the thresholds for ``far``."""
-    rows = read_cohort(cohort_dir, split)
-    slices, rows, rejected = cohort_slices(cohort_dir, rows)
-    vectors = embed(slices)
-    same, different = pair_similarities(vectors, [r["subject_id"] for r in rows])
+    """Embed a labelled cohort and derive the thresholds for ``far``.
+
+    The cohort is read as training and evaluation read it (:func:`fingerprint.training.data.load_cohort`): a slice
+    cache, or volumes sliced once through the real pipeline and cached beside them; a scan the pipeline refuses is
+    left out with its reason (one bad scan never stops the others). Only ``split``'s rows are used when the cohort
+    has that split.
+    """
+    from fingerprint.training.data import load_cohort
+
+    data = load_cohort(Path(cohort_dir))
+    if split and (data.splits == split).any():
+        data = data.subset(data.splits == split)
+    same, different = pair_similarities(embed(data.slices.astype(np.float32)), data.subjects.tolist())
     details = {
         "cohort": str(cohort_dir),
-        "scans": len(rows),
-        "subjects": len({r["subject_id"] for r in rows}),
-        "rejected_scans": rejected,
+        "scans": len(data),
+        "subjects": len(set(data.subjects.tolist())),
+        "rejected_scans": {scan: entry["rejected"] for scan, entry in data.rejected.items()},
     }
     return thresholds_from_similarities(same, different, far, model_version, details)

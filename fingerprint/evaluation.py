@@ -160,9 +160,7 @@ def _benchmark_slices(cohort_dir: Path, method: str, cache_dir: Path, split: str
     else:
         return None
     if split is not None:
-        rejected = data.rejected
         data = data.subset(data.splits == split)
-        data.rejected = rejected
     return data
 
 

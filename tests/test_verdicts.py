@@ -161,29 +161,33 @@ def test_calibrate_cohort_of_volumes_leaves_out_a_rejected_scan_and_caches_slice
     """Volumes go through the real slice pipeline; one the pipeline refuses is left out with its reason, not fatal."""
     import SimpleITK as sitk
 
-    from fingerprint.calibration import cohort_slices, read_cohort
-
+    if "mni" not in small_heads:
+        pytest.skip("a second head (MNI152 via nilearn) is needed for different-person pairs")
     (tmp_path / "volumes").mkdir()
-    colin = small_heads["colin"]
     rows = []
-    for visit, shift in enumerate((0.0, 12.0)):  # one subject, two positions in the scanner
-        moved = sitk.Image(colin)
-        moved.SetOrigin(tuple(o + shift for o in colin.GetOrigin()))
-        sitk.WriteImage(moved, str(tmp_path / "volumes" / f"c{visit}.nii.gz"))
-        rows.append(f"c{visit},colin,{visit},2020-01-0{visit + 1},colin,calibration,volumes/c{visit}.nii.gz")
+    for head in ("colin", "mni"):
+        for visit, shift in enumerate((0.0, 12.0)):  # each head at two positions in the scanner
+            moved = sitk.Image(small_heads[head])
+            moved.SetOrigin(tuple(o + shift for o in moved.GetOrigin()))
+            name = f"{head}{visit}"
+            sitk.WriteImage(moved, str(tmp_path / "volumes" / f"{name}.nii.gz"))
+            rows.append(f"{name},{head},{visit},2020-01-0{visit + 1},{head},calibration,volumes/{name}.nii.gz")
     noise = sitk.GetImageFromArray(np.random.default_rng(0).random((40, 40, 40)).astype(np.float32))
     sitk.WriteImage(noise, str(tmp_path / "volumes" / "noise.nii.gz"))
     rows.append("noise,phantom,0,2020-01-01,none,calibration,volumes/noise.nii.gz")
     (tmp_path / "cohort.csv").write_text("scan_id,subject_id,visit,date,base_head,split,path\n" + "\n".join(rows) + "\n")
 
-    slices, kept, rejected = cohort_slices(tmp_path, read_cohort(tmp_path))
-    assert [r["scan_id"] for r in kept] == ["c0", "c1"] and slices.shape == (2, 128, 128)
-    assert set(rejected) == {"noise"} and rejected["noise"] == "not_t1_brain"
-    with np.load(tmp_path / "calibration_slices.npz") as cache:
-        assert sorted(cache["scan_id"].tolist()) == ["c0", "c1"]
-    # The cache answers the second time: same slices without the pipeline (the volumes are gone).
-    for name in ("c0", "c1"):
+    def embed(pixels: np.ndarray) -> np.ndarray:
+        flat = pixels.reshape(len(pixels), -1) - 0.5
+        return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+
+    t = calibrate_cohort(tmp_path, embed, "stand-in", far=0.001)
+    assert t.details["scans"] == 4 and t.details["subjects"] == 2
+    assert t.details["rejected_scans"] == {"noise": "not_t1_brain"}
+    with np.load(tmp_path / "slices-anatomical.npz") as cache:
+        assert sorted(cache["scan_id"].tolist()) == ["colin0", "colin1", "mni0", "mni1"]
+    # The cache answers the second time: same thresholds without the pipeline (the volumes are gone).
+    for name in ("colin0", "colin1", "mni0", "mni1"):
         (tmp_path / "volumes" / f"{name}.nii.gz").unlink()
-    again, kept_again, _ = cohort_slices(tmp_path, read_cohort(tmp_path))
-    assert [r["scan_id"] for r in kept_again] == ["c0", "c1"]
-    np.testing.assert_allclose(again, slices, atol=1e-3)
+    again = calibrate_cohort(tmp_path, embed, "stand-in", far=0.001)
+    assert (again.match, again.mismatch) == pytest.approx((t.match, t.mismatch), abs=1e-3)

@@ -46,7 +46,8 @@ class SliceSet:
         return np.unique(self.subjects, return_inverse=True)[1]
 
     def subset(self, mask: np.ndarray) -> "SliceSet":
-        return SliceSet(self.slices[mask], self.scan_ids[mask], self.subjects[mask], self.splits[mask])
+        """The scans selected by ``mask``; the cohort's rejections (scans with no slice) are carried along."""
+        return SliceSet(self.slices[mask], self.scan_ids[mask], self.subjects[mask], self.splits[mask], dict(self.rejected))
 
 
 def read_cohort_csv(cohort_dir: Path) -> list[dict[str, str]]:
