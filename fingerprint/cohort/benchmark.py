@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from fingerprint.cohort.appearance import apply_appearance
 from fingerprint.cohort.deform import BRAIN_CENTRE, SubjectAnatomy
+from fingerprint.cohort.parallel import map_subjects
 from fingerprint.cohort.records import scan_row, write_cohort_csv
 from fingerprint.cohort.training_set import SHARP_LIMIT_MM, head_variant
 from fingerprint.cohort.visits import SubjectPlan, VisitPlan, plan_visits, pose_transform, scanner_direction
@@ -87,7 +88,7 @@ def write_volume_cohort(
     """Write ``volumes/<scan_id>.nii.gz`` and ``cohort.csv`` (with ``path``) into ``out``; returns the scan count."""
     (out / "volumes").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
-    for subject, scans in _volumes(subjects, visits, workers, out, progress):
+    for subject, scans in map_subjects(subject_volumes, subjects, (visits, out), workers, progress):
         rows.extend(scan_row(subject, visit, path) for visit, path in scans)
     write_cohort_csv(out, rows)
     if dicom_scans:
@@ -104,27 +105,6 @@ def subject_volumes(subject: SubjectPlan, visits: int, out: Path) -> list[tuple[
         sitk.WriteImage(scan_volume(anatomy, visit), str(out / relative), useCompression=True)
         written.append((visit, relative))
     return written
-
-
-def _volumes(subjects: list[SubjectPlan], visits: int, workers: int, out: Path, progress: Callable[[int], None] | None):
-    if workers <= 1:
-        for subject in subjects:
-            yield subject, subject_volumes(subject, visits, out)
-            if progress:
-                progress(1)
-        return
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(workers) as pool:
-        results = pool.imap(_subject_volumes_star, [(s, visits, out) for s in subjects])
-        for subject, result in zip(subjects, results):
-            yield subject, result
-            if progress:
-                progress(1)
-
-
-def _subject_volumes_star(args: tuple[SubjectPlan, int, Path]) -> list[tuple[VisitPlan, str]]:
-    return subject_volumes(*args)
 
 
 def write_dicom_copies(out: Path, rows: list[dict[str, str]]) -> None:

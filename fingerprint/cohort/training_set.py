@@ -32,6 +32,7 @@ import SimpleITK as sitk
 from fingerprint.cohort.appearance import apply_appearance
 from fingerprint.cohort.deform import SubjectAnatomy
 from fingerprint.cohort.heads import load_head
+from fingerprint.cohort.parallel import map_subjects
 from fingerprint.cohort.records import scan_row, write_cohort_csv
 from fingerprint.cohort.visits import (
     MEASURED_RESIDUAL,
@@ -123,24 +124,7 @@ def generate_slices(
     residual: ResidualModel = MEASURED_RESIDUAL,
 ) -> Iterator[tuple[SubjectPlan, list[tuple[VisitPlan, np.ndarray]]]]:
     """Yield each subject with its slices, in subject order, on ``workers`` processes (1: in this process)."""
-    if workers <= 1:
-        for subject in subjects:
-            yield subject, subject_slices(subject, visits, residual)
-            if progress:
-                progress(1)
-        return
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(workers) as pool:
-        results = pool.imap(_subject_slices_star, [(s, visits, residual) for s in subjects], chunksize=4)
-        for subject, result in zip(subjects, results):
-            yield subject, result
-            if progress:
-                progress(1)
-
-
-def _subject_slices_star(args: tuple[SubjectPlan, int, ResidualModel]) -> list[tuple[VisitPlan, np.ndarray]]:
-    return subject_slices(*args)
+    return map_subjects(subject_slices, subjects, (visits, residual), workers, progress, chunksize=4)
 
 
 def write_slice_cohort(
