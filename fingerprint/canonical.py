@@ -244,39 +244,45 @@ def _refine(reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransfo
     positions rose from 0.26-0.73 to 0.82-0.87 with this stage; started from a coarse pose, the brain-only metric no
     longer drifts. 10 % sampling and 40 iterations cost 0.3-0.6 s CPU and agree as well as 20 % / 100 iterations.
     """
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(REFINE_SAMPLING_FRACTION, RANDOM_SEED)
-    method.SetMetricFixedMask(reference.mask)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=0.02, numberOfIterations=40, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
-    )
-    method.SetOptimizerScales([ROTATION_SCALE] * 3 + [1.0] * 3)
-    transform = sitk.Euler3DTransform(start)
-    method.SetInitialTransform(transform, inPlace=True)
-    method.Execute(reference.image, moving)
-    return transform, float(method.GetMetricValue())
+    method = _rigid_mattes_method(reference.mask, REFINE_SAMPLING_FRACTION, learning_rate=1.0, min_step=0.02, iterations=40)
+    return _run(method, reference, moving, start)
 
 
 def _register(reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransform) -> tuple[sitk.Euler3DTransform, float]:
     """One multi-resolution Mattes-MI rigid registration from ``start``; returns the transform and final metric."""
+    method = _rigid_mattes_method(reference.metric_mask, SAMPLING_FRACTION, learning_rate=4.0, min_step=0.05, iterations=60)
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    return _run(method, reference, moving, start)
+
+
+def _rigid_mattes_method(
+    fixed_mask: sitk.Image, sampling_fraction: float, *, learning_rate: float, min_step: float, iterations: int
+) -> sitk.ImageRegistrationMethod:
+    """Mattes MI (32 bins, seeded random sampling inside ``fixed_mask``), linear interpolation, regular-step descent."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, RANDOM_SEED)
-    method.SetMetricFixedMask(reference.metric_mask)
+    method.SetMetricSamplingPercentage(sampling_fraction, RANDOM_SEED)
+    method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=4.0, minStep=0.05, numberOfIterations=60, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
+        learningRate=learning_rate,
+        minStep=min_step,
+        numberOfIterations=iterations,
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
     )
     # Fixed scales instead of SetOptimizerScalesFromPhysicalShift (which costs more than the registration itself):
     # one radian moves the brain surface by about 80 mm, hence (80 mm)^2 for the angles.
     method.SetOptimizerScales([ROTATION_SCALE] * 3 + [1.0] * 3)
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    return method
+
+
+def _run(
+    method: sitk.ImageRegistrationMethod, reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransform
+) -> tuple[sitk.Euler3DTransform, float]:
     transform = sitk.Euler3DTransform(start)
     method.SetInitialTransform(transform, inPlace=True)
     method.Execute(reference.image, moving)
