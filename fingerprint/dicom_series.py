@@ -261,17 +261,7 @@ def _frames_of(ds: Dataset) -> list[_Frame]:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         if frames > 1:
             raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "a multi-frame object without per-frame geometry")
-        return [
-            _Frame(
-                dataset=ds,
-                frame_index=None,
-                position=np.array([float(v) for v in ds.ImagePositionPatient]),
-                orientation=np.array([float(v) for v in ds.ImageOrientationPatient]),
-                pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
-                slope=float(ds.get("RescaleSlope", 1) or 1),
-                intercept=float(ds.get("RescaleIntercept", 0) or 0),
-            )
-        ]
+        return [_frame(ds, None, position=ds, orientation=ds, measures=ds, rescale=ds)]
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
         raise SeriesRejected(
             RejectReason.INCONSISTENT_GEOMETRY, f"missing or malformed position/orientation/spacing ({type(exc).__name__})"
@@ -285,15 +275,22 @@ def _enhanced_frame(ds: Dataset, index: int) -> _Frame:
     if position is None or orientation is None or measures is None:
         raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "an Enhanced frame without plane position/orientation/measures")
     transform = _group_item(ds, index, "PixelValueTransformationSequence")
-    source = transform if transform is not None else ds
+    rescale = transform if transform is not None else ds
+    return _frame(ds, index, position=position, orientation=orientation, measures=measures, rescale=rescale)
+
+
+def _frame(
+    ds: Dataset, index: int | None, *, position: Dataset, orientation: Dataset, measures: Dataset, rescale: Dataset
+) -> _Frame:
+    """A frame's geometry and rescale, read from the items that hold them (the dataset itself for classic MR)."""
     return _Frame(
         dataset=ds,
         frame_index=index,
         position=np.array([float(v) for v in position.ImagePositionPatient]),
         orientation=np.array([float(v) for v in orientation.ImageOrientationPatient]),
         pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
-        slope=float(source.get("RescaleSlope", 1) or 1),
-        intercept=float(source.get("RescaleIntercept", 0) or 0),
+        slope=float(rescale.get("RescaleSlope", 1) or 1),
+        intercept=float(rescale.get("RescaleIntercept", 0) or 0),
     )
 
 
