@@ -46,7 +46,8 @@ def generate(
     residual: Annotated[
         str,
         typer.Option(help="slices only: the pipeline alignment error to mimic. measured: per-subject offset + per-visit "
-                     "spread + 10% failures, as measured on the benchmark. first: 1.5 deg / 1.5 mm per visit only."),
+                     "spread + 5% larger errors, as measured for the current pipeline. coarse-sampling: the earlier pipeline's "
+                     "(10% failures of ~10 deg). first: 1.5 deg / 1.5 mm per visit only."),
     ] = "measured",
 ) -> None:
     """Generate a cohort: subjects (smooth deformations of real heads) and their visits (ageing, scanner, position).

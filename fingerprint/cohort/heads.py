@@ -37,7 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 
 #: Bump when the way heads are prepared changes: old caches are then ignored, not reused.
-HEAD_CACHE_VERSION = "v2"
+HEAD_CACHE_VERSION = "v3"
 COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
 #: A pipeline refinement of a base head's careful alignment that turns it more than this is rejected as a failure.
 MAX_REFINEMENT_DEG = 12.0
