@@ -148,13 +148,13 @@ def raw_pixel_vectors(slices: np.ndarray) -> np.ndarray:
     return (flat / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def _benchmark_slices(cohort_dir: Path, method: str, cache_dir: Path, split: str | None, subjects: int | None):
+def _benchmark_slices(cohort_dir: Path, method: str, cache_dir: Path, split: str | None, subjects: int | None, workers: int = 1):
     """The cohort's slices for one method (volumes sliced through the pipeline, cached), or None if unavailable."""
     from fingerprint.training.data import load_slice_cache, load_volume_cohort, read_cohort_csv
 
     rows = read_cohort_csv(cohort_dir)
     if rows and "path" in rows[0]:
-        data = load_volume_cohort(cohort_dir, method, cache_dir, subjects)
+        data = load_volume_cohort(cohort_dir, method, cache_dir, subjects, workers)
     elif method == "anatomical" and (Path(cohort_dir) / "slices.npz").exists():
         data = load_slice_cache(cohort_dir)  # fast-path slices: already canonical, no method to choose
     else:
@@ -273,8 +273,12 @@ def run_benchmark(
     cache_dir: Path | None = None,
     split: str | None = None,
     subjects: int | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Evaluate everything on one held-out cohort; writes results.json, results.md, similarity_histograms.png."""
+    """Evaluate everything on one held-out cohort; writes results.json, results.md, similarity_histograms.png.
+
+    ``workers``: processes that slice the volumes not yet in the cache.
+    """
     from fingerprint.api import load_model
 
     out_dir = Path(out_dir)
@@ -285,7 +289,7 @@ def run_benchmark(
     if main.model_version != "untrained-0":
         models.append(("untrained-0 (random init)", None))  # how much training added
     rows = []
-    anatomical = _benchmark_slices(cohort_dir, "anatomical", cache_dir, split, subjects)
+    anatomical = _benchmark_slices(cohort_dir, "anatomical", cache_dir, split, subjects, workers)
     if anatomical is None:
         raise ValueError(f"{cohort_dir} has neither volume paths nor slices.npz")
     for name, model in models:
@@ -296,7 +300,7 @@ def run_benchmark(
             model = Fingerprinter(seeded_encoder(), UNTRAINED_VERSION)
         model.num_threads = None
         rows.append(_row(name, "anatomical", model.embed(anatomical.slices.astype(np.float32)), anatomical))
-    middle = _benchmark_slices(cohort_dir, "middle", cache_dir, split, subjects)
+    middle = _benchmark_slices(cohort_dir, "middle", cache_dir, split, subjects, workers)
     if middle is not None:
         rows.insert(1, _row(main.model_version, "middle (paper)", main.embed(middle.slices.astype(np.float32)), middle))
     rows.append(_row(RAW_PIXELS, "anatomical", raw_pixel_vectors(anatomical.slices), anatomical))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +99,31 @@ def slice_volume_file(path: Path, method: str) -> np.ndarray:
     return pixels
 
 
+def _slice_job(job: tuple[str, str, str]) -> tuple[str, np.ndarray | None, dict[str, Any] | None]:
+    """(scan_id, path, method) -> (scan_id, float16 slice or None, rejection or None). Entry point for workers."""
+    from fingerprint.errors import SeriesRejected
+
+    scan_id, path, method = job
+    try:
+        return scan_id, slice_volume_file(Path(path), method).astype(np.float16), None
+    except SeriesRejected as exc:
+        return scan_id, None, exc.as_json()
+    except (RuntimeError, OSError) as exc:  # a volume file SimpleITK cannot read: reported, not fatal
+        return scan_id, None, {"rejected": "unreadable_volume", "detail": str(exc).strip()[:300]}
+
+
+@contextmanager
+def _slicing_map(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
+    """An ordered lazy map: the built-in one, or a spawn pool's ``imap`` (spawn: no forked torch or ITK state)."""
+    if workers <= 1:
+        yield map
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield lambda fn, items: pool.imap(fn, items, chunksize=1)
+
+
 def first_subjects(rows: list[dict[str, str]], subjects: int | None) -> list[dict[str, str]]:
     """The rows of the first ``subjects`` subjects in CSV order (all rows when None)."""
     if subjects is None:
@@ -126,16 +153,16 @@ def _write_volume_cache(cache: Path, slices: list[np.ndarray], scan_ids: list[st
 
 
 def load_volume_cohort(
-    cohort_dir: Path, method: str = "anatomical", cache_dir: Path | None = None, subjects: int | None = None
+    cohort_dir: Path, method: str = "anatomical", cache_dir: Path | None = None, subjects: int | None = None, workers: int = 1
 ) -> SliceSet:
     """Slice the volumes of a cohort folder once per method; rejected volumes are reported, not fatal.
 
     The cache (``slices-<method>.npz``) is written every few volumes and extended on the next call, so an
-    interrupted or partial run (``subjects``: only the first N subjects) is never sliced twice.
+    interrupted or partial run (``subjects``: only the first N subjects) is never sliced twice. ``workers`` > 1
+    slices on that many processes (each alignment is single-threaded and bit-for-bit repeatable, so the cache is the
+    same whatever the count); the cache keeps the CSV order.
     """
     from tqdm import tqdm
-
-    from fingerprint.errors import SeriesRejected
 
     cohort_dir = Path(cohort_dir)
     rows = first_subjects(read_cohort_csv(cohort_dir), subjects)
@@ -145,17 +172,17 @@ def load_volume_cohort(
     slices, scan_ids, rejected = _read_volume_cache(cache)
     done = set(scan_ids) | set(rejected)
     todo = [row for row in rows if row["scan_id"] not in done]
-    for count, row in enumerate(tqdm(todo, desc=f"slicing ({method})", unit="scan", disable=not todo), start=1):
-        path = Path(row["path"]) if Path(row["path"]).is_absolute() else cohort_dir / row["path"]
-        try:
-            slices.append(slice_volume_file(path, method).astype(np.float16))
-            scan_ids.append(row["scan_id"])
-        except SeriesRejected as exc:
-            rejected[row["scan_id"]] = exc.as_json()
-        except (RuntimeError, OSError) as exc:  # a volume file SimpleITK cannot read: reported, not fatal
-            rejected[row["scan_id"]] = {"rejected": "unreadable_volume", "detail": str(exc).strip()[:300]}
-        if count % 20 == 0:
-            _write_volume_cache(cache, slices, scan_ids, rejected)
+    jobs = [(row["scan_id"], str(Path(row["path"]) if Path(row["path"]).is_absolute() else cohort_dir / row["path"]), method) for row in todo]
+    with _slicing_map(workers if len(jobs) > 1 else 1) as mapper:
+        results = mapper(_slice_job, jobs)
+        for count, (scan_id, pixels, rejection) in enumerate(tqdm(results, total=len(jobs), desc=f"slicing ({method})", unit="scan", disable=not jobs), start=1):
+            if pixels is not None:
+                slices.append(pixels)
+                scan_ids.append(scan_id)
+            else:
+                rejected[scan_id] = rejection
+            if count % 20 == 0:
+                _write_volume_cache(cache, slices, scan_ids, rejected)
     if todo:
         stack = _write_volume_cache(cache, slices, scan_ids, rejected)
     else:
