@@ -146,3 +146,16 @@ def test_fine_tuning_starts_from_given_weights(tmp_path: Path) -> None:
         if name.endswith("weight"):  # lr 0: weights are the starting ones (up to float16 storage), not another init
             assert torch.allclose(tuned[name], value, atol=2e-3), name
     assert not torch.allclose(other["conv1.weight"], tuned["conv1.weight"], atol=2e-3)
+
+
+@pytest.mark.slow
+def test_a_resumed_fine_tune_still_says_where_it_started(tmp_path: Path) -> None:
+    """model.json must not claim 'trained from scratch' after ``--resume`` without ``--init`` (the model card quotes it)."""
+    from fingerprint.model import save_encoder, seeded_encoder
+
+    save_encoder(seeded_encoder(seed=5), tmp_path / "start", {"model_version": "start-5"})
+    cohort = _tiny_cohort(tmp_path / "cohort")
+    common = dict(cohort_dir=cohort, run_dir=tmp_path / "run", batch_size=8, per_subject=2, progress_bar=False, threads=1)
+    train(TrainConfig(**common, max_steps=1, init_weights=tmp_path / "start"))
+    resumed = train(TrainConfig(**common, max_steps=2))
+    assert resumed["metadata"]["training"]["pretrained_weights"] == f"fine-tuned from {tmp_path / 'start'}"

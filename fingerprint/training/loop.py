@@ -259,6 +259,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         rng.bit_generator.state = checkpoint["numpy_rng"]
         state.update(checkpoint["state"])
         best_encoder_state = checkpoint.get("best_encoder")
+        if config.init_weights is None and (checkpoint.get("config") or {}).get("init_weights"):
+            config.init_weights = Path(checkpoint["config"]["init_weights"])  # a resumed fine-tune is still one
         if not str(state["stopped_because"] or "").startswith("early stopping"):
             state["stopped_because"] = None  # a larger budget or more steps continue the run
         if state.get("cohort") != str(config.cohort_dir):  # e.g. continued on a larger cohort: new validation set,
