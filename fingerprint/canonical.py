@@ -312,7 +312,6 @@ def _rigid_mattes_method(
     # Fixed scales instead of SetOptimizerScalesFromPhysicalShift (which costs more than the registration itself):
     # one radian moves the brain surface by about 80 mm, hence (80 mm)^2 for the angles.
     method.SetOptimizerScales([ROTATION_SCALE] * 3 + [1.0] * 3)
-    method.SetNumberOfThreads(REGISTRATION_THREADS)
     return method
 
 

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from fingerprint.cohort.appearance import apply_appearance
 from fingerprint.cohort.deform import BRAIN_CENTRE, SubjectAnatomy
-from fingerprint.cohort.parallel import map_subjects
+from fingerprint.cohort.parallel import ordered_map
 from fingerprint.cohort.records import scan_row, write_cohort_csv
 from fingerprint.cohort.training_set import SHARP_LIMIT_MM, head_variant
 from fingerprint.cohort.visits import SubjectPlan, VisitPlan, plan_visits, pose_transform, scanner_direction
@@ -88,7 +88,7 @@ def write_volume_cohort(
     """Write ``volumes/<scan_id>.nii.gz`` and ``cohort.csv`` (with ``path``) into ``out``; returns the scan count."""
     (out / "volumes").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
-    for subject, scans in map_subjects(subject_volumes, subjects, (visits, out), workers, progress):
+    for subject, scans in ordered_map(subject_volumes, subjects, (visits, out), workers, progress):
         rows.extend(scan_row(subject, visit, path) for visit, path in scans)
     write_cohort_csv(out, rows)
     if dicom_scans:

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from fingerprint.cohort.appearance import apply_appearance
 from fingerprint.cohort.deform import SubjectAnatomy
 from fingerprint.cohort.heads import load_head
-from fingerprint.cohort.parallel import map_subjects
+from fingerprint.cohort.parallel import ordered_map
 from fingerprint.cohort.records import scan_row, write_cohort_csv
 from fingerprint.cohort.visits import (
     MEASURED_RESIDUAL,
@@ -124,7 +124,7 @@ def generate_slices(
     residual: ResidualModel = MEASURED_RESIDUAL,
 ) -> Iterator[tuple[SubjectPlan, list[tuple[VisitPlan, np.ndarray]]]]:
     """Yield each subject with its slices, in subject order, on ``workers`` processes (1: in this process)."""
-    return map_subjects(subject_slices, subjects, (visits, residual), workers, progress, chunksize=4)
+    return ordered_map(subject_slices, subjects, (visits, residual), workers, progress, chunksize=4)
 
 
 def write_slice_cohort(

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fingerprint.cohort.parallel import ordered_map
 from fingerprint.types import SLICE_SIZE
 
 VALIDATION_SPLITS = ("val", "valid", "validation")
@@ -99,29 +99,17 @@ def slice_volume_file(path: Path, method: str) -> np.ndarray:
     return pixels
 
 
-def _slice_job(job: tuple[str, str, str]) -> tuple[str, np.ndarray | None, dict[str, Any] | None]:
-    """(scan_id, path, method) -> (scan_id, float16 slice or None, rejection or None). Entry point for workers."""
+def _slice_job(job: tuple[str, Path], method: str) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """(scan_id, path) -> (float16 slice, None) or (None, rejection). Module level: the entry point for pool workers."""
     from fingerprint.errors import SeriesRejected
 
-    scan_id, path, method = job
+    _scan_id, path = job
     try:
-        return scan_id, slice_volume_file(Path(path), method).astype(np.float16), None
+        return slice_volume_file(Path(path), method).astype(np.float16), None
     except SeriesRejected as exc:
-        return scan_id, None, exc.as_json()
+        return None, exc.as_json()
     except (RuntimeError, OSError) as exc:  # a volume file SimpleITK cannot read: reported, not fatal
-        return scan_id, None, {"rejected": "unreadable_volume", "detail": str(exc).strip()[:300]}
-
-
-@contextmanager
-def _slicing_map(workers: int) -> Iterator[Callable[..., Iterable[Any]]]:
-    """An ordered lazy map: the built-in one, or a spawn pool's ``imap`` (spawn: no forked torch or ITK state)."""
-    if workers <= 1:
-        yield map
-        return
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield lambda fn, items: pool.imap(fn, items, chunksize=1)
+        return None, {"rejected": "unreadable_volume", "detail": str(exc).strip()[:300]}
 
 
 def first_subjects(rows: list[dict[str, str]], subjects: int | None) -> list[dict[str, str]]:
@@ -172,17 +160,16 @@ def load_volume_cohort(
     slices, scan_ids, rejected = _read_volume_cache(cache)
     done = set(scan_ids) | set(rejected)
     todo = [row for row in rows if row["scan_id"] not in done]
-    jobs = [(row["scan_id"], str(Path(row["path"]) if Path(row["path"]).is_absolute() else cohort_dir / row["path"]), method) for row in todo]
-    with _slicing_map(workers if len(jobs) > 1 else 1) as mapper:
-        results = mapper(_slice_job, jobs)
-        for count, (scan_id, pixels, rejection) in enumerate(tqdm(results, total=len(jobs), desc=f"slicing ({method})", unit="scan", disable=not jobs), start=1):
-            if pixels is not None:
-                slices.append(pixels)
-                scan_ids.append(scan_id)
-            else:
-                rejected[scan_id] = rejection
-            if count % 20 == 0:
-                _write_volume_cache(cache, slices, scan_ids, rejected)
+    jobs = [(row["scan_id"], Path(row["path"]) if Path(row["path"]).is_absolute() else cohort_dir / row["path"]) for row in todo]
+    results = ordered_map(_slice_job, jobs, (method,), workers if len(jobs) > 1 else 1)
+    for count, ((scan_id, _path), (pixels, rejection)) in enumerate(tqdm(results, total=len(jobs), desc=f"slicing ({method})", unit="scan", disable=not jobs), start=1):
+        if pixels is not None:
+            slices.append(pixels)
+            scan_ids.append(scan_id)
+        else:
+            rejected[scan_id] = rejection
+        if count % 20 == 0:
+            _write_volume_cache(cache, slices, scan_ids, rejected)
     if todo:
         stack = _write_volume_cache(cache, slices, scan_ids, rejected)
     else:
