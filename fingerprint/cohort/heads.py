@@ -110,7 +110,7 @@ def alignment_to_reference(image: sitk.Image) -> sitk.Transform:
     careful = careful_rigid_alignment(image)
     start = sitk.Resample(image, reference_grid(), careful, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     try:
-        refinement = align(start).transform
+        refinement = align(start, search="rigid").transform  # rigid: the search head cache v3 was built with
     except Exception:  # the pipeline refused it: the careful alignment is the best we have
         return careful
     matrix = np.asarray(refinement.GetMatrix()).reshape(3, 3)
