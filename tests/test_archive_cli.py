@@ -277,14 +277,13 @@ def test_trained_model_links_the_decubitus_repeats(real_people_enrolled):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit of dbp-r18-synth-v1 (model card): the Siemens Trio man scores 0.9898 against the decubitus "
-    "man, above the calibrated match threshold 0.9878, so he comes out possible_duplicate. Strict: a model that "
-    "keeps the five people apart makes this test pass, and the marker must then go.",
-)
 def test_trained_model_keeps_five_real_people_apart(real_people_enrolled):
-    """The five different people of ``t1/`` must each be ``new_patient`` (no false duplicate among them)."""
+    """The five different people of ``t1/`` must each be ``new_patient`` (no false duplicate among them).
+
+    Through the rigid pose search the Siemens Trio man scored 0.9898 against the decubitus man, above the match
+    threshold of the time, and came out ``possible_duplicate`` (this test was a strict expected failure). With the
+    scaled search and the thresholds recalibrated on it (match 0.9898), he scores at most 0.9887: a thin margin, so this
+    test is the one to watch when the pipeline or the model changes."""
     lines = real_people_enrolled["lines"]
     verdicts = {p.name: lines[p.name]["verdict"] for p in real_people_enrolled["people"]}
     assert all(v == "new_patient" for v in verdicts.values()), verdicts
