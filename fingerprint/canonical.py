@@ -13,14 +13,15 @@ post-contrast), so intensities do not match the template's; MI only asks that th
 The reference is brain-only; the metric is evaluated inside its dilated brain mask, so neck, shoulders and the field
 of view do not pull the alignment.
 
-Speed (about 2 s CPU per series on one core; bench/bench_slice.py): the volume is block-averaged to about 2 mm, the
-start comes from the head itself (the vertex and the centroid of the top of the head, robust to how much neck the
-field of view holds), the (scaled) registration runs on three resolutions (8, 4, 2 mm) sampling 100 / 30 / 10 % of
-the dilated brain mask, then is polished at 2 mm with the metric inside the brain mask itself (30 % sampled). Why so
-dense at 8 mm: the mask has only ~3,300 voxels there, and the 5 % used before (~170 samples) made the coarse level a
-noisy search that stopped in a different basin from one head position to the next; measured on 30 held-out benchmark
-subjects (90 volumes), dense sampling cut the worst within-subject tilt between visits from 18 to 5 degrees (on
-those 30; the full benchmark later showed the rest of the drift, which the scaled search removes).
+Speed (about 3 s CPU per series on one core, median 3.1 s on the real series; bench/bench_slice.py): the volume is
+block-averaged to about 2 mm, the start comes from the head itself (the vertex and the centroid of the top of the
+head, robust to how much neck the field of view holds), the (scaled) registration runs on three resolutions (8, 4, 2
+mm) sampling 100 / 30 / 10 % of the dilated brain mask, then is polished at 2 mm with the metric inside the brain
+mask itself (30 % sampled). Why so dense at 8 mm: the mask has only ~3,300 voxels there, and the 5 % used before
+(~170 samples) made the coarse level a noisy search that stopped in a different basin from one head position to the
+next; measured on 30 held-out benchmark subjects (90 volumes), dense sampling cut the worst within-subject tilt
+between visits from 18 to 5 degrees (on those 30; the full benchmark later showed the rest of the drift, which the
+scaled search removes, most of it).
 
 Repeatable: sampling uses a fixed seed and each registration runs on one thread (``REGISTRATION_THREADS``), so a
 volume gives the same transform, bit for bit, on any machine and in any worker, whatever its core count (with
