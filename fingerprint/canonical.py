@@ -267,12 +267,10 @@ def _align(image: sitk.Image, search: str) -> Alignment:
 
 
 def canonical_plane_centre() -> tuple[float, float, float]:
-    """Centre of the canonical slice plane (reference LPS mm): the point the rigid part keeps where the scaled fit put it."""
-    from fingerprint.slicing import DEFAULT_LEVEL_MM, slice_grid  # slicing imports this module: import on use
+    """:func:`fingerprint.slicing.plane_centre`, imported on use (slicing imports this module)."""
+    from fingerprint.slicing import plane_centre
 
-    grid = slice_grid()
-    centre = grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in grid.GetSize()[:2]] + [0.0])
-    return float(centre[0]), float(centre[1]), float(DEFAULT_LEVEL_MM)
+    return plane_centre()
 
 
 def rigid_part(
@@ -363,17 +361,16 @@ def _refine(
     and lowered the within-subject tilt spread on held-out benchmark subjects.
     """
     if isinstance(start, sitk.ScaleVersor3DTransform):
-        polished, metric = _run(_polish_method(nine_dof=True), reference, moving, start)
+        polished, metric = _run(_polish_method(reference, nine_dof=True), reference, moving, start)
         if _plausible(polished):
             return polished, metric
         start = rigid_part(start, canonical_plane_centre())
-    return _run(_polish_method(nine_dof=False), reference, moving, start)
+    return _run(_polish_method(reference, nine_dof=False), reference, moving, start)
 
 
-def _polish_method(*, nine_dof: bool) -> sitk.ImageRegistrationMethod:
+def _polish_method(reference: Reference, *, nine_dof: bool) -> sitk.ImageRegistrationMethod:
     """One level at 2 mm, metric inside the brain mask itself, 30 % sampled, up to 100 iterations."""
-    mask = load_reference().mask
-    return _mattes_method(mask, REFINE_SAMPLING_FRACTION, learning_rate=1.0, min_step=0.01, iterations=100, nine_dof=nine_dof)
+    return _mattes_method(reference.mask, REFINE_SAMPLING_FRACTION, learning_rate=1.0, min_step=0.01, iterations=100, nine_dof=nine_dof)
 
 
 def _plausible(transform: sitk.ScaleVersor3DTransform) -> bool:
@@ -394,10 +391,10 @@ def _register(
     start is then searched rigidly, as with ``search="rigid"``.
     """
     if search == "scaled":
-        scaled, metric = _run(_coarse_method(nine_dof=True), reference, moving, _scaled_copy(start))
+        scaled, metric = _run(_coarse_method(reference, nine_dof=True), reference, moving, _scaled_copy(start))
         if _plausible(scaled):
             return scaled, metric
-    return _run(_coarse_method(nine_dof=False), reference, moving, start)
+    return _run(_coarse_method(reference, nine_dof=False), reference, moving, start)
 
 
 def _search_of(transform: sitk.Transform) -> str:
@@ -407,9 +404,8 @@ def _search_of(transform: sitk.Transform) -> str:
     return "rigid"
 
 
-def _coarse_method(*, nine_dof: bool) -> sitk.ImageRegistrationMethod:
+def _coarse_method(reference: Reference, *, nine_dof: bool) -> sitk.ImageRegistrationMethod:
     """Three levels (8, 4, 2 mm), dense sampling at the coarse ones, metric inside the dilated brain mask."""
-    reference = load_reference()
     method = _mattes_method(
         reference.metric_mask, SAMPLING_FRACTIONS[-1], learning_rate=4.0, min_step=0.01, iterations=150, nine_dof=nine_dof
     )

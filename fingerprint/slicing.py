@@ -93,6 +93,13 @@ def canonical_mask(level_mm: float | None = None) -> np.ndarray:
     return _canonical_mask_cached(round(DEFAULT_LEVEL_MM if level_mm is None else float(level_mm), 3))
 
 
+def plane_centre() -> tuple[float, float, float]:
+    """Centre of the canonical plane (reference LPS mm): where alignment errors of the level are read, and the point
+    whose place a scaled pose fit decides (:func:`fingerprint.canonical.rigid_part`)."""
+    centre_x, centre_y = _plane_centre()
+    return float(centre_x), float(centre_y), float(DEFAULT_LEVEL_MM)
+
+
 @lru_cache(maxsize=1)
 def _plane_centre() -> tuple[float, float]:
     """In-plane centre of the grid: the middle of the reference brain's bounding box in x and y (LPS mm)."""

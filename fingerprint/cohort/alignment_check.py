@@ -23,20 +23,13 @@ import SimpleITK as sitk
 from fingerprint.cohort.visits import VisitPlan, plan_subjects, plan_visits, pose_transform
 
 
-def plane_centre() -> tuple[float, float, float]:
-    """The centre of the canonical plane (LPS mm): where the level error is read."""
-    from fingerprint.slicing import DEFAULT_LEVEL_MM, slice_grid
-
-    grid = slice_grid()
-    centre = grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in grid.GetSize()[:2]] + [0.0])
-    return float(centre[0]), float(centre[1]), float(DEFAULT_LEVEL_MM)
-
-
 def residual_of(visit: VisitPlan, reference_to_scanner: sitk.Transform) -> dict[str, float]:
     """Rotation (deg) and plane-centre displacement (mm) of ``pose o alignment`` for one visit."""
     pose = pose_transform(visit)
     matrix = np.asarray(pose.GetMatrix()).reshape(3, 3) @ np.asarray(reference_to_scanner.GetMatrix()).reshape(3, 3)
     angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(matrix) - 1.0) / 2.0))))
+    from fingerprint.slicing import plane_centre  # slicing loads the reference: only when measuring
+
     centre = np.asarray(plane_centre())
     moved = np.asarray(pose.TransformPoint(reference_to_scanner.TransformPoint(tuple(centre))))
     dx, dy, dz = (moved - centre).tolist()

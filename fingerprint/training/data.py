@@ -162,7 +162,8 @@ def load_volume_cohort(
     todo = [row for row in rows if row["scan_id"] not in done]
     jobs = [(row["scan_id"], Path(row["path"]) if Path(row["path"]).is_absolute() else cohort_dir / row["path"]) for row in todo]
     results = ordered_map(_slice_job, jobs, (method,), workers if len(jobs) > 1 else 1)
-    for count, ((scan_id, _path), (pixels, rejection)) in enumerate(tqdm(results, total=len(jobs), desc=f"slicing ({method})", unit="scan", disable=not jobs), start=1):
+    results = tqdm(results, total=len(jobs), desc=f"slicing ({method})", unit="scan", disable=not jobs)
+    for count, ((scan_id, _path), (pixels, rejection)) in enumerate(results, start=1):
         if pixels is not None:
             slices.append(pixels)
             scan_ids.append(scan_id)
