@@ -158,6 +158,32 @@ def test_a_shorter_narrower_head_is_fitted_by_its_scales_not_by_a_tilt(colin_2mm
     assert np.linalg.norm(np.subtract(fitted.transform.TransformPoint(anchor), where)) < 2.0
 
 
+@pytest.mark.parametrize(
+    ("subject_index", "visit_index"),
+    [
+        (59, 2),  # from the template's size alone the fit left the plausible range: 30 degrees off after the fallback
+        (95, 2),  # a short head (vertical proportion 0.73): refused by the former bound 0.75, 41 degrees off
+    ],
+)
+def test_held_out_heads_that_fell_back_to_the_rigid_search_keep_their_scaled_fit(
+    shared_data: Path, subject_index: int, visit_index: int
+) -> None:
+    """Two held-out Siemens-Trio benchmark volumes (DICOM heads from the shared data) whose scaled fit was once
+    refused, after which the rigid fallback pitched them 30-41 degrees off the truth. Started at the typical
+    proportion 0.9 and judged against PLAUSIBLE_SCALE, both keep the scaled fit (measured 2.8 and 3.6 degrees, most
+    of it the head's own shape against the template's)."""
+    from fingerprint.cohort.alignment_check import residual_of
+    from fingerprint.cohort.benchmark import scan_volume
+    from fingerprint.cohort.visits import plan_subjects, plan_visits
+
+    subject = plan_subjects("benchmark", subject_index + 1, 20230227)[subject_index]
+    visit = plan_visits(subject, 3)[visit_index]
+    assert subject.base_head == "siemens-trio"
+    alignment = align(scan_volume(subject.anatomy(), visit))
+    assert alignment.attempts[0]["search"].startswith("scaled"), alignment.attempts
+    assert residual_of(visit, alignment.transform)["rotation_deg"] < 5.0
+
+
 def test_alignment_is_the_same_whatever_the_thread_count(colin_2mm: sitk.Image) -> None:
     """Bit-for-bit repeatable: a worker on a 2-core host and one on a 64-core host must cut the same slice (the
     archive compares fingerprints across hosts and years). Registrations run on one thread whatever the default."""
