@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from fingerprint.canonical import align, coverage
 from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.dicom_series import read_series
-from fingerprint.slicing import DEFAULT_LEVEL_MM, canonical_mask_image, normalise, sample_canonical_slice
+from fingerprint.slicing import DEFAULT_LEVEL_MM, canonical_mask_image, normalise, sample_plane
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM, SliceResult
 
 METHODS = ("anatomical", "middle")
@@ -54,7 +54,8 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
     if method == "anatomical":
         alignment = align(image)
         aligned = time.perf_counter()
-        pixels = sample_canonical_slice(image, alignment.transform)
+        plane = sample_plane(image, alignment.transform)
+        pixels = plane.pixels
         plane_covered = coverage(image, alignment.transform, canonical_mask_image())
         if plane_covered < MIN_PLANE_COVERAGE:
             raise SeriesRejected(
@@ -68,6 +69,7 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
             "reference_z_mm": DEFAULT_LEVEL_MM,
             "anatomy": "bodies of the lateral ventricles (MNI152 z = +18 mm)",
             "plane_coverage": round(plane_covered, 3),
+            "mirrored_fraction": round(plane.mirrored_fraction, 3),
         }
         geometry["timings_s"]["align"] = round(aligned - started, 3)
         geometry["timings_s"]["slice"] = round(time.perf_counter() - aligned, 3)

@@ -11,8 +11,17 @@ coordinates that is simply x (right->left) along columns and y (anterior->poster
 has an identity direction.
 
 Interpolation is linear: for thick-sliced acquisitions (4-5 mm sagittal) this blurs across slices, which is the
-honest thing to show; no detail is invented. Pixels outside the reference brain mask dilated by MASK_DILATION_MM are
-set to 0 so scalp, neck and field-of-view edges never reach the encoder. Intensities are normalised by robust
+honest thing to show. Pixels outside the reference brain mask dilated by MASK_DILATION_MM are set to 0 so scalp,
+neck and field-of-view edges never reach the encoder.
+
+A field of view that cuts off part of one hemisphere in the plane (a series planned off-centre, a patient lying on
+one side) leaves a hole where the other scans of that person have brain. The hole is filled with its mirror image
+across the midline (MNI x = 0), where that lies inside the field of view: brains are nearly symmetric at this level,
+and mirrored tissue is much closer to the truth than the black that would otherwise dominate the fingerprint.
+Measured on the one real repeat group (one man, four decubitus positions): the left-side series misses 16 % of the
+plane's brain; zero-filled it ranked another man second (0.967) and its own scans at 0.966-0.972, mirror-filled its
+own three scans come first (0.986-0.988). The filled fraction is reported (``mirrored_fraction``); pixels whose
+mirror is outside the field of view too stay 0. Intensities are normalised by robust
 percentiles inside the mask (P1 -> 0, P99 -> 1), which makes scanners, sequences and rescale slopes comparable.
 
 :func:`sample_canonical_slice` is pure and fast (about 10 ms): the cohort generator calls it with its own composed
@@ -21,6 +30,7 @@ transforms (deformations, perturbations).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -48,16 +58,54 @@ def slice_grid(level_mm: float | None = None) -> sitk.Image:
     return grid
 
 
+@dataclass(frozen=True)
+class SampledPlane:
+    """The canonical slice and how much of its brain mask was filled from the other hemisphere (0..1)."""
+
+    pixels: np.ndarray
+    mirrored_fraction: float
+
+
 def sample_canonical_slice(image: sitk.Image, transform: sitk.Transform, level_mm: float | None = None) -> np.ndarray:
     """The canonical slice of ``image`` as float32 (SLICE_SIZE, SLICE_SIZE), masked and normalised to about [0, 1].
 
     ``transform`` maps reference (MNI, LPS mm) points to ``image`` points, as :func:`align_to_reference` returns.
     """
+    return sample_plane(image, transform, level_mm).pixels
+
+
+def sample_plane(image: sitk.Image, transform: sitk.Transform, level_mm: float | None = None) -> SampledPlane:
+    """:func:`sample_canonical_slice`, with brain cut off by the field of view filled from its mirror image (see the
+    module docstring) and the filled fraction reported."""
     grid = slice_grid(level_mm)
-    sampled = sitk.Resample(image, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    # NaN marks grid points outside the volume: one resample gives the pixels and the field of view.
+    sampled = sitk.Resample(image, grid, transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
     pixels = sitk.GetArrayFromImage(sampled)[0]
     mask = canonical_mask(DEFAULT_LEVEL_MM if level_mm is None else float(level_mm))
-    return normalise(pixels, mask)
+    pixels, filled = fill_from_mirror(pixels, np.isfinite(pixels), mask, mirror_columns(grid))
+    return SampledPlane(normalise(pixels, mask), filled)
+
+
+def mirror_columns(grid: sitk.Image) -> np.ndarray:
+    """For each column of ``grid``, the column at the mirror position across the midline x = 0 (-1 off the grid)."""
+    x = grid.GetOrigin()[0] + np.arange(grid.GetSize()[0]) * grid.GetSpacing()[0]
+    mirrored = np.rint((-x - grid.GetOrigin()[0]) / grid.GetSpacing()[0]).astype(int)
+    return np.where((mirrored >= 0) & (mirrored < grid.GetSize()[0]), mirrored, -1)
+
+
+def fill_from_mirror(
+    pixels: np.ndarray, inside: np.ndarray, mask: np.ndarray, mirror: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Pixels of ``mask`` outside the field of view (``inside`` False) take the value at their mirror column when
+    that one is inside; the rest of the outside is 0. Returns the filled pixels and the filled fraction of ``mask``.
+
+    Example: a plane whose patient-right 20 columns are cut off gets them back from the 20 patient-left columns.
+    """
+    has_mirror = (mirror >= 0)[np.newaxis, :] & inside[:, np.maximum(mirror, 0)]
+    hole = mask & ~inside & has_mirror
+    filled = np.where(inside, pixels, 0.0).astype(np.float32)
+    filled[hole] = pixels[:, np.maximum(mirror, 0)][hole]
+    return filled, float(hole.sum() / max(int(mask.sum()), 1))
 
 
 def normalise(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
