@@ -16,7 +16,7 @@ post-contrast), so intensities do not match the template's; MI only asks that th
 The reference is brain-only; the metric is evaluated inside its dilated brain mask, so neck, shoulders and the field
 of view do not pull the alignment.
 
-Speed (about 3 s CPU per series on one core, median 3.1 s on the real series; bench/bench_slice.py): the volume is
+Speed (about 2 s CPU per series on one core, median 2.1 s on the real series; bench/bench_slice.py): the volume is
 block-averaged to about 2 mm, the start comes from the head itself (the vertex and the centroid of the top of the
 head, robust to how much neck the field of view holds), the (scaled) registration runs on three resolutions (8, 4, 2
 mm) sampling 100 / 30 / 10 % of the dilated brain mask, then is polished at 2 mm with the metric inside the brain

@@ -134,7 +134,7 @@ def preview(
 @cohort_app.command("measure-alignment")
 def measure_alignment(
     cohort: Annotated[Path, typer.Argument(help="A benchmark or calibration folder (volumes) made by 'cohort generate'.")],
-    limit: Annotated[int | None, typer.Option(help="Only the first N scans (alignment takes ~3-10 s each).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N scans (alignment takes ~2-8 s each).")] = None,
     out: Annotated[Path | None, typer.Option(help="JSON file for per-scan records + summary [COHORT/alignment.json].")] = None,
 ) -> None:
     """Measure the slice pipeline's residual alignment error against the known truth; print the summary as JSON.
