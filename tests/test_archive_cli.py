@@ -277,19 +277,14 @@ def test_trained_model_links_the_decubitus_repeats(real_people_enrolled):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Siemens Trio man scores 0.9887 against the decubitus man, above the match threshold 0.9886 "
-    "calibrated on synthetic subjects: a real false duplicate (README, Known limits)",
-)
 def test_trained_model_keeps_five_real_people_apart(real_people_enrolled):
     """The five different people of ``t1/`` must each be ``new_patient`` (no false duplicate among them).
 
     History of the one pair that decides it, the Siemens Trio man against the decubitus man: 0.9898 through the rigid
-    pose search (above that match threshold: expected failure), at most 0.9887 through the first scaled search with
-    a match threshold of 0.9898 (passed), and 0.9887 again through the current search with the threshold recalibrated
-    on it to 0.9886 (fails by 0.0001). Different real people sit higher than the synthetic calibration subjects do;
-    strict, so the day they are kept apart this marker has to go."""
+    pose search (above that match threshold: an expected failure then), at most 0.9887 through the first scaled
+    search (match 0.9898), and 0.9887 through the current search. Its thresholds calibrated on 50 subjects put match
+    at 0.9886 (a false duplicate by 0.0001); on the default 100 subjects (4x the pairs) at 0.9896. A thin margin:
+    this test is the one to watch when the pipeline, the model or the calibration changes."""
     lines = real_people_enrolled["lines"]
     verdicts = {p.name: lines[p.name]["verdict"] for p in real_people_enrolled["people"]}
     assert all(v == "new_patient" for v in verdicts.values()), verdicts
