@@ -299,8 +299,7 @@ def rigid_part(
     with a vertical stretch of 0.85, gets its slice through the same anatomical level as a reference-sized head,
     sampled at the head's own size.
     """
-    u, _, vt = np.linalg.svd(np.asarray(transform.GetMatrix()).reshape(3, 3))
-    rotation = u @ vt  # positive stretches give a positive determinant: no reflection to undo
+    rotation, _stretch = _polar_factors(transform)
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(anchor)
     rigid.SetMatrix(tuple(float(v) for v in rotation.ravel()))
@@ -311,10 +310,17 @@ def rigid_part(
 def head_proportions(transform: sitk.ScaleVersor3DTransform | sitk.AffineTransform) -> tuple[float, float, float]:
     """Stretch of the head along the reference's x, y, z axes (1 = the template's size): the diagonal of the
     symmetric factor of the matrix's polar decomposition."""
+    _rotation, stretch = _polar_factors(transform)
+    return tuple(float(v) for v in np.diag(stretch))
+
+
+def _polar_factors(transform: sitk.ScaleVersor3DTransform | sitk.AffineTransform) -> tuple[np.ndarray, np.ndarray]:
+    """The polar decomposition matrix = rotation @ stretch (stretch symmetric), from the SVD of the linear part.
+    Positive stretches give a positive determinant, so the rotation has no reflection to undo."""
     matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
     u, _, vt = np.linalg.svd(matrix)
-    stretch = (u @ vt).T @ matrix
-    return tuple(float(v) for v in np.diag(stretch))
+    rotation = u @ vt
+    return rotation, rotation.T @ matrix
 
 
 def coverage(image: sitk.Image, transform: sitk.Transform, mask: sitk.Image) -> float:

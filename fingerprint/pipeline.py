@@ -22,10 +22,10 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from fingerprint.canonical import align, coverage
+from fingerprint.canonical import align
 from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.dicom_series import read_series
-from fingerprint.slicing import DEFAULT_LEVEL_MM, canonical_mask_image, normalise, sample_plane
+from fingerprint.slicing import DEFAULT_LEVEL_MM, normalise, sample_plane
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM, SliceResult
 
 METHODS = ("anatomical", "middle")
@@ -55,8 +55,7 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
         alignment = align(image)
         aligned = time.perf_counter()
         plane = sample_plane(image, alignment.transform)
-        pixels = plane.pixels
-        plane_covered = coverage(image, alignment.transform, canonical_mask_image())
+        pixels, plane_covered = plane.pixels, plane.coverage
         if plane_covered < MIN_PLANE_COVERAGE:
             raise SeriesRejected(
                 RejectReason.NOT_T1_BRAIN,

@@ -60,9 +60,11 @@ def slice_grid(level_mm: float | None = None) -> sitk.Image:
 
 @dataclass(frozen=True)
 class SampledPlane:
-    """The canonical slice and how much of its brain mask was filled from the other hemisphere (0..1)."""
+    """The canonical slice, the fraction of its brain mask inside the volume's field of view (0..1), and the fraction
+    filled from the other hemisphere (0..1)."""
 
     pixels: np.ndarray
+    coverage: float
     mirrored_fraction: float
 
 
@@ -76,14 +78,16 @@ def sample_canonical_slice(image: sitk.Image, transform: sitk.Transform, level_m
 
 def sample_plane(image: sitk.Image, transform: sitk.Transform, level_mm: float | None = None) -> SampledPlane:
     """:func:`sample_canonical_slice`, with brain cut off by the field of view filled from its mirror image (see the
-    module docstring) and the filled fraction reported."""
+    module docstring), and the covered and filled fractions reported."""
     grid = slice_grid(level_mm)
     # NaN marks grid points outside the volume: one resample gives the pixels and the field of view.
     sampled = sitk.Resample(image, grid, transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
     pixels = sitk.GetArrayFromImage(sampled)[0]
+    inside = np.isfinite(pixels)
     mask = canonical_mask(DEFAULT_LEVEL_MM if level_mm is None else float(level_mm))
-    pixels, filled = fill_from_mirror(pixels, np.isfinite(pixels), mask, mirror_columns(grid))
-    return SampledPlane(normalise(pixels, mask), filled)
+    pixels, filled = fill_from_mirror(pixels, inside, mask, mirror_columns(grid))
+    covered = float(inside[mask].mean()) if mask.any() else 0.0
+    return SampledPlane(normalise(pixels, mask), covered, filled)
 
 
 def mirror_columns(grid: sitk.Image) -> np.ndarray:
@@ -101,10 +105,11 @@ def fill_from_mirror(
 
     Example: a plane whose patient-right 20 columns are cut off gets them back from the 20 patient-left columns.
     """
-    has_mirror = (mirror >= 0)[np.newaxis, :] & inside[:, np.maximum(mirror, 0)]
+    source = np.maximum(mirror, 0)  # -1 (off the grid) indexes a real column; has_mirror excludes it
+    has_mirror = (mirror >= 0)[np.newaxis, :] & inside[:, source]
     hole = mask & ~inside & has_mirror
     filled = np.where(inside, pixels, 0.0).astype(np.float32)
-    filled[hole] = pixels[:, np.maximum(mirror, 0)][hole]
+    filled[hole] = pixels[:, source][hole]
     return filled, float(hole.sum() / max(int(mask.sum()), 1))
 
 
@@ -126,13 +131,6 @@ def _canonical_mask_cached(level_mm: float) -> np.ndarray:
     sampled = sitk.Resample(dilated, slice_grid(level_mm), sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     mask = sitk.GetArrayFromImage(sampled)[0] > 0
     mask.setflags(write=False)
-    return mask
-
-
-def canonical_mask_image(level_mm: float | None = None) -> sitk.Image:
-    """The canonical plane's brain mask as a SimpleITK image on :func:`slice_grid` (uint8 0/1)."""
-    mask = sitk.GetImageFromArray(canonical_mask(level_mm)[np.newaxis].astype(np.uint8))
-    mask.CopyInformation(slice_grid(level_mm))
     return mask
 
 
