@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from fingerprint.canonical import align
 from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.dicom_series import read_series
-from fingerprint.slicing import DEFAULT_LEVEL_MM, normalise, sample_plane
+from fingerprint.slicing import DEFAULT_LEVEL_MM, normalise, sample_plane, trusted_interior
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM, SliceResult
 
 METHODS = ("anatomical", "middle")
@@ -54,7 +54,7 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
     if method == "anatomical":
         alignment = align(image)
         aligned = time.perf_counter()
-        plane = sample_plane(image, alignment.transform)
+        plane = sample_plane(trusted_interior(image), alignment.transform)
         pixels, plane_covered = plane.pixels, plane.coverage
         if plane_covered < MIN_PLANE_COVERAGE:
             raise SeriesRejected(

@@ -24,6 +24,14 @@ own three scans come first (0.986-0.988). The filled fraction is reported (``mir
 mirror is outside the field of view too stay 0. Intensities are normalised by robust
 percentiles inside the mask (P1 -> 0, P99 -> 1), which makes scanners, sequences and rescale slopes comparable.
 
+The outermost layer of voxels of a series is not trusted (:func:`trusted_interior`): the edge slices of a 2D
+multi-slice stack come out brighter than their neighbours (no saturation from a neighbouring slice's excitation; the
+left-side decubitus series' last sagittal slice is 18 % brighter), and linear interpolation stretches that edge
+slice half a voxel beyond its centre (2.4 mm at 4.8 mm spacing). Where the field of view cuts the brain, that bright
+band sat right at the seam of the mirror fill. Measured on the decubitus repeats: dropping the outer layer took the
+left-side series from 0.986-0.988 to 0.990-0.992 against the man's other three positions (above the Siemens Trio
+man, 0.988), and left the fully covered 1 mm series' slices unchanged.
+
 :func:`sample_canonical_slice` is pure and fast (about 10 ms): the cohort generator calls it with its own composed
 transforms (deformations, perturbations).
 """
@@ -45,6 +53,8 @@ DEFAULT_LEVEL_MM = 18.0
 MASK_DILATION_MM = 4.0
 #: Percentiles inside the mask mapped to 0 and 1.
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.0
+#: Voxel layers dropped from every side of a series before its plane is cut (see :func:`trusted_interior`).
+EDGE_LAYERS_DROPPED = 1
 
 
 def slice_grid(level_mm: float | None = None) -> sitk.Image:
@@ -88,6 +98,21 @@ def sample_plane(image: sitk.Image, transform: sitk.Transform, level_mm: float |
     pixels, filled = fill_from_mirror(pixels, inside, mask, mirror_columns(grid))
     covered = float(inside[mask].mean()) if mask.any() else 0.0
     return SampledPlane(normalise(pixels, mask), covered, filled)
+
+
+def trusted_interior(image: sitk.Image, layers: int = EDGE_LAYERS_DROPPED) -> sitk.Image:
+    """``image`` without its outermost ``layers`` voxels on every side (axes too short to lose them are kept whole).
+
+    Why: see the module docstring (bright edge slices of 2D stacks, extrapolated half voxel). Costs one copy of the
+    volume (about 20 ms for 256 x 256 x 176 float32), and nothing in a series whose brain lies inside the field of
+    view. Example: a 256 x 256 x 35 sagittal stack comes back 254 x 254 x 33, with the same voxel positions.
+    """
+    size = image.GetSize()
+    if layers <= 0:
+        return image
+    start = [layers if n > 2 * layers + 1 else 0 for n in size]
+    extent = [n - 2 * s for n, s in zip(size, start)]
+    return sitk.RegionOfInterest(image, extent, start)
 
 
 def mirror_columns(grid: sitk.Image) -> np.ndarray:

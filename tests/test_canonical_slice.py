@@ -27,6 +27,7 @@ from fingerprint.slicing import (
     mirror_columns,
     sample_canonical_slice,
     slice_grid,
+    trusted_interior,
 )
 from fingerprint.types import SLICE_SIZE
 
@@ -223,6 +224,19 @@ def test_fill_from_mirror_takes_the_mirror_column_only_where_it_was_seen() -> No
     assert fraction == pytest.approx(hole.sum() / mask.size)
     assert np.array_equal(filled[:, :20][hole], pixels[:, mirror[:20].clip(0)][hole])
     assert (filled[:5, :20][~hole[:5]] == 0).all() and np.isfinite(filled).all()
+
+
+def test_trusted_interior_drops_the_outer_voxel_layer_and_keeps_voxel_positions() -> None:
+    """The bright edge slice of a 2D stack must not be sampled; every voxel kept stays where it was in space."""
+    image = sitk.GetImageFromArray(np.arange(35 * 6 * 5, dtype=np.float32).reshape(35, 6, 5))
+    image.SetSpacing((1.0, 1.0, 4.8))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    inner = trusted_interior(image)
+    assert inner.GetSize() == (3, 4, 33)
+    assert inner.TransformIndexToPhysicalPoint((0, 0, 0)) == image.TransformIndexToPhysicalPoint((1, 1, 1))
+    assert np.array_equal(sitk.GetArrayFromImage(inner), sitk.GetArrayFromImage(image)[1:-1, 1:-1, 1:-1])
+    thin = sitk.GetImageFromArray(np.zeros((3, 6, 6), dtype=np.float32))
+    assert trusted_interior(thin).GetSize() == (4, 4, 3)  # an axis of 3 voxels would be left with 1: kept whole
 
 
 def test_alignment_is_the_same_whatever_the_thread_count(colin_2mm: sitk.Image) -> None:
