@@ -14,6 +14,7 @@ from fingerprint.canonical import (
     align,
     align_to_reference,
     canonical_plane_centre,
+    correct_bias,
     head_proportions,
     load_reference,
     rigid_part,
@@ -215,6 +216,22 @@ def test_a_coil_shaded_series_is_aligned_after_bias_correction(shared_data: Path
     axes = (back[1:] - back[0]) / 50.0  # rows: where the reference axes went (a rotation matrix, transposed)
     assert rotation_between(sitk.Euler3DTransform(), axes.T) < 4.0
     assert abs(back[0][2] - anchor[2]) < 3.0
+
+
+def test_correct_bias_removes_a_smooth_coil_shading(colin_2mm: sitk.Image) -> None:
+    """A shading like a head coil's (the back of the head 2x brighter than the front, smoothly) is taken out: inside
+    the head, the corrected shaded image is proportional to the corrected original far more closely than the shaded
+    one is to the original (compared corrected to corrected, so Colin27's own slight field does not count)."""
+    head = sitk.GetArrayFromImage(colin_2mm) > 0.15 * float(np.percentile(sitk.GetArrayFromImage(colin_2mm), 99))
+    y = np.linspace(-1.0, 1.0, colin_2mm.GetSize()[1])[np.newaxis, :, np.newaxis]
+    shading = np.exp(0.35 * np.log(2.0) * 2 * y) * np.ones(head.shape)  # 2x from front to back
+    shaded = sitk.GetImageFromArray((sitk.GetArrayFromImage(colin_2mm) * shading).astype(np.float32))
+    shaded.CopyInformation(colin_2mm)
+    corrected = sitk.GetArrayFromImage(correct_bias(shaded))
+    original = sitk.GetArrayFromImage(correct_bias(colin_2mm))
+    spread_before = np.std(np.log(shading[head]))
+    spread_after = np.std(np.log(corrected[head] / original[head]))
+    assert spread_after < 0.4 * spread_before, (spread_before, spread_after)
 
 
 def test_a_hemisphere_cut_off_by_the_field_of_view_is_filled_from_its_mirror(colin_2mm: sitk.Image) -> None:
