@@ -32,8 +32,12 @@ several threads ITK splits the samples per thread and the sums, hence the result
 
 Coil shading: a series whose scaled fits all leave the plausible range is searched once more on its N4
 bias-corrected copy before the rigid fallback is accepted (:func:`_align`, :func:`correct_bias`); a receive coil's
-shading had biased the 2 mm Prisma series' start and fit (13.5 degrees off rigid, 1.9 corrected). The slice itself is
-still cut from the series as it is: the encoder was trained with bias fields.
+shading had thrown the 2 mm Prisma series' start and fit (13.5 degrees off rigid, 1.9 corrected). The slice itself is
+still cut from the series as it is: the encoder was trained with bias fields. Tried and not kept: searching the
+pose with the head's size held at a typical proportion (0.92) instead of the rigid fallback. On 12 Prisma-head
+calibration volumes it cut the median error from 19 to 2.8 degrees, but on the held-out benchmark it changed 11
+volumes, made two of them 10-12 degrees worse than the rigid fallback and lowered shipped-model TPR at 0.1 % from
+0.980 to 0.972: it fitted a training head, not the unseen ones.
 
 Guarding against failure: the DICOM patient frame is trusted for the start (scanners write patient coordinates, so
 prone and decubitus series already arrive head-up). If the metric stays poor, other start rotations are tried and
@@ -127,13 +131,6 @@ PLAUSIBLE_SCALE = (0.65, 1.1)
 #: (a closer start converges sooner); (1.0, 0.9) was as accurate but slower. On the real series only the Skyra child
 #: moved (5 degrees; proportions 1.08/1.06/1.02 -> 0.93/0.89/0.84, brain-only metric -0.09 -> -0.15, better).
 SCALED_START_PROPORTIONS: tuple[float, ...] = (0.9, 1.0)
-#: When no scaled fit is plausible, the pose is searched with the head's size held at this typical proportion (see
-#: :func:`_register`): about the median of the plausible fits of single brains against the larger MNI template
-#: (0.92 for the Prisma man once bias-corrected; 0.86-0.98 on the other real adults).
-TYPICAL_PROPORTION = 0.92
-#: A series whose coarsest voxel side exceeds this (mm) is a thick-slice (2D) acquisition: it is not held at the
-#: typical size but searched rigidly when its scaled fits are implausible (see :func:`_register`).
-THICK_SLICE_MM = 3.0
 #: N4 bias-field correction for the second try (see :func:`_align`): the field is fitted at BIAS_SHRINK x the working
 #: spacing, with this many iterations at each of its fitting levels (four: fine enough for a head coil array's
 #: shading; with three the Prisma series' start point stayed biased).
@@ -273,7 +270,7 @@ def _align(image: sitk.Image, search: str) -> Alignment:
         except RuntimeError:
             attempts.append({"start": "brain-only refinement", "failed": "kept the coarse alignment"})
     head_scale = (1.0, 1.0, 1.0)
-    if isinstance(transform, (sitk.ScaleVersor3DTransform, sitk.AffineTransform)):
+    if isinstance(transform, sitk.ScaleVersor3DTransform):
         head_scale, transform = head_proportions(transform), rigid_part(transform, canonical_plane_centre())
     if metric >= POOR_METRIC:
         raise SeriesRejected(
@@ -303,11 +300,11 @@ def _align(image: sitk.Image, search: str) -> Alignment:
 
 def _search_starts(
     reference: Reference, moving: sitk.Image, search: str, attempts: list[dict[str, Any]]
-) -> tuple[float, sitk.Transform, str] | None:
+) -> tuple[float, sitk.Euler3DTransform | sitk.ScaleVersor3DTransform, str] | None:
     """The coarse search from the head's own start, then from the rotated starts while the metric stays poor; the
     best (metric, transform, start name), or None when every start failed. Appends one record per start."""
     centre_guess = head_start_point(moving)
-    best: tuple[float, sitk.Transform, str] | None = None
+    best: tuple[float, sitk.Euler3DTransform | sitk.ScaleVersor3DTransform, str] | None = None
     for name, angles in (("head-top centroid", (0.0, 0.0, 0.0)), *[(f"rotated start {i + 1}", a) for i, a in enumerate(EXTRA_STARTS)]):
         start = sitk.Euler3DTransform()
         start.SetCenter(reference.brain_top_centroid)
@@ -422,7 +419,9 @@ def _foreground_points(mask: sitk.Image, threshold: float) -> np.ndarray:
     return np.array(mask.GetOrigin()) + (ijk * np.array(mask.GetSpacing())) @ direction.T
 
 
-def _refine(reference: Reference, moving: sitk.Image, start: sitk.Transform) -> tuple[sitk.Transform, float]:
+def _refine(
+    reference: Reference, moving: sitk.Image, start: TransformT
+) -> tuple[sitk.Euler3DTransform | sitk.ScaleVersor3DTransform, float]:
     """Polish a coarse alignment at 2 mm with the metric restricted to the brain itself.
 
     A scaled coarse fit is polished with its scales free too (measured: a rigid polish from the rigid part of a good
@@ -435,9 +434,6 @@ def _refine(reference: Reference, moving: sitk.Image, start: sitk.Transform) -> 
     Sampling 30 % with a 0.01 mm minimum step and up to 100 iterations costs ~0.4 s more than 10 % / 40 iterations
     and lowered the within-subject tilt spread on held-out benchmark subjects.
     """
-    if isinstance(start, sitk.AffineTransform):  # a held-size fit (see _register): polished at the same size
-        proportion = float(np.mean(head_proportions(start)))
-        return _held_size_fit(_polish_method(reference, nine_dof=False), reference, moving, rigid_part(start, canonical_plane_centre()), proportion)
     if isinstance(start, sitk.ScaleVersor3DTransform):
         polished, metric = _run(_polish_method(reference, nine_dof=True), reference, moving, start)
         if _plausible(polished):
@@ -460,71 +456,26 @@ def _plausible(transform: sitk.ScaleVersor3DTransform) -> bool:
 
 def _register(
     reference: Reference, moving: sitk.Image, start: sitk.Euler3DTransform, search: str
-) -> tuple[sitk.Euler3DTransform | sitk.ScaleVersor3DTransform | sitk.AffineTransform, float]:
+) -> tuple[sitk.Euler3DTransform | sitk.ScaleVersor3DTransform, float]:
     """One multi-resolution Mattes-MI registration from ``start``; returns the transform and final metric.
 
     Why a scaled search: a head whose proportions differ from the template's (held-out heads 10-20 % shorter or
     narrower) drifts to a pitched pose under a rigid MI fit, even when started at the truth. With the three scales
-    free the fit no longer has to tilt the head to match its size.
-
-    When both scaled starts end outside PLAUSIBLE_SCALE, the fitted size is not trusted, but its pose often is: the
-    pose is searched again from the better fit's rigid part with the size *held* at TYPICAL_PROPORTION
-    (:func:`_held_size_fit`). Measured on 12 calibration volumes of the Prisma head (known pose), where most scaled
-    fits swell to 1.1-1.27: rigid fallback median 19 degrees off (7 of 12 above 10, level 10.6 mm off), size held
-    at the clamped fit (1.1) 4.3 degrees but the level 9.4 mm too high, held at 0.92 2.8 degrees and 1.25 mm
-    (11 of 12 within 5 mm). Thick-slice series (a voxel side above THICK_SLICE_MM) are searched rigidly instead: the
-    four 4.8 mm decubitus positions of one man fitted sizes 0.92-1.16 along one axis, and the rigid poses are the
-    ones that agree between the positions.
+    free the fit no longer has to tilt the head to match its size. An implausible scale means a wrong basin: that
+    start is then searched rigidly, as with ``search="rigid"``.
     """
     if search == "scaled":
-        fits = []
         for proportions in SCALED_START_PROPORTIONS:
             scaled, metric = _run(_coarse_method(reference, nine_dof=True), reference, moving, _scaled_copy(start, proportions))
             if _plausible(scaled):
                 return scaled, metric
-            fits.append((metric, scaled))
-        if max(moving.GetSpacing()) <= THICK_SLICE_MM:  # downsample keeps a thick axis thick
-            _metric, best = min(fits, key=lambda fit: fit[0])
-            return _held_size_fit(_coarse_method(reference, nine_dof=False), reference, moving, rigid_part(best, canonical_plane_centre()))
     return _run(_coarse_method(reference, nine_dof=False), reference, moving, start)
-
-
-def _held_size_fit(
-    method: sitk.ImageRegistrationMethod,
-    reference: Reference,
-    moving: sitk.Image,
-    pose: sitk.Euler3DTransform,
-    proportion: float = TYPICAL_PROPORTION,
-) -> tuple[sitk.AffineTransform, float]:
-    """Search the pose (6 dof, from ``pose``) with the head's size held at ``proportion`` of the reference's.
-
-    The transform is a composite: first the rigid pose (the one optimised: ITK optimises a composite's most recently
-    added transform), then a fixed isotropic scaling by ``proportion`` about the point where ``pose`` puts the canonical
-    plane's centre q: image point = p + proportion (R (x - q) + q + t - p). Returned as the equivalent AffineTransform
-    (matrix proportion * R), which :func:`rigid_part`, :func:`head_proportions` and :func:`_refine` read like any
-    scaled fit.
-    """
-    anchor = canonical_plane_centre()
-    size = sitk.Similarity3DTransform()
-    size.SetCenter(pose.TransformPoint(anchor))
-    size.SetScale(proportion)
-    held = sitk.CompositeTransform([size, sitk.Euler3DTransform(pose)])
-    method.SetInitialTransform(held, inPlace=True)
-    method.Execute(reference.image, moving)
-    found = sitk.Euler3DTransform(held.GetNthTransform(1))
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(anchor)
-    affine.SetMatrix(tuple(float(v) for v in (proportion * np.asarray(found.GetMatrix())).ravel()))
-    affine.SetTranslation(tuple(float(v) for v in np.subtract(held.TransformPoint(anchor), anchor)))
-    return affine, float(method.GetMetricValue())
 
 
 def _search_of(transform: sitk.Transform) -> str:
     """How a coarse transform was found, for the attempts log."""
     if isinstance(transform, sitk.ScaleVersor3DTransform):
         return "scaled, head proportions " + ", ".join(f"{v:.3f}" for v in head_proportions(transform))
-    if isinstance(transform, sitk.AffineTransform):
-        return f"scaled fits implausible, size held at {np.mean(head_proportions(transform)):.2f}"
     return "rigid"
 
 
