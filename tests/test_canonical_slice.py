@@ -324,7 +324,12 @@ def test_every_real_t1_series_gives_a_ventricle_level_slice(shared_data: Path) -
     Not per series: NCC with the (average-brain) template does not rank levels within one person. Measured on these
     five series, the same head's slice 15-40 mm higher or tilted 15-20 degrees often scores as high as the aligned
     one, and the 2 mm Prisma scan's dark-centre bias field puts its aligned slice near 0. Whether the level is the
-    same for one person is what the decubitus, acquisition-plane and moved-head tests check."""
+    same for one person is what the decubitus, acquisition-plane and moved-head tests check.
+
+    The 2 mm Prisma series is left out of the NCC comparison (not of the fill check): its coil shading, dark centre
+    and bright rim, anticorrelates with the template's bright white matter once its slice is at the right level
+    (NCC -0.50 after its bias-corrected alignment; near 0 before, when it sliced above the ventricles). Its level is
+    checked against its careful placement in ``test_a_coil_shaded_series_is_aligned_after_bias_correction``."""
     reference_slice = sample_canonical_slice(load_reference().image, sitk.Transform())
     mask = canonical_mask()
     scores, baseline = [], []
@@ -332,9 +337,11 @@ def test_every_real_t1_series_gives_a_ventricle_level_slice(shared_data: Path) -
         result = slice_series(folder)
         json.dumps(result.geometry)  # JSON-ready
         assert (result.pixels[mask] > 0.05).mean() > 0.8, folder.name  # brain fills the mask
+        if folder.name == "siemens-prisma-xa30-enhanced-2mm":
+            continue
         scores.append(ncc(result.pixels, reference_slice))
         baseline.append(ncc(slice_series(folder, method="middle").pixels, reference_slice))
-    assert np.mean(scores) > np.mean(baseline) + 0.15
+    assert np.mean(scores) > np.mean(baseline) + 0.15, (scores, baseline)
 
 
 def test_alignment_report_and_slice_volume_geometry(colin_2mm: sitk.Image) -> None:
