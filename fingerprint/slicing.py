@@ -107,9 +107,9 @@ def trusted_interior(image: sitk.Image, layers: int = EDGE_LAYERS_DROPPED) -> si
     volume (about 20 ms for 256 x 256 x 176 float32), and nothing in a series whose brain lies inside the field of
     view. Example: a 256 x 256 x 35 sagittal stack comes back 254 x 254 x 33, with the same voxel positions.
     """
-    size = image.GetSize()
     if layers <= 0:
         return image
+    size = image.GetSize()
     start = [layers if n > 2 * layers + 1 else 0 for n in size]
     extent = [n - 2 * s for n, s in zip(size, start)]
     return sitk.RegionOfInterest(image, extent, start)

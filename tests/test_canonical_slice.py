@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from fingerprint.canonical import (
+    PLAUSIBLE_SCALE,
     align,
     align_to_reference,
     canonical_plane_centre,
@@ -18,7 +19,6 @@ from fingerprint.canonical import (
     head_proportions,
     load_reference,
     rigid_part,
-    PLAUSIBLE_SCALE,
 )
 from fingerprint.dicom_writer import write_series
 from fingerprint.pipeline import slice_series, slice_volume
