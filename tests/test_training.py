@@ -159,3 +159,32 @@ def test_a_resumed_fine_tune_still_says_where_it_started(tmp_path: Path) -> None
     train(TrainConfig(**common, max_steps=1, init_weights=tmp_path / "start"))
     resumed = train(TrainConfig(**common, max_steps=2))
     assert resumed["metadata"]["training"]["pretrained_weights"] == f"fine-tuned from {tmp_path / 'start'}"
+
+
+def test_selection_score_counts_verification_once_retrieval_saturates() -> None:
+    """On a long GPU run mAP@3 sits at ~1 for thousands of steps; the TPR at 0.1 % FPR must still tell them apart."""
+    from fingerprint.training.loop import selection_score
+
+    early = {"mAP@3": 0.99, "tpr@fpr0.001": 0.90}
+    later = {"mAP@3": 0.99, "tpr@fpr0.001": 0.95}
+    assert selection_score(later) > selection_score(early)
+    assert selection_score({"mAP@3": 0.95, "tpr@fpr0.001": 0.97}) > selection_score({"mAP@3": 0.97, "tpr@fpr0.001": 0.90})
+
+
+def test_training_imports_without_simpleitk() -> None:
+    """A GPU machine often has torch but no SimpleITK: the trainer and its CLI must import without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('SimpleITK', 'pydicom', 'faiss', 'torchio', 'nibabel'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import fingerprint.training.loop, fingerprint.cli.app\n"
+        "assert 'SimpleITK' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -85,7 +85,7 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     seed: int = typer.Option(0),
     validate_every: Optional[int] = typer.Option(None, help="Steps between validations (default: one epoch)."),
-    patience: int = typer.Option(10, help="Validations without mAP@3 gain before early stopping."),
+    patience: int = typer.Option(10, help="Validations without gain (mAP@3 + TPR at 0.1 % FPR) before early stopping."),
     slice_method: str = typer.Option("anatomical", help="Slice method when the cohort holds volumes."),
     model_version: Optional[str] = typer.Option(None, help="Version string written into model.json."),
     init: Optional[Path] = typer.Option(None, help="Start the encoder from this weights folder (fine-tuning)."),

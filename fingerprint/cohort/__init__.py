@@ -7,8 +7,20 @@ the benchmark's subjects only from the HELD-OUT heads (Colin27, siemens-trio), w
 :mod:`~fingerprint.cohort.appearance` (scanner contrast, bias, noise, resolution), :mod:`~fingerprint.cohort.visits`
 (the seeded plan), :mod:`~fingerprint.cohort.training_set` (slices) and :mod:`~fingerprint.cohort.benchmark`
 (volumes in scanner space, and the measurement of the pipeline's alignment error).
+
+Why the head lists are imported lazily: :mod:`fingerprint.cohort.parallel` serves training too, and training runs
+where SimpleITK may be absent (a GPU machine with only torch); importing the heads here would pull SimpleITK into
+every ``import fingerprint.training``.
 """
 
-from fingerprint.cohort.heads import HELD_OUT_HEADS, TRAINING_HEADS
+from typing import Any
 
 __all__ = ["HELD_OUT_HEADS", "TRAINING_HEADS"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from fingerprint.cohort import heads
+
+        return getattr(heads, name)
+    raise AttributeError(f"module 'fingerprint.cohort' has no attribute {name!r}")
