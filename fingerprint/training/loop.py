@@ -235,8 +235,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "validation_subjects": int(len(np.unique(val_set.subjects))),
     }
     labels_all = train_set.labels
-    # On a GPU the whole training set lives there (indexed per step); on the CPU it stays a float16 numpy array.
-    device_slices = torch.from_numpy(train_set.slices).to(device) if device.type == "cuda" else None
+    # The training set lives on the training device, indexed per step (on the CPU this shares the numpy array).
+    train_slices = torch.from_numpy(train_set.slices).to(device)
     region = slicer_region(train_set.slices).to(device)  # where the slicer keeps pixels: its canonical mask
     group = max(1, config.batch_size // config.per_subject)
     steps_per_epoch = max(1, len(np.unique(labels_all)) // group)
@@ -317,10 +317,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if tuner:
             torch.set_num_threads(threads)
         started = time.monotonic()
-        if device_slices is not None:
-            images = device_slices[torch.from_numpy(indices).to(device)].float().unsqueeze(1)
-        else:
-            images = torch.from_numpy(train_set.slices[indices].astype(np.float32)).unsqueeze(1).to(device)
+        images = train_slices[torch.from_numpy(indices).to(device)].float().unsqueeze(1)
         labels = torch.from_numpy(labels_all[indices]).to(device)
         views = [augment_batch(images, config.augment, generator, region) for _ in range(2)]
         if device.type == "cpu":
