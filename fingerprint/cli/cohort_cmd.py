@@ -1,4 +1,5 @@
-"""``deepbrainprint cohort ...``: the synthetic longitudinal cohort (training set, benchmark, calibration set)."""
+"""``deepbrainprint cohort ...``: the synthetic longitudinal cohort (training set, benchmark, calibration set) and
+the real-head cohorts (visits of real people, for calibrating and testing verification on real anatomy)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ cohort_app = typer.Typer(
 )
 
 #: Per kind: (subjects, visits, seed, output format) when the options are not given.
-KIND_DEFAULTS = {
+KIND_DEFAULTS: dict[str, tuple[int | None, int, int | None, str]] = {
     "train": (1000, 4, 0, "slices"),
     "benchmark": (200, 3, None, "volumes"),  # seed None: visits.BENCHMARK_SEED, the same benchmark for everyone
     "calibration": (100, 3, 1, "volumes"),
+    "real-calibration": (None, 3, 2, "volumes"),  # subjects None: one per real head of the kind
+    "real-test": (None, 3, 3, "volumes"),
 }
 
 
@@ -30,12 +33,14 @@ def generate(
         typer.Option(
             help="train: training heads, 10% of subjects in a patient-disjoint 'val' split, canonical slices (fast "
             "path). benchmark: held-out heads (Colin27, siemens-trio), fixed seed, full 3D volumes in scanner space. "
-            "calibration: training heads, other seeds, volumes."
+            "calibration: training heads, other seeds, volumes. real-calibration / real-test: one subject per REAL "
+            "person of heads.REAL_CALIBRATION_HEADS / REAL_TEST_HEADS (no warp, mild ageing), ~25% thick 2D "
+            "visits, volumes."
         ),
     ] = "train",
-    subjects: Annotated[int | None, typer.Option(help="Number of subjects (default: train 1000, benchmark 200, calibration 100).")] = None,
-    visits: Annotated[int | None, typer.Option(help="Visits per subject (default: train 4, benchmark 3, calibration 3).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: train 0, benchmark 20230227, calibration 1); same seed, same cohort.")] = None,
+    subjects: Annotated[int | None, typer.Option(help="Number of subjects (default: train 1000, benchmark 200, calibration 100; real kinds: every real head).")] = None,
+    visits: Annotated[int | None, typer.Option(help="Visits per subject (default: train 4, others 3).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: train 0, benchmark 20230227, calibration 1, real-calibration 2, real-test 3); same seed, same cohort.")] = None,
     output_format: Annotated[
         str | None,
         typer.Option("--format", help="slices: cohort.csv + slices.npz (float16 canonical slices). volumes: one .nii.gz "
@@ -50,7 +55,8 @@ def generate(
                      "(10% failures of ~10 deg). first: 1.5 deg / 1.5 mm per visit only."),
     ] = "measured",
 ) -> None:
-    """Generate a cohort: subjects (smooth deformations of real heads) and their visits (ageing, scanner, position).
+    """Generate a cohort: subjects (smooth deformations of real heads, or real people as they are for the real-*
+    kinds) and their visits (ageing, scanner, position).
 
     Writes cohort.csv (scan_id, subject_id, visit, date, base_head, split[, path]), cohort.json (parameters, head split,
     timings) and slices.npz or the volumes. Progress goes to stderr.
@@ -63,7 +69,7 @@ def generate(
     if kind not in KIND_DEFAULTS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KIND_DEFAULTS)}")
     default_subjects, default_visits, default_seed, default_format = KIND_DEFAULTS[kind]
-    n_subjects = subjects if subjects is not None else default_subjects
+    n_subjects = subjects if subjects is not None else (default_subjects or len(visit_plans.REAL_KINDS[kind][2]))
     n_visits = visits if visits is not None else default_visits
     seed_value = seed if seed is not None else (default_seed if default_seed is not None else visit_plans.BENCHMARK_SEED)
     fmt = output_format or default_format
@@ -72,6 +78,8 @@ def generate(
     if residual not in visit_plans.RESIDUAL_MODELS:
         raise typer.BadParameter(f"--residual must be one of {', '.join(visit_plans.RESIDUAL_MODELS)}")
     plans = visit_plans.plan_subjects(kind, n_subjects, seed_value)
+    n_subjects = len(plans)  # real kinds: at most one subject per head
+    _require_heads(sorted({p.base_head for p in plans}))
     started = time.perf_counter()
     with tqdm(total=len(plans), unit="subject", desc=f"cohort {kind}") as bar:
         if fmt == "slices":
@@ -95,6 +103,7 @@ def generate(
             "base_heads": sorted({p.base_head for p in plans}),
             "training_heads": list(heads.TRAINING_HEADS),
             "held_out_heads": list(heads.HELD_OUT_HEADS),
+            **(_real_manifest(kind) if kind in visit_plans.REAL_KINDS else {}),
             "head_cache_version": heads.HEAD_CACHE_VERSION,
             # The residual alignment error is only simulated on the fast path; volumes go through the real pipeline.
             "residual_model": {"name": residual, **dataclasses.asdict(visit_plans.RESIDUAL_MODELS[residual])} if fmt == "slices" else None,
@@ -103,6 +112,31 @@ def generate(
         },
     )
     typer.echo(f"{scans} scans of {n_subjects} subjects written to {out} in {seconds:.0f} s", err=True)
+
+
+def _require_heads(names: list[str]) -> None:
+    """Stop with a clear message (exit 2) when a base head is neither cached nor readable here (shared/data absent)."""
+    from fingerprint.cohort import heads
+
+    missing = [name for name in names if not heads.head_available(name)]
+    if missing:
+        raise typer.BadParameter(
+            f"{len(missing)} base head(s) not found (not cached, source absent): {', '.join(missing)}; "
+            f"shared data is read from {heads.SHARED_DATA} (set DBP_SHARED_DATA)"
+        )
+
+
+def _real_manifest(kind: str) -> dict[str, object]:
+    """What a real-head cohort's cohort.json adds: the real split and the thick 2D share."""
+    from fingerprint.cohort import heads, visits as visit_plans
+
+    return {
+        "real_person_cohort": True,
+        "real_calibration_heads": list(heads.REAL_CALIBRATION_HEADS),
+        "real_test_heads": list(heads.REAL_TEST_HEADS),
+        "thick_2d_share": visit_plans.THICK_2D_SHARE,
+        "thick_2d_slice_mm": list(visit_plans.THICK_2D_SLICE_MM),
+    }
 
 
 @cohort_app.command("preview")

@@ -2,7 +2,9 @@
 
 Heads and the split (quoted by the model card): subjects for training, validation and calibration are built only
 from the TRAINING heads (MNI152 average, philips-elition, siemens-skyra-child, siemens-prisma-xa30, siemens-avanto);
-the benchmark's subjects only from the HELD-OUT heads (Colin27, siemens-trio), with their own seeds. See
+the benchmark's subjects only from the HELD-OUT heads (Colin27, siemens-trio), with their own seeds. The real-head
+cohorts (kinds ``real-calibration`` / ``real-test``) are real people as they are, split by REAL_CALIBRATION_HEADS and
+REAL_TEST_HEADS. See
 :mod:`fingerprint.cohort.heads` (base heads), :mod:`~fingerprint.cohort.deform` (subject anatomy and ageing),
 :mod:`~fingerprint.cohort.appearance` (scanner contrast, bias, noise, resolution), :mod:`~fingerprint.cohort.visits`
 (the seeded plan), :mod:`~fingerprint.cohort.training_set` (slices) and :mod:`~fingerprint.cohort.benchmark`
@@ -15,7 +17,7 @@ every ``import fingerprint.training``.
 
 from typing import Any
 
-__all__ = ["HELD_OUT_HEADS", "TRAINING_HEADS"]
+__all__ = ["HELD_OUT_HEADS", "REAL_CALIBRATION_HEADS", "REAL_TEST_HEADS", "TRAINING_HEADS"]
 
 
 def __getattr__(name: str) -> Any:

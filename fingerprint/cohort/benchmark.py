@@ -4,7 +4,9 @@ Unlike the training fast path nothing is assumed about the pipeline: the head li
 axis) and shifted (up to +-20 mm) in the scanner, the field of view (200-230 mm in plane, 150-180 mm coverage, 40 mm
 more for coronal slices, off-centre up to 10 mm) and the acquisition plane (axial, sagittal, coronal, oblique) vary, voxels are 1-1.5 mm in plane with slices
 1-2.5 mm thick, and the scanner's contrast, bias field and Rician noise are applied in scanner space. The slice
-pipeline must find the anatomy on its own, which is what the benchmark measures.
+pipeline must find the anatomy on its own, which is what the benchmark measures. The real-head kinds take the same
+path, with about a quarter of their visits as thick 2D series (4-5 mm slices, see
+:func:`fingerprint.cohort.visits.thick_2d_protocol`).
 
     scanner voxel --pose (scanner -> subject)--> subject space --ageing + anatomy--> base head
 

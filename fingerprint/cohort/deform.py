@@ -18,6 +18,9 @@ Why these deformations (the owner asked for subjects as different from their sib
 Ageing/disease over a visit's years (:class:`AgeingRates`), on top of the subject's own anatomy: the ventricles grow
 (0.5-2.5 %/year linear, i.e. ~1.5-7.5 %/year in volume, healthy ageing to Alzheimer-like) and the brain shrinks
 inside the skull (0.1-0.4 %/year linear), which widens the peripheral CSF as cortical atrophy does.
+
+Real people (:func:`real_person_anatomy`): the subject *is* the base head, with no scale, displacement or ventricle
+offset, only a mild ageing between visits; warping a real person would make them someone else.
 """
 
 from __future__ import annotations
@@ -131,6 +134,18 @@ def random_subject(base_head: str, rng: np.random.Generator) -> SubjectAnatomy:
     ventricle_factor = float(rng.uniform(-0.15, 0.25))
     ageing = AgeingRates(float(rng.uniform(0.005, 0.025)), float(rng.uniform(0.001, 0.004)))
     return SubjectAnatomy(base_head, scale, displacement, ventricle_factor, ageing)  # type: ignore[arg-type]
+
+
+#: The ageing of a real person's visits: the low end of the synthetic subjects' ranges (healthy, slow change).
+REAL_VENTRICLE_PER_YEAR = (0.005, 0.01)
+REAL_ATROPHY_PER_YEAR = (0.001, 0.002)
+
+
+def real_person_anatomy(base_head: str, rng: np.random.Generator) -> SubjectAnatomy:
+    """A real person as they are (identity anatomy) with a mild ageing drawn from ``rng`` (seeded per subject)."""
+    displacement = np.zeros((FIELD_SIZE[2], FIELD_SIZE[1], FIELD_SIZE[0], 3))
+    ageing = AgeingRates(float(rng.uniform(*REAL_VENTRICLE_PER_YEAR)), float(rng.uniform(*REAL_ATROPHY_PER_YEAR)))
+    return SubjectAnatomy(base_head, (1.0, 1.0, 1.0), displacement, 0.0, ageing)
 
 
 def rigid_transform(

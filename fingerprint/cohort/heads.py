@@ -22,6 +22,10 @@ resampled on the 1 mm MNI152 grid, cropped to the head, intensity-scaled so that
 1, and cached as NIfTI under ``~/.cache/deepbrainprint/cohort-heads`` (or ``$DBP_COHORT_CACHE``). MNI152 is the
 reference itself and is used as it is. The pipeline's residual alignment error on *visits* is modelled separately
 (see :mod:`fingerprint.cohort.visits` and :mod:`fingerprint.cohort.alignment_check`).
+
+Real people (the real-head cohorts, :data:`REAL_TEST_HEADS` and :data:`REAL_CALIBRATION_HEADS`): the 33 whole-head
+NIfTI of ``shared/data/people`` (23 older adults ``oa-subj1`` .. ``oa-subj23``, 10 IXI heads ``ixi012`` ..) are base
+heads too, prepared in exactly the same way as the DICOM heads (same alignment, grid, scaling and cache version).
 """
 
 from __future__ import annotations
@@ -41,17 +45,21 @@ HEAD_CACHE_VERSION = "v3"
 COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
 #: A pipeline refinement of a base head's careful alignment that turns it more than this is rejected as a failure.
 MAX_REFINEMENT_DEG = 12.0
-SHARED_T1 = Path(os.environ.get("DBP_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "t1"
+SHARED_DATA = Path(os.environ.get("DBP_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+SHARED_T1 = SHARED_DATA / "t1"
 
 
 @dataclass(frozen=True)
 class HeadSource:
-    """Where one base head comes from: a NIfTI already in MNI space, or a DICOM folder under shared/data/t1."""
+    """Where one base head comes from: a NIfTI (``nifti``, or ``shared_nifti`` relative to shared/data, both in any
+    space), or a DICOM folder under shared/data/t1. Shared paths are resolved only when the head is prepared, so a
+    machine without shared/data still imports this module."""
 
     name: str
     nifti: Path | None = None
     dicom_folder: str | None = None
     description: str = ""
+    shared_nifti: str | None = None
 
 
 HEAD_SOURCES: dict[str, HeadSource] = {
@@ -68,6 +76,53 @@ HEAD_SOURCES: dict[str, HeadSource] = {
 }
 TRAINING_HEADS: tuple[str, ...] = ("mni152", "philips-elition", "siemens-skyra-child", "siemens-prisma-xa30", "siemens-avanto")
 HELD_OUT_HEADS: tuple[str, ...] = ("colin27", "siemens-trio")
+
+#: The IXI files of shared/data/people/ixi-2mm (IXI number, hospital, scan number), one person each.
+IXI_FILES: tuple[str, ...] = (
+    "IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236", "IXI015-HH-1258", "IXI033-HH-1259",
+    "IXI034-HH-1260", "IXI039-HH-1261", "IXI048-HH-1326", "IXI049-HH-1358", "IXI051-HH-1328",
+)
+OLDER_ADULTS = 23
+
+
+def _people_sources() -> tuple[HeadSource, ...]:
+    """The 33 real people of shared/data/people as head sources (names from their file names)."""
+    older = (
+        HeadSource(f"oa-subj{k}", shared_nifti=f"people/older-adults-2mm/Subj{k}_T1.nii.gz", description="older adult")
+        for k in range(1, OLDER_ADULTS + 1)
+    )
+    ixi = (
+        HeadSource(stem[:6].lower(), shared_nifti=f"people/ixi-2mm/{stem}-T1_ds.nii.gz", description="IXI, Philips 3T")
+        for stem in IXI_FILES
+    )
+    return (*older, *ixi)
+
+
+HEAD_SOURCES.update({s.name: s for s in _people_sources()})
+PEOPLE_HEADS: tuple[str, ...] = tuple(s.name for s in _people_sources())
+
+REAL_TEST_HEADS: tuple[str, ...] = (
+    *(f"oa-subj{k}" for k in range(1, 9)), "ixi012", "ixi013", "ixi014", "siemens-trio", "colin27",
+)
+"""Real people held out of training *and* of calibration, for our own test of the verification stage.
+
+Why these: thresholds must never be tuned on the people they are tested on, so the test people are fixed here once.
+They mix both archives (8 older adults, 3 IXI heads) so the test sees atrophied and younger brains; siemens-trio is
+the one man with real repeats twelve years later (shared/data/repeats), so the real same-person check stays on the
+test side; colin27 is a real man and was already held out of training.
+"""
+
+REAL_CALIBRATION_HEADS: tuple[str, ...] = (
+    *(f"oa-subj{k}" for k in range(9, OLDER_ADULTS + 1)),
+    *(stem[:6].lower() for stem in IXI_FILES[3:]),
+    "philips-elition", "siemens-skyra-child", "siemens-prisma-xa30", "siemens-avanto",
+)
+"""Real people for calibrating the verification thresholds, and the only real base heads a retraining may use.
+
+Why: every real person not in :data:`REAL_TEST_HEADS` lands here, so calibration sees as many different real people
+as possible. The four DICOM heads are already synthetic-training heads; MNI152 is in neither list because it is an
+average of many brains, not one person.
+"""
 
 
 def cache_dir() -> Path:
@@ -169,14 +224,35 @@ def _scaled_and_cropped(image: sitk.Image, margin_mm: int = 6) -> sitk.Image:
     return scaled[int(lo[2]) : int(hi[2]), int(lo[1]) : int(hi[1]), int(lo[0]) : int(hi[0])]
 
 
+def source_path(name: str) -> Path | None:
+    """The file or folder a head is read from (None for MNI152, which comes from nilearn)."""
+    source = HEAD_SOURCES[name]
+    if source.nifti is not None:
+        return source.nifti
+    if source.shared_nifti is not None:
+        return SHARED_DATA / source.shared_nifti
+    return SHARED_T1 / source.dicom_folder if source.dicom_folder else None
+
+
+def cached_head_path(name: str) -> Path:
+    """Where the prepared head ``name`` is cached (for this HEAD_CACHE_VERSION)."""
+    return cache_dir() / f"{name}-{HEAD_CACHE_VERSION}.nii.gz"
+
+
+def head_available(name: str) -> bool:
+    """Whether ``name`` can be loaded here: already cached, or its source is on this machine."""
+    path = source_path(name)
+    return cached_head_path(name).exists() or path is None or path.exists()
+
+
 def prepare_head(name: str) -> sitk.Image:
     """Build one base head in reference space (slow: reads DICOM, registers); use :func:`load_head` instead."""
     source = HEAD_SOURCES[name]
     grid = reference_grid()
     if name == "mni152":
         return _scaled_and_cropped(grid)
-    if source.nifti is not None:
-        image = sitk.ReadImage(str(source.nifti), sitk.sitkFloat32)
+    if source.nifti is not None or source.shared_nifti is not None:
+        image = sitk.ReadImage(str(source_path(name)), sitk.sitkFloat32)
     else:
         image = _dicom_head(SHARED_T1 / str(source.dicom_folder))
     aligned = sitk.Resample(image, grid, alignment_to_reference(image), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -187,7 +263,7 @@ def load_head(name: str, prepare: Callable[[str], sitk.Image] = prepare_head) ->
     """A base head in reference space (float32, 1 mm, head ~[0, 1]), from the cache or prepared once and cached."""
     if name not in HEAD_SOURCES:
         raise KeyError(f"unknown base head {name!r}; known: {', '.join(HEAD_SOURCES)}")
-    path = cache_dir() / f"{name}-{HEAD_CACHE_VERSION}.nii.gz"
+    path = cached_head_path(name)
     if path.exists():
         return sitk.ReadImage(str(path), sitk.sitkFloat32)
     image = prepare(name)

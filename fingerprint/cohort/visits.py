@@ -10,7 +10,13 @@ Kinds and splits (subjects are never shared between splits: a subject belongs to
   (patient-disjoint validation for early stopping), the rest to ``train``;
 - ``benchmark``: held-out heads only (Colin27, siemens-trio), split ``test``, its own seed space (default seed
   :data:`BENCHMARK_SEED`), so neither its anatomy nor its deformations are ever seen in training;
-- ``calibration``: training heads, split ``calibration``, other seeds: for threshold calibration.
+- ``calibration``: training heads, split ``calibration``, other seeds: for threshold calibration;
+- ``real-calibration`` / ``real-test``: real people, not warps: ONE subject per real head of
+  :data:`~fingerprint.cohort.heads.REAL_CALIBRATION_HEADS` (``rc-<head>``, split ``calibration``) or
+  :data:`~fingerprint.cohort.heads.REAL_TEST_HEADS` (``rt-<head>``, split ``test``). The anatomy is the head itself
+  with a mild ageing (:func:`~fingerprint.cohort.deform.real_person_anatomy`); each visit is drawn as the benchmark's
+  are, and about :data:`THICK_2D_SHARE` of them become a thick 2D series (:func:`thick_2d_protocol`), as real archives
+  hold. Their extra draws use seed streams of their own, so the other kinds' plans are exactly what they were.
 """
 
 from __future__ import annotations
@@ -23,12 +29,24 @@ import numpy as np
 import SimpleITK as sitk
 
 from fingerprint.cohort.appearance import Appearance, random_appearance
-from fingerprint.cohort.deform import SubjectAnatomy, random_subject, rigid_transform
-from fingerprint.cohort.heads import HELD_OUT_HEADS, TRAINING_HEADS
+from fingerprint.cohort.deform import SubjectAnatomy, random_subject, real_person_anatomy, rigid_transform
+from fingerprint.cohort.heads import HELD_OUT_HEADS, REAL_CALIBRATION_HEADS, REAL_TEST_HEADS, TRAINING_HEADS
 
-KIND_CODES = {"train": 11, "benchmark": 23, "calibration": 37}
+KIND_CODES = {"train": 11, "benchmark": 23, "calibration": 37, "real-calibration": 41, "real-test": 43}
 BENCHMARK_SEED = 20230227  # the paper's arXiv date: everyone's benchmark is this one unless told otherwise
 PLANES = ("axial", "sagittal", "coronal", "oblique")
+#: Real-head kinds: (subject id prefix, split, heads); one subject per head.
+REAL_KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "real-calibration": ("rc", "calibration", REAL_CALIBRATION_HEADS),
+    "real-test": ("rt", "test", REAL_TEST_HEADS),
+}
+#: Share of real-head visits acquired as a thick 2D series, and that protocol's planes, slice and pixel sizes (mm).
+THICK_2D_SHARE = 0.25
+THICK_2D_PLANES = ("sagittal", "axial")
+THICK_2D_SLICE_MM = (4.0, 5.0)
+THICK_2D_PIXEL_MM = (0.9, 1.0)
+#: Seed streams appended to a visit's entropy (7: noise, 13: alignment failure, 17: real-head protocol).
+PROTOCOL_STREAM = 17
 
 
 
@@ -72,10 +90,12 @@ class SubjectPlan:
     base_head: str
     split: str
     seed_entropy: tuple[int, ...]
+    real_person: bool = False  # True: the base head as it is (no warp), for the real-head kinds
 
     def anatomy(self) -> SubjectAnatomy:
         """This subject's anatomy (deterministic: drawn from the subject's own seed)."""
-        return random_subject(self.base_head, np.random.default_rng(np.random.SeedSequence(list(self.seed_entropy))))
+        rng = np.random.default_rng(np.random.SeedSequence(list(self.seed_entropy)))
+        return real_person_anatomy(self.base_head, rng) if self.real_person else random_subject(self.base_head, rng)
 
 
 @dataclass(frozen=True)
@@ -104,9 +124,12 @@ class VisitPlan:
 
 
 def plan_subjects(kind: str, subjects: int, seed: int) -> list[SubjectPlan]:
-    """The subjects of a cohort of ``kind`` (train | benchmark | calibration), in index order."""
+    """The subjects of a cohort of ``kind`` (see :data:`KIND_CODES`), in index order; a real-head kind has at most
+    one subject per real head, so ``subjects`` is capped there."""
     if kind not in KIND_CODES:
         raise ValueError(f"unknown cohort kind {kind!r}; use one of {', '.join(KIND_CODES)}")
+    if kind in REAL_KINDS:
+        return _real_subjects(kind, subjects, seed)
     heads = HELD_OUT_HEADS if kind == "benchmark" else TRAINING_HEADS
     plans = []
     for k in range(subjects):
@@ -117,6 +140,15 @@ def plan_subjects(kind: str, subjects: int, seed: int) -> list[SubjectPlan]:
         prefix = {"train": "tr", "benchmark": "bm", "calibration": "ca"}[kind]
         plans.append(SubjectPlan(f"{prefix}{seed}-{k:05d}", k, heads[k % len(heads)], split, (seed, KIND_CODES[kind], k)))
     return plans
+
+
+def _real_subjects(kind: str, subjects: int, seed: int) -> list[SubjectPlan]:
+    """One subject per real head of a real-head kind, its id naming the person (the same person under any seed)."""
+    prefix, split, heads = REAL_KINDS[kind]
+    return [
+        SubjectPlan(f"{prefix}-{head}", k, head, split, (seed, KIND_CODES[kind], k), real_person=True)
+        for k, head in enumerate(heads[:subjects])
+    ]
 
 
 def plan_visits(subject: SubjectPlan, visits: int, residual: ResidualModel = MEASURED_RESIDUAL) -> list[VisitPlan]:
@@ -135,8 +167,33 @@ def plan_visits(subject: SubjectPlan, visits: int, residual: ResidualModel = MEA
         days += gaps[v]
         entropy = (*subject.seed_entropy, 1 + v)
         visit = _visit(subject.subject_id, v, baseline, days, np.random.default_rng(np.random.SeedSequence(list(entropy))), entropy, residual)
-        plans.append(_with_residual_offsets(visit, residual, subject_offset))
+        visit = _with_residual_offsets(visit, residual, subject_offset)
+        plans.append(_with_real_protocol(visit) if subject.real_person else visit)
     return plans
+
+
+def _with_real_protocol(visit: VisitPlan) -> VisitPlan:
+    """Now and then (THICK_2D_SHARE) turn a real head's visit into a thick 2D series, from its own seed stream."""
+    rng = np.random.default_rng(np.random.SeedSequence([*visit.seed_entropy, PROTOCOL_STREAM]))
+    return thick_2d_protocol(visit, rng) if rng.random() < THICK_2D_SHARE else visit
+
+
+def thick_2d_protocol(visit: VisitPlan, rng: np.random.Generator) -> VisitPlan:
+    """The visit as a clinical 2D series: sagittal or axial, 4-5 mm slices, ~1 mm pixels (like shared/data/repeats)."""
+    appearance = dataclasses.replace(
+        visit.appearance,
+        pixel_mm=float(rng.uniform(*THICK_2D_PIXEL_MM)),
+        thickness_mm=float(rng.uniform(*THICK_2D_SLICE_MM)),
+    )
+    plane = str(rng.choice(THICK_2D_PLANES))
+    return dataclasses.replace(
+        visit, appearance=appearance, plane=plane, oblique_deg=0.0, coverage_mm=float(rng.uniform(150.0, 180.0))
+    )
+
+
+def is_thick_2d(visit: VisitPlan) -> bool:
+    """Whether a visit is a thick-slice 2D series (slices at least THICK_2D_SLICE_MM[0] thick)."""
+    return visit.appearance.thickness_mm >= THICK_2D_SLICE_MM[0]
 
 
 def _with_residual_offsets(visit: VisitPlan, model: ResidualModel, subject_offset: tuple[np.ndarray, np.ndarray]) -> VisitPlan:
