@@ -220,12 +220,12 @@ def align(image: sitk.Image, search: str = "scaled") -> Alignment:
     """
     if search not in POSE_SEARCHES:
         raise ValueError(f"search must be one of {POSE_SEARCHES}, not {search!r}")
-    with _registration_threads(REGISTRATION_THREADS):
+    with registration_threads(REGISTRATION_THREADS):
         return _align(image, search)
 
 
 @contextmanager
-def _registration_threads(count: int) -> Iterator[None]:
+def registration_threads(count: int) -> Iterator[None]:
     """SimpleITK's default thread count set to ``count`` inside the block: the registration's metric, pyramid and
     start-point filters all follow the global default, not only the registration method's own setting."""
     with _THREADS_LOCK:

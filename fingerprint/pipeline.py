@@ -27,6 +27,8 @@ from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.dicom_series import read_series
 from fingerprint.slicing import DEFAULT_LEVEL_MM, normalise, sample_plane, trusted_interior
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM, SliceResult
+from fingerprint.verification import METHOD_VERSION as VERIFICATION_VERSION
+from fingerprint.verification import brain_grid, extract_brain
 
 METHODS = ("anatomical", "middle")
 #: Fraction of the canonical plane's brain mask that must lie inside the field of view (a cut hemisphere is kept,
@@ -34,27 +36,41 @@ METHODS = ("anatomical", "middle")
 MIN_PLANE_COVERAGE = 0.7
 
 
-def slice_series(source: Path | str | Sequence[Dataset], method: str = "anatomical") -> SliceResult:
-    """Read one series (folder, file or datasets) and return its canonical slice. Raises ``SeriesRejected``."""
+def slice_series(
+    source: Path | str | Sequence[Dataset], method: str = "anatomical", with_brain: bool = True
+) -> SliceResult:
+    """Read one series (folder, file or datasets) and return its canonical slice and, for the anatomical method, its
+    canonical brain (what :mod:`fingerprint.verification` compares). Raises ``SeriesRejected``."""
     started = time.perf_counter()
     loaded = read_series(source)
     read_s = time.perf_counter() - started
-    pixels, geometry = slice_volume(loaded.image, method=method)
+    pixels, geometry, brain = canonical_views(loaded.image, method=method, with_brain=with_brain)
     geometry["input"].update(loaded.info)
     geometry["timings_s"]["read"] = round(read_s, 3)
-    return SliceResult(pixels=pixels, identifiers=loaded.identifiers, geometry=geometry, method=method)
+    return SliceResult(pixels=pixels, identifiers=loaded.identifiers, geometry=geometry, method=method, brain=brain)
 
 
 def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndarray, dict[str, Any]]:
     """The canonical slice of a volume and the geometry dict (input, alignment, level, output, timings)."""
+    pixels, geometry, _brain = canonical_views(image, method=method, with_brain=False)
+    return pixels, geometry
+
+
+def canonical_views(
+    image: sitk.Image, method: str = "anatomical", with_brain: bool = True
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
+    """The canonical slice, the geometry dict and (anatomical method, ``with_brain``) the canonical brain, from one
+    alignment: the brain costs one extra resample of the volume into the reference's 2 mm brain box."""
     if method not in METHODS:
         raise ValueError(f"unknown slice method {method!r}; use one of {', '.join(METHODS)}")
     geometry: dict[str, Any] = {"input": describe_volume(image), "timings_s": {}}
+    brain: np.ndarray | None = None
     started = time.perf_counter()
     if method == "anatomical":
         alignment = align(image)
         aligned = time.perf_counter()
-        plane = sample_plane(trusted_interior(image), alignment.transform)
+        interior = trusted_interior(image)
+        plane = sample_plane(interior, alignment.transform)
         pixels, plane_covered = plane.pixels, plane.coverage
         if plane_covered < MIN_PLANE_COVERAGE:
             raise SeriesRejected(
@@ -72,6 +88,14 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
         }
         geometry["timings_s"]["align"] = round(aligned - started, 3)
         geometry["timings_s"]["slice"] = round(time.perf_counter() - aligned, 3)
+        if with_brain:
+            sliced = time.perf_counter()
+            brain = extract_brain(interior, alignment.transform)
+            geometry["brain"] = {
+                "method_version": VERIFICATION_VERSION,
+                "seen_fraction": round(float((brain > 0).sum() / brain_grid().stored.sum()), 3),
+            }
+            geometry["timings_s"]["brain"] = round(time.perf_counter() - sliced, 3)
     else:
         pixels, level = middle_slice(image)
         geometry["level"] = level
@@ -84,7 +108,7 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
         "intensity": "P1..P99 inside the brain/head mask -> 0..1",
         "interpolation": "linear",
     }
-    return pixels, geometry
+    return pixels, geometry, brain
 
 
 def describe_volume(image: sitk.Image) -> dict[str, Any]:

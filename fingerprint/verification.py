@@ -1,0 +1,290 @@
+"""The second, physical opinion on identity: are two canonical brains the same rigid object, down to the gyri?
+
+Why a check beside the fingerprint: the fingerprint is a fast way to find candidates, but its similarity scale is
+dominated by how a scan looks (scanner, resolution, contrast), so on real people one threshold on it cannot separate
+"the same man twelve years later on another scanner" from "two different people of one site". A person's brain is
+the same rigid object in every scan; another person's brain cannot be rigidly aligned to it down to its folds. So:
+
+1. Every series keeps a compact **canonical brain** (:func:`extract_brain`): the series resampled into the reference
+   (MNI) box at 2 mm with the pipeline's own rigid alignment, inside the reference's brain mask (dilated a little)
+   only, quantised to ``BRAIN_LEVELS`` grey levels, 0 where the field of view saw nothing. It holds no face: every
+   voxel outside the brain mask is dropped before it is stored (:func:`brain_to_bytes`).
+2. Two canonical brains are **registered** to each other (:func:`verify`): rigid (6 dof; they already sit within a
+   few degrees of each other, so the search starts at the identity), Mattes mutual information inside the central
+   brain, because contrast differs between scanners and sequences. A registration that runs off
+   (``MAX_ROTATION_DEG``, ``MAX_SHIFT_MM``) is not trusted and the pair is scored where the pipeline put it.
+3. The **score** is the normalised correlation of their fine anatomy: the Laplacian of Gaussian (sigma
+   ``DETAIL_SIGMA_MM``) of each brain inside the central brain (the mask eroded by ``SCORE_EROSION_MM``) where both
+   fields of view saw it. Plain intensity correlation does not tell people apart (every brain has grey and white
+   matter in about the same place); the pattern of sulci and gyri does. The Laplacian is computed once per brain
+   (:func:`prepare`) and moved with the registration: it commutes with rotations and shifts.
+
+Training-free, so it does not inherit the cohort generator's biases. Its thresholds are calibrated on real different
+people (:mod:`fingerprint.verification_calibration`) and stored per :data:`METHOD_VERSION`. Each verification can draw
+its evidence (:func:`evidence_png`): the two brains after registration as a checkerboard on three planes.
+
+Example::
+
+    brain_a = extract_brain(volume_a, align(volume_a).transform)
+    brain_b = extract_brain(volume_b, align(volume_b).transform)
+    verify(prepare(brain_a), prepare(brain_b)).score   # high: same person; near 0: different people
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from fingerprint.canonical import load_reference, registration_threads
+
+#: Bump when anything below changes what a canonical brain holds or how a pair is scored: brains and thresholds are
+#: stored per version, and brains of two versions are never compared.
+METHOD_VERSION = "dbp-verify-v1"
+#: The stored brain region: the reference brain mask (2 mm) dilated by this much (the cortex border, not the face).
+BRAIN_DILATION_MM = 2.0
+#: Grey levels kept per voxel (6 bits): coarser than the noise, a third smaller than 8 bits, same scores.
+BRAIN_LEVELS = 63
+#: Scale of the anatomy compared (mm): sulci and gyri, not noise.
+DETAIL_SIGMA_MM = 2.0
+#: The score is read inside the brain eroded by this much: the border depends on the field of view and skull.
+SCORE_EROSION_MM = 4.0
+#: Fraction of the scored region that both fields of view must cover for a score to count.
+MIN_SHARED_FRACTION = 0.5
+#: A registration that turns or moves the second brain further than this has run off; it is not used.
+MAX_ROTATION_DEG = 20.0
+MAX_SHIFT_MM = 20.0
+#: Registration: Mattes MI on a fixed random sample of the central brain, 4 then 2 mm, one thread (the same result
+#: on every host).
+SAMPLING_FRACTION = 0.05
+SHRINK_FACTORS = (2, 1)
+SMOOTHING_SIGMAS = (1.0, 0.0)
+RANDOM_SEED = 20230227
+
+
+@dataclass(frozen=True)
+class BrainGrid:
+    """The reference box canonical brains live in, the voxels a brain keeps and the voxels the score reads."""
+
+    image: sitk.Image  # float32 zeros: origin, spacing, size and direction of the box
+    stored: np.ndarray  # bool (z, y, x)
+    scored: np.ndarray  # bool (z, y, x), inside ``stored``
+
+
+@dataclass(frozen=True)
+class PreparedBrain:
+    """A canonical brain ready to compare: intensities as an image, where it was seen, and its fine detail."""
+
+    brain: np.ndarray  # uint8 (z, y, x) as stored
+    image: sitk.Image  # float32 intensities on the grid
+    seen: np.ndarray  # bool: inside the field of view and the stored region
+    detail: np.ndarray  # float32 Laplacian of Gaussian of the intensities
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """One verified pair: the score, how far the registration moved the second brain, the anatomy both shared."""
+
+    score: float | None  # None when the two scans share too little brain to compare
+    shared_fraction: float
+    rotation_deg: float
+    shift_mm: float
+    registration_used: bool
+    registered: np.ndarray | None = None  # the second brain on the first one's grid (for the evidence picture)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "method_version": METHOD_VERSION,
+            "score": None if self.score is None else round(self.score, 4),
+            "shared_fraction": round(self.shared_fraction, 3),
+            "rotation_deg": round(self.rotation_deg, 2),
+            "shift_mm": round(self.shift_mm, 2),
+            "registration_used": self.registration_used,
+        }
+
+
+@lru_cache(maxsize=1)
+def brain_grid() -> BrainGrid:
+    """The reference grid cropped to the dilated brain mask (plus one voxel), with its two masks."""
+    mask = load_reference().mask
+    spacing = mask.GetSpacing()[0]
+    dilated = sitk.BinaryDilate(mask, [max(1, round(BRAIN_DILATION_MM / spacing))] * 3, sitk.sitkBall)
+    eroded = sitk.BinaryErode(mask, [max(1, round(SCORE_EROSION_MM / spacing))] * 3, sitk.sitkBall)
+    kept = sitk.GetArrayFromImage(dilated) > 0
+    zyx = np.argwhere(kept)
+    low = np.maximum(zyx.min(axis=0) - 1, 0)
+    high = np.minimum(zyx.max(axis=0) + 2, kept.shape)
+    size_xyz = [int(h - l) for h, l in zip(high[::-1], low[::-1])]
+    box = sitk.RegionOfInterest(sitk.Cast(mask, sitk.sitkFloat32) * 0.0, size_xyz, [int(v) for v in low[::-1]])
+    crop = tuple(slice(int(l), int(h)) for l, h in zip(low, high))
+    stored = kept[crop].copy()
+    scored = (sitk.GetArrayFromImage(eroded) > 0)[crop] & stored
+    stored.setflags(write=False)
+    scored.setflags(write=False)
+    return BrainGrid(box, stored, scored)
+
+
+# --- the canonical brain -------------------------------------------------------------------------------------------
+def extract_brain(image: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+    """The canonical brain of a series: uint8 (z, y, x) on :func:`brain_grid`; 0 outside the stored region or the
+    field of view, 1..BRAIN_LEVELS inside (the brain's 1st..99th percentile mapped linearly, clipped).
+
+    ``transform`` maps reference (MNI, LPS mm) points to ``image`` points, as :func:`fingerprint.canonical.align`
+    returns.
+    """
+    grid = brain_grid()
+    sampled = sitk.Resample(image, grid.image, transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+    values = sitk.GetArrayFromImage(sampled)
+    seen = np.isfinite(values) & grid.stored
+    brain = np.zeros(values.shape, dtype=np.uint8)
+    if seen.any():
+        low, high = np.percentile(values[seen], [1.0, 99.0])
+        scaled = np.clip((values[seen] - low) / max(float(high - low), 1e-6), 0.0, 1.0)
+        brain[seen] = (1 + np.round(scaled * (BRAIN_LEVELS - 1))).astype(np.uint8)
+    return brain
+
+
+def brain_to_bytes(brain: np.ndarray) -> bytes:
+    """The stored region's voxels only, zlib-compressed: what the store keeps per series."""
+    grid = brain_grid()
+    if brain.shape != grid.stored.shape:
+        raise ValueError(f"a canonical brain is {grid.stored.shape}, not {brain.shape}")
+    return zlib.compress(np.ascontiguousarray(brain[grid.stored], dtype=np.uint8).tobytes(), 6)
+
+
+def brain_from_bytes(data: bytes) -> np.ndarray:
+    """The inverse of :func:`brain_to_bytes`."""
+    grid = brain_grid()
+    brain = np.zeros(grid.stored.shape, dtype=np.uint8)
+    brain[grid.stored] = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
+    return brain
+
+
+def prepare(brain: np.ndarray) -> PreparedBrain:
+    """What :func:`verify` needs of one brain, computed once however many pairs it takes part in."""
+    grid = brain_grid()
+    values = brain.astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(grid.image)
+    sigma_voxels = DETAIL_SIGMA_MM / grid.image.GetSpacing()[0]
+    detail = ndimage.gaussian_laplace(values, sigma=sigma_voxels).astype(np.float32)
+    return PreparedBrain(brain, image, brain > 0, detail)
+
+
+# --- the pair check ------------------------------------------------------------------------------------------------
+def verify(fixed: PreparedBrain, moving: PreparedBrain, keep_registered: bool = False) -> VerificationResult:
+    """Register ``moving`` onto ``fixed`` and score how well their fine anatomy agrees (see the module docstring).
+
+    The archive passes the new series as ``fixed``; the score does not depend much on the order.
+    """
+    grid = brain_grid()
+    transform = _register(fixed, moving, fixed.seen & grid.scored)
+    rotation, shift = _size_of(transform)
+    used = rotation <= MAX_ROTATION_DEG and shift <= MAX_SHIFT_MM
+    if not used:
+        transform = sitk.Euler3DTransform(transform.GetCenter())
+    moved_detail = _moved(moving.detail, transform, sitk.sitkLinear)
+    moved_seen = _moved(moving.seen.astype(np.float32), transform, sitk.sitkNearestNeighbor) > 0.5
+    shared = grid.scored & fixed.seen & moved_seen
+    shared_fraction = float(shared.sum() / max(int(grid.scored.sum()), 1))
+    score = _correlation(fixed.detail[shared], moved_detail[shared]) if shared_fraction >= MIN_SHARED_FRACTION else None
+    registered = _moved(moving.brain.astype(np.float32), transform, sitk.sitkLinear) if keep_registered else None
+    return VerificationResult(score, shared_fraction, rotation, shift, used, registered)
+
+
+def verify_brains(fixed: np.ndarray, moving: np.ndarray, keep_registered: bool = False) -> VerificationResult:
+    """:func:`verify` for two stored brains (prepares both)."""
+    return verify(prepare(fixed), prepare(moving), keep_registered)
+
+
+def _register(fixed: PreparedBrain, moving: PreparedBrain, metric_mask: np.ndarray) -> sitk.Euler3DTransform:
+    """Rigid Mattes MI from the identity, centred on the metric region."""
+    grid = brain_grid()
+    mask = sitk.GetImageFromArray(metric_mask.astype(np.uint8))
+    mask.CopyInformation(grid.image)
+    transform = sitk.Euler3DTransform()
+    centre = np.argwhere(metric_mask)[:, ::-1].mean(axis=0) if metric_mask.any() else np.zeros(3)
+    transform.SetCenter(grid.image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in centre)))
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricFixedMask(mask)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(SAMPLING_FRACTION, RANDOM_SEED)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=0.02, numberOfIterations=100, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
+    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_SIGMAS))
+    method.SetInitialTransform(transform, inPlace=True)
+    if metric_mask.any():
+        with registration_threads(1):
+            method.Execute(fixed.image, moving.image)
+    return transform
+
+
+def _size_of(transform: sitk.Euler3DTransform) -> tuple[float, float]:
+    """Rotation angle (degrees) and how far the centre of the brain moves (mm)."""
+    matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0))))
+    centre = np.asarray(transform.GetCenter())
+    return angle, float(np.linalg.norm(np.asarray(transform.TransformPoint(tuple(centre))) - centre))
+
+
+def _moved(values: np.ndarray, transform: sitk.Transform, interpolator: int) -> np.ndarray:
+    grid = brain_grid()
+    image = sitk.GetImageFromArray(values.astype(np.float32, copy=False))
+    image.CopyInformation(grid.image)
+    return sitk.GetArrayFromImage(sitk.Resample(image, grid.image, transform, interpolator, 0.0, sitk.sitkFloat32))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64) - a.mean()
+    b = b.astype(np.float64) - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denominator) if denominator > 0 else 0.0
+
+
+# --- evidence ------------------------------------------------------------------------------------------------------
+def evidence_png(fixed: np.ndarray, registered: np.ndarray, score: float | None, caption: str = "") -> bytes:
+    """The two brains after registration as a checkerboard on an axial, a coronal and a sagittal plane through the
+    brain's centre, with the score: what a person looks at to agree or disagree. Brain only, no face.
+
+    Where one person is shown, the tiles continue each other's folds; where two are, the folds break at every edge.
+    """
+    from PIL import Image, ImageDraw
+
+    grid = brain_grid()
+    centre = np.round(np.argwhere(grid.scored).mean(axis=0)).astype(int)
+    top = max(float(np.percentile(fixed[fixed > 0], 99)) if (fixed > 0).any() else 1.0, 1.0)
+    low = max(float(np.percentile(registered[registered > 0], 99)) if (registered > 0).any() else 1.0, 1.0)
+    a_scaled = np.clip(fixed.astype(np.float32) * (255.0 / top), 0, 255)
+    b_scaled = np.clip(registered.astype(np.float32) * (255.0 / low), 0, 255)
+    panels = [
+        _checkerboard(np.take(a_scaled, centre[axis], axis=axis), np.take(b_scaled, centre[axis], axis=axis))
+        for axis in (0, 1, 2)  # z: axial, y: coronal, x: sagittal
+    ]
+    height = max(p.shape[0] for p in panels)
+    row = np.concatenate([np.pad(p, ((0, height - p.shape[0]), (0, 4))) for p in panels], axis=1)
+    picture = Image.fromarray(row).resize((row.shape[1] * 3, row.shape[0] * 3), Image.NEAREST)
+    canvas = Image.new("L", (picture.width, picture.height + 20), 0)
+    canvas.paste(picture, (0, 20))
+    text = f"{caption}  verification {'n/a' if score is None else f'{score:.3f}'} ({METHOD_VERSION})".strip()
+    ImageDraw.Draw(canvas).text((4, 4), text, fill=255)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _checkerboard(a: np.ndarray, b: np.ndarray, tile: int = 6) -> np.ndarray:
+    """Alternate ``tile``-voxel squares of ``a`` and ``b``, turned so that superior (or anterior) is up."""
+    rows, cols = np.indices(a.shape)
+    merged = np.where(((rows // tile) + (cols // tile)) % 2 == 0, a, b)
+    return np.flipud(merged).astype(np.uint8)

@@ -1,0 +1,125 @@
+"""The verification stage: canonical brains, the pair check, its evidence picture and its thresholds.
+
+Unit tests use Colin27 (a real head already in MNI space, so the identity is its alignment): a moved copy of the same
+head is the same person; the same head warped by the cohort's smooth random deformation stands in for another person.
+The real-people checks (the Trio man and the decubitus man, twelve years apart) are in test_archive_cli.py.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from fingerprint.calibration import Thresholds
+from fingerprint.canonical import load_reference
+from fingerprint.verification import (
+    BRAIN_LEVELS,
+    MAX_SHIFT_MM,
+    brain_from_bytes,
+    brain_grid,
+    brain_to_bytes,
+    evidence_png,
+    extract_brain,
+    prepare,
+    verify,
+)
+from fingerprint.verification_calibration import verification_thresholds
+
+
+def moved(image: sitk.Image, degrees: float, shift_mm: tuple[float, float, float]) -> sitk.Transform:
+    """A rigid map reference -> image: the head turned about the left-right axis and shifted."""
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter((0.0, -18.0, 18.0))
+    transform.SetRotation(np.radians(degrees), 0.0, 0.0)
+    transform.SetTranslation(shift_mm)
+    return transform
+
+
+@pytest.fixture(scope="module")
+def brains(colin27):
+    """Colin27 as aligned (identity), the same head seen 4 degrees and 3 mm off, and a warped 'other person'."""
+    from fingerprint.cohort.deform import displacement_transform, scale_transform, smooth_noise_field
+
+    same = extract_brain(colin27, sitk.Euler3DTransform())
+    turned = extract_brain(colin27, moved(colin27, 4.0, (0.0, 3.0, -2.0)))
+    rng = np.random.default_rng(7)
+    warp = sitk.CompositeTransform([scale_transform((1.06, 0.94, 1.04)), displacement_transform(smooth_noise_field(rng) * 2.5)])
+    other = extract_brain(sitk.Resample(colin27, colin27, warp, sitk.sitkLinear, 0.0), sitk.Euler3DTransform())
+    return {"same": same, "turned": turned, "other": other}
+
+
+def test_canonical_brain_keeps_only_the_brain_and_round_trips(brains):
+    brain = brains["same"]
+    grid = brain_grid()
+    assert brain.dtype == np.uint8 and brain.shape == grid.stored.shape
+    assert brain.max() <= BRAIN_LEVELS and not brain[~grid.stored].any()  # nothing outside the brain region
+    assert np.array_equal(brain_from_bytes(brain_to_bytes(brain)), brain)
+    assert len(brain_to_bytes(brain)) < 250_000
+
+
+def test_a_face_is_never_stored(colin27):
+    """A head whose brain region is empty (only skin and face bright) leaves nothing but empty brain voxels."""
+    reference = load_reference()
+    outside = sitk.Resample(sitk.Cast(reference.metric_mask, sitk.sitkFloat32), colin27, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0)
+    face_only = sitk.Mask(colin27, sitk.Cast(outside < 0.5, sitk.sitkUInt8))
+    brain = extract_brain(face_only, sitk.Euler3DTransform())
+    values = brain[brain_grid().scored]
+    assert np.percentile(values, 50) <= 1  # the brain's centre holds no tissue from outside it
+
+
+def test_the_same_head_moved_scores_high_and_another_scores_low(brains):
+    same = verify(prepare(brains["same"]), prepare(brains["turned"]))
+    other = verify(prepare(brains["same"]), prepare(brains["other"]))
+    assert same.registration_used and 2.0 < same.rotation_deg < 6.0  # the 4 degrees found again
+    assert same.score is not None and other.score is not None
+    assert same.score > 0.8, same
+    assert other.score < same.score - 0.3, (same, other)
+
+
+def test_a_registration_that_runs_off_is_not_used(brains, monkeypatch):
+    """With a tiny trust region the registration's 4-degree move is refused: the pair is scored where it lies."""
+    import fingerprint.verification as verification
+
+    monkeypatch.setattr(verification, "MAX_ROTATION_DEG", 1.0)
+    result = verify(prepare(brains["same"]), prepare(brains["turned"]))
+    assert not result.registration_used and result.rotation_deg > 1.0
+    assert result.shift_mm <= MAX_SHIFT_MM or not result.registration_used
+
+
+def test_too_little_shared_brain_gives_no_score(brains):
+    half = brains["same"].copy()
+    half[: half.shape[0] * 3 // 4] = 0  # the field of view saw only the top quarter
+    assert verify(prepare(brains["same"]), prepare(half)).score is None
+
+
+def test_evidence_picture_is_a_png_of_three_planes(brains):
+    from PIL import Image
+
+    result = verify(prepare(brains["same"]), prepare(brains["turned"]), keep_registered=True)
+    picture = Image.open(io.BytesIO(evidence_png(brains["same"], result.registered, result.score, "test")))
+    assert picture.format == "PNG" and picture.width > 2.5 * picture.height
+
+
+# --- thresholds ------------------------------------------------------------------------------------------------------
+def test_verification_thresholds_are_conservative_and_tight():
+    rng = np.random.default_rng(0)
+    same = np.tanh(rng.normal(1.0, 0.15, 300))
+    different = np.tanh(rng.normal(0.18, 0.06, 5000))
+    t = verification_thresholds(same, different, far=0.001)
+    assert t.model_version == "dbp-verify-v1" and t.source == "calibrated"
+    assert np.mean(different >= t.match) <= 0.001
+    assert t.match >= t.details["match_empirical"] - 1e-6 and t.match >= t.details["match_fitted"] - 1e-6
+    assert t.mismatch <= min(t.details["mismatch_empirical"], t.details["mismatch_fitted"], t.match) + 1e-6
+    assert np.mean(same < t.mismatch) <= 0.001
+
+
+def test_verification_thresholds_say_when_the_rate_rests_on_the_fit():
+    rng = np.random.default_rng(1)
+    t = verification_thresholds(np.tanh(rng.normal(1.0, 0.1, 30)), np.tanh(rng.normal(0.2, 0.05, 200)), 0.001)
+    assert "fitted tail" in t.details["warning"]
+    assert isinstance(t, Thresholds)
+    with pytest.raises(ValueError):
+        verification_thresholds(np.array([0.9, np.nan]), np.array([0.1, 0.2, 0.3]), 0.001)
