@@ -40,6 +40,9 @@ from fingerprint.store import (
 )
 from fingerprint.types import FingerprintResult, SeriesIdentifiers
 from fingerprint.verdicts import Candidate, decide, rejected_verdict
+from fingerprint.verification import METHOD_VERSION as VERIFICATION_VERSION
+from fingerprint.verification import brain_from_bytes, brain_to_bytes
+from fingerprint.verification_stage import PairVerifier, Picks
 
 #: Save the index file after this many changes (it is a cache: the store is replayed into it on open anyway).
 SAVE_INDEX_EVERY = 200
@@ -146,21 +149,22 @@ class Archive:
         if patient_hash is None:
             patient_hash = self.hash_patient_id(ids.patient_id)
         thresholds = self.thresholds(model_version)
-        top_k = max(1, int(self.settings.top_k))
+        verification_thresholds = self.verification_thresholds()
+        verifier = self._verifier(result, ids.series_instance_uid, verification_thresholds)
+        if verifier is not None:  # the heavy part, outside the archive lock
+            with self.store.reading() as conn:
+                own, neighbours = self._candidates(conn, model_version, vector, patient_hash, ids.series_instance_uid)
+                self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
         transaction = self.store.locked() if record else self.store.reading()
         with transaction as conn:
-            index = self._synced_index(conn, model_version)
-            own_rows = self.store.own_scans(conn, model_version, patient_hash, ids.series_instance_uid)
-            own = [_candidate(row, float(row["vector"] @ vector)) for row in own_rows]
-            hits = index.search(vector, top_k + len(own) + 1)
-            summaries = self.store.summaries(conn, [h.row_id for h in hits])
-            neighbours = [
-                _candidate(summaries[h.row_id], h.similarity)
-                for h in hits
-                if h.row_id in summaries and summaries[h.row_id]["series_instance_uid"] != ids.series_instance_uid
-            ]
-            verdict = decide(patient_hash, own, neighbours, thresholds)
-            verdict["neighbours"] = verdict["neighbours"][:top_k]
+            own, neighbours = self._candidates(conn, model_version, vector, patient_hash, ids.series_instance_uid)
+            if verifier is not None:  # only what other processes recorded meanwhile is verified here
+                self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
+                own, neighbours = verifier.annotate(own), verifier.annotate(neighbours)
+            verdict = decide(
+                patient_hash, own, neighbours, thresholds, verification_thresholds if verifier is not None else None
+            )
+            verdict["neighbours"] = verdict["neighbours"][: max(1, int(self.settings.top_k))]
             row = {
                 **self._identity_columns(ids, patient_hash, model_version, source_info),
                 "status": STATUS_FINGERPRINTED,
@@ -168,11 +172,86 @@ class Archive:
                 "slice_f16": slice_to_bytes(result.slice.pixels),
                 **_verdict_columns(verdict),
             }
-            row_id, seq = self.store.upsert_series(conn, row) if record else (None, None)
+            row_id, seq = None, None
+            if record:
+                if verifier is not None:
+                    verifier.record(conn, ids.series_instance_uid, verdict, patient_hash)
+                    row.update(_verdict_columns(verdict))
+                if result.slice.brain is not None:
+                    self.store.save_brain(
+                        conn, ids.series_instance_uid, VERIFICATION_VERSION, brain_to_bytes(result.slice.brain)
+                    )
+                row_id, seq = self.store.upsert_series(conn, row)
+        index = self._indexes[model_version]
         if row_id is not None:
             index.add(row_id, seq, vector)  # after the commit: the index never holds an uncommitted row
             self._save_if_due(index)
         return self._output(verdict, ids, patient_hash, model_version, source_info, row_id)
+
+    def _candidates(
+        self, conn: Any, model_version: str, vector: np.ndarray, patient_hash: str, series_uid: str
+    ) -> tuple[list[Candidate], list[Candidate]]:
+        """The PatientID's earlier scans (exact similarities) and the nearest other stored series."""
+        index = self._synced_index(conn, model_version)
+        own_rows = self.store.own_scans(conn, model_version, patient_hash, series_uid)
+        own = [_candidate(row, float(row["vector"] @ vector)) for row in own_rows]
+        hits = index.search(vector, max(1, int(self.settings.top_k)) + len(own) + 1)
+        summaries = self.store.summaries(conn, [h.row_id for h in hits])
+        neighbours = [
+            _candidate(summaries[h.row_id], h.similarity)
+            for h in hits
+            if h.row_id in summaries and summaries[h.row_id]["series_instance_uid"] != series_uid
+        ]
+        return own, neighbours
+
+    def _verifier(
+        self, result: FingerprintResult, series_uid: str, verification_thresholds: Thresholds | None
+    ) -> PairVerifier | None:
+        """A verifier for this series' canonical brain (the one just made, or the one recorded with the series when
+        ``reindex`` replays it), or None when there is nothing to verify with."""
+        if verification_thresholds is None:
+            return None
+        brain = result.slice.brain
+        if brain is None:
+            with self.store.reading() as conn:
+                stored = self.store.brains(conn, [series_uid], VERIFICATION_VERSION)
+            if series_uid not in stored:
+                return None
+            brain = brain_from_bytes(stored[series_uid])
+        return PairVerifier(self.store, brain, keep_pictures=self.settings.evidence_pictures)
+
+    def _verify(
+        self,
+        conn: Any,
+        verifier: PairVerifier,
+        own: list[Candidate],
+        neighbours: list[Candidate],
+        patient_hash: str,
+        thresholds: Thresholds,
+        verification_thresholds: Thresholds,
+    ) -> None:
+        """Verify the own scans that decide, then, where still needed, the other PatientIDs that come near."""
+        picks = Picks(int(self.settings.verify_own_scans), int(self.settings.verify_other_patients))
+        for _round in range(2):  # own scans first: their result says whether other PatientIDs are needed
+            chosen = verifier.pick(own, neighbours, patient_hash, picks, thresholds, verification_thresholds)
+            verifier.run(conn, chosen)
+        verifier.note_brains(conn, [*own, *neighbours])
+
+    def verification_thresholds(self) -> Thresholds | None:
+        """The verification stage's calibrated thresholds (store, index folder, shipped), or None when the stage is
+        switched off or nothing was calibrated for its method version (the fingerprint then decides alone)."""
+        if not self.settings.verification:
+            return None
+        if VERIFICATION_VERSION not in self._thresholds:
+            stored = self.store.load_thresholds(VERIFICATION_VERSION)
+            found = (
+                thresholds_from_json(stored, "store")
+                if stored
+                else load_thresholds(self.settings, VERIFICATION_VERSION)
+            )
+            self._thresholds[VERIFICATION_VERSION] = found
+        found = self._thresholds[VERIFICATION_VERSION]
+        return None if found.source == "fallback" else found
 
     def _record_rejection(
         self, rejection: SeriesRejected, ids: SeriesIdentifiers, source_info: dict, record: bool

@@ -97,6 +97,34 @@ thresholds_table = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+#: The canonical brain of each series for the verification stage (``fingerprint.verification``): keyed by the series
+#: and the verification method's version, not by the fingerprint model (a new model re-uses the brains; ``reindex``
+#: needs no DICOM for verification either). Compressed 6-bit voxels of the brain only (no face).
+brains_table = Table(
+    "dbp_brains",
+    metadata,
+    Column("series_instance_uid", String(128), primary_key=True),
+    Column("method_version", String(64), primary_key=True),
+    Column("brain", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Every verified pair: the score, how the registration went (JSON) and the evidence picture (PNG), for the verdict's
+#: evidence and the reports. One row per (series, candidate, method version); re-verifying replaces it.
+verifications_table = Table(
+    "dbp_verifications",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("series_instance_uid", String(128), nullable=False, index=True),
+    Column("candidate_series_instance_uid", String(128), nullable=False),
+    Column("method_version", String(64), nullable=False),
+    Column("score", Float, nullable=True),
+    Column("details", Text, nullable=False, default="{}"),
+    Column("evidence_png", LargeBinary, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("series_instance_uid", "candidate_series_instance_uid", "method_version", name="uq_dbp_verification"),
+)
+
 #: Columns a caller may set through :meth:`Store.upsert_series` (everything but the bookkeeping ones).
 RECORD_FIELDS = tuple(c.name for c in series_table.columns if c.name not in {"id", "seq", "created_at", "updated_at"})
 
@@ -204,7 +232,88 @@ class Store:
             row_id = existing
         return int(row_id), seq
 
+    def save_brain(self, conn: Connection, series_instance_uid: str, method_version: str, brain: bytes) -> None:
+        """Store (replace) the canonical brain of a series."""
+        key = (brains_table.c.series_instance_uid == series_instance_uid) & (
+            brains_table.c.method_version == method_version
+        )
+        conn.execute(brains_table.delete().where(key))
+        conn.execute(
+            brains_table.insert().values(
+                series_instance_uid=series_instance_uid,
+                method_version=method_version,
+                brain=brain,
+                updated_at=datetime.now(timezone.utc),
+            )
+        )
+
+    def save_verification(
+        self,
+        conn: Connection,
+        series_instance_uid: str,
+        candidate_series_instance_uid: str,
+        method_version: str,
+        score: float | None,
+        details: dict[str, Any],
+        evidence_png: bytes | None,
+    ) -> int:
+        """Store (replace) one verified pair; returns its id (what the verdict's evidence points to)."""
+        c = verifications_table.c
+        conn.execute(
+            verifications_table.delete().where(
+                (c.series_instance_uid == series_instance_uid)
+                & (c.candidate_series_instance_uid == candidate_series_instance_uid)
+                & (c.method_version == method_version)
+            )
+        )
+        result = conn.execute(
+            verifications_table.insert().values(
+                series_instance_uid=series_instance_uid,
+                candidate_series_instance_uid=candidate_series_instance_uid,
+                method_version=method_version,
+                score=score,
+                details=json.dumps(details),
+                evidence_png=evidence_png,
+                created_at=datetime.now(timezone.utc),
+            )
+        )
+        return int(result.inserted_primary_key[0])
+
     # --- reads ------------------------------------------------------------------------------------------------------
+    def brains(self, conn: Connection, series_instance_uids: Sequence[str], method_version: str) -> dict[str, bytes]:
+        """Stored canonical brains of these series (those that have one), by SeriesInstanceUID."""
+        if not series_instance_uids:
+            return {}
+        rows = conn.execute(
+            select(brains_table.c.series_instance_uid, brains_table.c.brain).where(
+                brains_table.c.method_version == method_version,
+                brains_table.c.series_instance_uid.in_(list(series_instance_uids)),
+            )
+        )
+        return {uid: bytes(data) for uid, data in rows}
+
+    def brain_uids(self, conn: Connection, series_instance_uids: Sequence[str], method_version: str) -> set[str]:
+        """Which of these series have a stored canonical brain (without reading the brains)."""
+        if not series_instance_uids:
+            return set()
+        rows = conn.execute(
+            select(brains_table.c.series_instance_uid).where(
+                brains_table.c.method_version == method_version,
+                brains_table.c.series_instance_uid.in_(list(series_instance_uids)),
+            )
+        )
+        return {r[0] for r in rows}
+
+    def verification(self, verification_id: int) -> dict[str, Any] | None:
+        """One stored verification (score, details, evidence PNG) by id."""
+        with self.reading() as conn:
+            row = conn.execute(
+                select(verifications_table).where(verifications_table.c.id == int(verification_id))
+            ).mappings().first()
+        if row is None:
+            return None
+        return {**dict(row), "details": json.loads(row["details"] or "{}")}
+
     def max_seq(self, conn: Connection) -> int:
         return int(conn.execute(select(func.coalesce(func.max(series_table.c.seq), 0))).scalar_one())
 

@@ -22,6 +22,7 @@ from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.verdicts import (
     CONSISTENT,
     IDENTITY_MISMATCH,
+    NEEDS_REVIEW,
     NEW_PATIENT,
     POSSIBLE_DUPLICATE,
     REJECTED,
@@ -31,23 +32,104 @@ from fingerprint.verdicts import (
 )
 
 THRESHOLDS = Thresholds("m1", match=0.8, mismatch=0.6, far=0.001, source="explicit")
+VERIFY = Thresholds("dbp-verify-v1", match=0.4, mismatch=0.3, far=0.001, source="calibrated")
 
 
-def cand(row_id: int, similarity: float, patient: str, study: str = "") -> Candidate:
-    return Candidate(row_id, similarity, patient, f"series-{row_id}", study or f"study-{row_id}")
+def cand(
+    row_id: int, similarity: float, patient: str, study: str = "", verification: float | None = None, verifiable: bool | None = None
+) -> Candidate:
+    return Candidate(
+        row_id, similarity, patient, f"series-{row_id}", study or f"study-{row_id}",
+        verification=verification, verifiable=verification is not None if verifiable is None else verifiable,
+    )
 
 
 def test_consistent_when_own_earlier_scan_matches():
     out = decide("h:a", [cand(1, 0.9, "h:a")], [cand(1, 0.9, "h:a"), cand(2, 0.3, "h:b")], THRESHOLDS)
     assert out["verdict"] == CONSISTENT
     assert out["score"] == pytest.approx(0.9)
-    assert out["evidence"]["uncertain"] is False
+    assert out["decided_by"] == "fingerprint" and out["verification_score"] is None
     assert out["neighbours"][0]["same_patient_id"] is True
 
 
-def test_consistent_but_uncertain_between_thresholds_raises_no_alarm():
+def test_between_the_fingerprint_thresholds_is_never_a_silent_consistent():
     out = decide("h:a", [cand(1, 0.7, "h:a")], [cand(1, 0.7, "h:a")], THRESHOLDS)
-    assert out["verdict"] == CONSISTENT and out["evidence"]["uncertain"] is True
+    assert out["verdict"] == NEEDS_REVIEW and out["score"] == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(
+    ("similarity", "expected"),
+    [(0.8, CONSISTENT), (np.nextafter(0.8, 0), NEEDS_REVIEW), (0.6, NEEDS_REVIEW), (np.nextafter(0.6, 0), IDENTITY_MISMATCH)],
+)
+def test_own_scan_fingerprint_thresholds_on_the_boundary(similarity, expected):
+    """match is reached at equality (>=), mismatch is strictly below: each boundary on both sides."""
+    assert decide("h:a", [cand(1, float(similarity), "h:a")], [], THRESHOLDS)["verdict"] == expected
+
+
+@pytest.mark.parametrize(("similarity", "expected"), [(0.8, POSSIBLE_DUPLICATE), (np.nextafter(0.8, 0), NEW_PATIENT)])
+def test_other_patient_fingerprint_match_on_the_boundary(similarity, expected):
+    assert decide("h:new", [], [cand(3, float(similarity), "h:other")], THRESHOLDS)["verdict"] == expected
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [(0.4, CONSISTENT), (np.nextafter(0.4, 0), NEEDS_REVIEW), (0.3, NEEDS_REVIEW), (np.nextafter(0.3, 0), IDENTITY_MISMATCH)],
+)
+def test_own_scan_verification_thresholds_on_the_boundary(score, expected):
+    """The verification decides wherever it was computed, whatever the fingerprint says (here: 0.99)."""
+    out = decide("h:a", [cand(1, 0.99, "h:a", verification=float(score))], [], THRESHOLDS, VERIFY)
+    assert out["verdict"] == expected and out["decided_by"] == "verification"
+    assert out["verification_score"] == pytest.approx(float(score), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"), [(0.4, POSSIBLE_DUPLICATE), (np.nextafter(0.4, 0), NEEDS_REVIEW), (np.nextafter(0.3, 0), NEW_PATIENT)]
+)
+def test_other_patient_verification_on_the_boundary(score, expected):
+    out = decide("h:new", [], [cand(3, 0.5, "h:other", verification=float(score))], THRESHOLDS, VERIFY)
+    assert out["verdict"] == expected
+
+
+def test_verification_overrules_a_fingerprint_that_looks_alike():
+    """Two different people whose fingerprints reach the match threshold: the verification keeps them apart."""
+    out = decide("h:new", [], [cand(3, 0.95, "h:other", verification=0.1)], THRESHOLDS, VERIFY)
+    assert out["verdict"] == NEW_PATIENT and out["decided_by"] == "verification"
+    mismatch = decide("h:a", [cand(1, 0.99, "h:a", verification=0.1)], [], THRESHOLDS, VERIFY)
+    assert mismatch["verdict"] == IDENTITY_MISMATCH
+
+
+def test_verification_confirms_what_the_fingerprint_misses():
+    """One man across scanners: fingerprint below the match threshold, anatomy the same."""
+    out = decide("h:new", [], [cand(3, 0.5, "h:other", verification=0.7)], THRESHOLDS, VERIFY)
+    assert out["verdict"] == POSSIBLE_DUPLICATE and out["matched_patient_id_hash"] == "h:other"
+    assert out["score"] == pytest.approx(0.5) and out["verification_score"] == pytest.approx(0.7)
+
+
+def test_a_verifiable_candidate_left_unverified_is_not_confirmed_by_its_fingerprint():
+    """Only the picked candidates are verified; an unpicked one with a brain cannot raise an alarm on its fingerprint."""
+    neighbours = [cand(3, 0.85, "h:x", verification=0.05), cand(4, 0.84, "h:y", verifiable=True)]
+    out = decide("h:new", [], neighbours, THRESHOLDS, VERIFY)
+    assert out["verdict"] == NEW_PATIENT
+    legacy = [cand(3, 0.85, "h:x", verification=0.05), cand(4, 0.84, "h:y", verifiable=False)]
+    assert decide("h:new", [], legacy, THRESHOLDS, VERIFY)["verdict"] == POSSIBLE_DUPLICATE  # no brain: fingerprint
+
+
+def test_consistent_that_also_matches_another_patient_names_it():
+    own = [cand(1, 0.9, "h:a", verification=0.8)]
+    out = decide("h:a", own, [cand(5, 0.9, "h:b", verification=0.75)], THRESHOLDS, VERIFY)
+    assert out["verdict"] == CONSISTENT and out["evidence"]["also_matches_patient_id_hash"] == "h:b"
+    alone = decide("h:a", own, [cand(5, 0.9, "h:b", verification=0.1)], THRESHOLDS, VERIFY)
+    assert "also_matches_patient_id_hash" not in alone["evidence"]
+
+
+def test_own_scan_too_different_to_score_needs_review():
+    out = decide("h:a", [cand(1, 0.99, "h:a", verifiable=True)], [], THRESHOLDS, VERIFY)
+    assert out["verdict"] == NEEDS_REVIEW
+
+
+def test_without_verification_thresholds_the_fingerprint_decides():
+    out = decide("h:new", [], [cand(3, 0.85, "h:other", verification=0.05)], THRESHOLDS, None)
+    assert out["verdict"] == POSSIBLE_DUPLICATE and out["decided_by"] == "fingerprint"
 
 
 def test_identity_mismatch_names_the_patient_it_matches():

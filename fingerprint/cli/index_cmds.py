@@ -7,7 +7,7 @@ Every command takes ``--index DIR`` (or the configured ``index_dir``), so severa
 * 1: an unexpected error on at least one series (the others were still processed)
 * 2: usage error
 * 3: at least one series ``rejected`` (and no alarm)
-* 4: at least one alarm: ``identity_mismatch`` or ``possible_duplicate``
+* 4: at least one alarm: ``identity_mismatch``, ``possible_duplicate`` or ``needs_review``
 * 5: no DICOM series found where one was expected
 """
 
@@ -29,10 +29,10 @@ EXIT_ERROR = 1
 EXIT_REJECTED = 3
 EXIT_ALARM = 4
 EXIT_NOTHING_FOUND = 5
-ALARMS = {"identity_mismatch", "possible_duplicate"}
+ALARMS = {"identity_mismatch", "possible_duplicate", "needs_review"}
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok (consistent / new_patient only), 1 error on a series, 2 usage, 3 a series rejected, "
-    "4 alarm (identity_mismatch or possible_duplicate), 5 no DICOM series found."
+    "4 alarm (identity_mismatch, possible_duplicate or needs_review), 5 no DICOM series found."
 )
 
 IndexOption = Annotated[
@@ -236,40 +236,62 @@ def calibrate(
     index: IndexOption = None,
     config: ConfigOption = None,
     model: ModelOption = None,
+    real_heads: Annotated[
+        bool,
+        typer.Option(
+            "--real-heads",
+            help="The cohort holds real people (cohort generate --kind real-calibration): calibrate the "
+            "verification stage too, from every pair of its scans.",
+        ),
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Processes for slicing and pair checks.")] = 1,
     as_json: JsonOption = False,
 ) -> None:
     """Measure same-person and different-person similarities on a labelled cohort and store the verdict thresholds
-    for the model version in use (in the archive's store and index folder, or with --ship in
-    fingerprint/weights/thresholds.json, shipped with the weights)."""
+    for the model version in use (and, with --real-heads, for the verification method) in the archive's store and
+    index folder, or with --ship in fingerprint/weights/thresholds.json, shipped with the weights."""
     from fingerprint.api import load_model
-    from fingerprint.calibration import SHIPPED_THRESHOLDS, calibrate_cohort, save_thresholds, site_thresholds_path
+    from fingerprint.calibration import SHIPPED_THRESHOLDS, calibrate_cohort, site_thresholds_path
 
     if not (cohort / "cohort.csv").exists():
         raise typer.BadParameter(f"{cohort}/cohort.csv not found")
     settings = _settings(config, index, model_path=model)
     fingerprinter = load_model(settings.model_path)
     rate = far if far is not None else settings.calibration_far
-    thresholds = calibrate_cohort(cohort, fingerprinter.embed, fingerprinter.model_version, rate, split)
+    if real_heads:
+        from fingerprint.verification_calibration import calibrate_real_cohort
+
+        calibrated = list(calibrate_real_cohort(cohort, fingerprinter, rate, split, workers))
+    else:
+        calibrated = [calibrate_cohort(cohort, fingerprinter.embed, fingerprinter.model_version, rate, split)]
     target = SHIPPED_THRESHOLDS if ship else site_thresholds_path(settings)
+    for thresholds in calibrated:
+        _keep_thresholds(thresholds, target, settings, in_store=not ship)
+        d = thresholds.details
+        if as_json:
+            typer.echo(json.dumps({**thresholds.as_json(), "file": str(target)}))
+            continue
+        typer.echo(
+            f"{thresholds.model_version}: match >= {thresholds.match:.4f}, mismatch < {thresholds.mismatch:.4f} "
+            f"(far {rate:g}; {d['same_pairs']} same-person / {d['different_pairs']} different-person pairs; "
+            f"same person below match: {d['same_below_match']:.2%}) -> {target}"
+        )
+        if "warning" in d:
+            typer.echo(f"warning: {d['warning']}", err=True)
+
+
+def _keep_thresholds(thresholds: Any, target: Path, settings: Any, in_store: bool) -> None:
+    """Write thresholds to ``target`` and, for a site's own calibration, to the store (every worker of the archive
+    then uses them, whatever its index folder)."""
+    from fingerprint.calibration import save_thresholds
+
     save_thresholds(thresholds, target)
-    if not ship:  # also in the store: every worker of this archive then uses it, whatever its index folder
+    if in_store:
         from fingerprint.store import Store
 
         store = Store(settings.resolved_store_url)
         store.save_thresholds(thresholds.model_version, thresholds.as_json())
         store.close()
-    out = {**thresholds.as_json(), "file": str(target)}
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    d = thresholds.details
-    typer.echo(
-        f"model {thresholds.model_version}: match >= {thresholds.match:.4f}, mismatch < {thresholds.mismatch:.4f} "
-        f"(far {rate:g}; {d['same_pairs']} same-person / {d['different_pairs']} different-person pairs; "
-        f"same person below match: {d['same_below_match']:.2%}) -> {target}"
-    )
-    if "warning" in d:
-        typer.echo(f"warning: {d['warning']}", err=True)
 
 
 def reindex(

@@ -1,0 +1,145 @@
+"""The verification stage inside the archive: which candidates to verify, verifying them once, recording the evidence.
+
+Only the few candidates that decide a verdict are verified (each pair costs a registration):
+
+* the PatientID's own earlier scans with the most similar fingerprints (``verify_own_scans``), always;
+* the best scan of each of the other PatientIDs with the most similar fingerprints (``verify_other_patients``), at or
+  above the fingerprint's ``mismatch`` threshold, unless an own scan was already confirmed and no other PatientID
+  comes near the fingerprint's ``match``.
+
+:class:`PairVerifier` keeps every result for the life of one series' decision, so the archive can verify outside its
+write lock (the heavy part) and, inside it, verify only the candidates another process recorded in between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fingerprint.calibration import Thresholds
+from fingerprint.verdicts import Candidate
+from fingerprint.verification import (
+    METHOD_VERSION,
+    PreparedBrain,
+    VerificationResult,
+    brain_from_bytes,
+    evidence_png,
+    prepare,
+    verify,
+)
+
+
+@dataclass(frozen=True)
+class Picks:
+    """How many candidates of each kind to verify, and the fingerprint floor for other PatientIDs."""
+
+    own_scans: int
+    other_patients: int
+
+
+class PairVerifier:
+    """Verifies one new series' canonical brain against stored candidates, each candidate at most once."""
+
+    def __init__(self, store: Any, brain: np.ndarray, keep_pictures: bool = True) -> None:
+        self.store = store
+        self.brain = brain
+        self.keep_pictures = keep_pictures
+        self._prepared: PreparedBrain | None = None
+        self.results: dict[str, VerificationResult] = {}  # by candidate SeriesInstanceUID
+        self.with_brain: set[str] = set()  # candidates known to have a stored brain
+        self._checked: set[str] = set()  # candidates whose brain was looked up
+
+    # --- choosing ---------------------------------------------------------------------------------------------------
+    def pick(
+        self,
+        own: list[Candidate],
+        neighbours: list[Candidate],
+        patient_id_hash: str,
+        picks: Picks,
+        thresholds: Thresholds,
+        verification_thresholds: Thresholds,
+    ) -> list[Candidate]:
+        """The candidates to verify now (see the module docstring); already verified ones are included again."""
+        chosen = sorted(own, key=lambda c: c.similarity, reverse=True)[: picks.own_scans]
+        if any(c.series_instance_uid not in self._checked for c in chosen):
+            return chosen  # own scans first: their result says whether other PatientIDs are needed at all
+        others = _best_per_patient(n for n in neighbours if not patient_id_hash or n.patient_id_hash != patient_id_hash)
+        confirmed_own = any(
+            (r := self.results.get(c.series_instance_uid)) is not None
+            and r.score is not None
+            and r.score >= verification_thresholds.match
+            for c in chosen
+        )
+        others_near = any(c.similarity >= thresholds.match for c in others)
+        if not confirmed_own or others_near:
+            chosen += [c for c in others if c.similarity >= thresholds.mismatch][: picks.other_patients]
+        return chosen
+
+    # --- verifying --------------------------------------------------------------------------------------------------
+    def run(self, conn: Any, candidates: list[Candidate]) -> None:
+        """Load the brains of the candidates not yet verified (in ``conn``) and verify them."""
+        wanted = [c.series_instance_uid for c in candidates if c.series_instance_uid not in self._checked]
+        brains = self.store.brains(conn, wanted, METHOD_VERSION) if wanted else {}
+        self._checked.update(wanted)
+        self.with_brain.update(brains)
+        if not brains:
+            return
+        if self._prepared is None:
+            self._prepared = prepare(self.brain)
+        for uid, data in brains.items():
+            self.results[uid] = verify(self._prepared, prepare(brain_from_bytes(data)), self.keep_pictures)
+
+    def note_brains(self, conn: Any, candidates: list[Candidate]) -> None:
+        """Find out which candidates have a stored brain (those only a verification may confirm)."""
+        unknown = [c.series_instance_uid for c in candidates if c.series_instance_uid not in self._checked]
+        if unknown:
+            self.with_brain.update(self.store.brain_uids(conn, unknown, METHOD_VERSION))
+            self._checked.update(unknown)
+
+    def annotate(self, candidates: list[Candidate]) -> list[Candidate]:
+        """The candidates with their verification scores and whether they could have been verified."""
+        out = []
+        for c in candidates:
+            result = self.results.get(c.series_instance_uid)
+            out.append(
+                replace(
+                    c,
+                    verification=result.score if result is not None else None,
+                    verifiable=c.series_instance_uid in self.with_brain,
+                )
+            )
+        return out
+
+    # --- recording --------------------------------------------------------------------------------------------------
+    def record(self, conn: Any, series_instance_uid: str, verdict: dict[str, Any], own_patient_hash: str) -> None:
+        """Store each verification used by the verdict (score, registration, evidence picture) and point the
+        verdict's evidence entries at them (``verification_id``)."""
+        for entry in verdict["evidence"].get("verified", []):
+            result = self.results.get(entry["series_instance_uid"])
+            if result is None:
+                continue
+            picture = None
+            if self.keep_pictures and result.registered is not None:
+                who = "same PatientID" if entry.get("same_patient_id") else "another PatientID"
+                picture = evidence_png(self.brain, result.registered, result.score, f"this series vs {who}")
+            entry["verification_id"] = self.store.save_verification(
+                conn,
+                series_instance_uid,
+                entry["series_instance_uid"],
+                METHOD_VERSION,
+                result.score,
+                result.as_json(),
+                picture,
+            )
+            entry["verification_details"] = result.as_json()
+
+
+def _best_per_patient(candidates: Any) -> list[Candidate]:
+    """The most similar candidate of each PatientID, most similar first."""
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.patient_id_hash not in best or c.similarity > best[c.patient_id_hash].similarity:
+            best[c.patient_id_hash] = c
+    return sorted(best.values(), key=lambda c: c.similarity, reverse=True)
