@@ -121,7 +121,13 @@ def train_cmd(
 
 
 def evaluate_cmd(
-    cohort: Path = typer.Option(..., "--cohort", help="Benchmark cohort folder (cohort.csv + volumes)."),
+    cohort: Optional[Path] = typer.Option(None, "--cohort", help="Benchmark cohort folder (cohort.csv + volumes)."),
+    real_heads: Optional[Path] = typer.Option(
+        None,
+        "--real-heads",
+        help="Held-out real-head cohort (cohort generate --kind real-test): the real-head benchmark, with the real "
+        "series of the shared data, raw pixels vs fingerprint vs fingerprint + verification.",
+    ),
     model_path: Optional[Path] = typer.Option(None, "--model", help="Main model; default: the shipped weights."),
     out: Path = typer.Option(..., "--out", help="Folder for results.json, results.md and the histograms."),
     compare: list[str] = typer.Option(
@@ -137,8 +143,14 @@ def evaluate_cmd(
     workers: int = typer.Option(1, help="Processes slicing the volumes not yet cached (alignment ~2 s CPU each)."),
 ) -> None:
     """Leave-one-out retrieval + verification on a held-out cohort, comparing models, slice methods and a raw-pixel
-    baseline in one run; plus the real repeat-scan check."""
+    baseline in one run; plus the real repeat-scan check. With --real-heads: the real-head benchmark instead."""
     from fingerprint.evaluation import default_real_data_dir, run_benchmark
+
+    if real_heads is not None:
+        _real_head_benchmark(real_heads, model_path, out, None if skip_real else default_real_data_dir(), workers)
+        return
+    if cohort is None:
+        raise typer.BadParameter("give --cohort (synthetic benchmark) or --real-heads (real-head benchmark)")
 
     others: dict[str, Path] = {}
     for item in compare:
@@ -155,6 +167,34 @@ def evaluate_cmd(
     )
     typer.echo((Path(out) / "results.md").read_text())
     typer.echo(f"written: {out}/results.json, results.md, similarity_histograms.png ({len(report['rows'])} rows)")
+
+
+def _real_head_benchmark(cohort: Path, model_path: Optional[Path], out: Path, shared: Optional[Path], workers: int) -> None:
+    """The real-head benchmark (:mod:`fingerprint.identity_benchmark`) with the shipped or given thresholds."""
+    from fingerprint.api import load_model
+    from fingerprint.calibration import load_thresholds
+    from fingerprint.config import load_settings
+    from fingerprint.identity_benchmark import run_identity_benchmark
+    from fingerprint.identity_data import all_pairs, cohort_views, score_pairs, shared_views
+    from fingerprint.verification import METHOD_VERSION
+
+    settings = load_settings(model_path=model_path)
+    fingerprinter = load_model(settings.model_path)
+    views = cohort_views(cohort, workers)
+    if shared is not None:
+        views = views + shared_views(shared, Path(out) / "shared-views", workers)
+    pairs = score_pairs(views, all_pairs(views), workers, cache=Path(out) / "pair-cache")
+    verification = load_thresholds(settings, METHOD_VERSION)
+    run_identity_benchmark(
+        views,
+        pairs,
+        fingerprinter.embed,
+        load_thresholds(settings, fingerprinter.model_version),
+        None if verification.source == "fallback" else verification,
+        Path(out),
+    )
+    typer.echo((Path(out) / "identity.md").read_text())
+    typer.echo(f"written: {out}/identity.json, identity.md")
 
 
 def register(app: typer.Typer) -> None:

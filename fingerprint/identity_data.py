@@ -1,0 +1,236 @@
+"""Real people as labelled data for the identity decision: each scan's canonical slice and brain, and scored pairs.
+
+Two sources, both real anatomy:
+
+* a volume cohort of real heads (``deepbrainprint cohort generate --kind real-calibration | real-test``): simulated
+  visits of real people, one subject per person;
+* the real DICOM series of the shared data (``t1/`` and ``repeats/``), labelled by person: the Siemens Trio man of
+  2010 and the decubitus man of 2022 are one person (shared/data/README.md gives the evidence), everyone else is
+  someone else.
+
+Each scan goes through the real pipeline once (alignment about 2 s CPU); its slice and canonical brain are cached as
+``views/<scan_id>.npz`` beside the cohort (or in ``cache_dir`` for the shared series), so calibration and the
+benchmark can be re-run at the cost of the pair checks alone. A scan the pipeline refuses is left out with its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fingerprint.cohort.parallel import ordered_map
+from fingerprint.verification import METHOD_VERSION, prepare, verify
+
+#: The person each real shared series shows (folder name -> person label).
+SHARED_PEOPLE: dict[str, str] = {
+    "t1/philips-elition-3t-sag-gz": "philips-man-41y",
+    "t1/siemens-trio-3t-sag": "trio-decubitus-man",
+    "t1/siemens-skyra-3t-sag-child": "skyra-child-3y",
+    "t1/siemens-prisma-xa30-enhanced-2mm": "prisma-man-31y",
+    "t1/siemens-avanto-1.5t-axial-postcontrast": "avanto-man-60y",
+    "repeats/decubitus-HFS-t1-2d": "trio-decubitus-man",
+    "repeats/decubitus-HFP-t1-2d": "trio-decubitus-man",
+    "repeats/decubitus-HFDL-t1-2d": "trio-decubitus-man",
+    "repeats/decubitus-HFDR-t1-2d": "trio-decubitus-man",
+}
+VIEWS_FOLDER = "views"
+
+
+@dataclass
+class ScanViews:
+    """One scan's label and what the pipeline made of it."""
+
+    scan_id: str
+    person: str
+    slice: np.ndarray  # float16 (128, 128)
+    brain: np.ndarray  # uint8 canonical brain
+    seconds: float = 0.0
+
+
+@dataclass
+class ViewSet:
+    """The scans of one source, in a fixed order, and the ones the pipeline refused."""
+
+    scans: list[ScanViews]
+    rejected: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def people(self) -> np.ndarray:
+        return np.asarray([s.person for s in self.scans])
+
+    @property
+    def slices(self) -> np.ndarray:
+        return np.stack([s.slice.astype(np.float32) for s in self.scans])
+
+    def __add__(self, other: ViewSet) -> ViewSet:
+        return ViewSet([*self.scans, *other.scans], {**self.rejected, **other.rejected})
+
+
+def views_cache(cohort_dir: Path) -> Path:
+    """Where a cohort's scan views and pair scores are cached."""
+    return Path(cohort_dir) / VIEWS_FOLDER
+
+
+def cohort_views(cohort_dir: Path, workers: int = 1, split: str | None = None) -> ViewSet:
+    """Every scan of a volume cohort (``cohort.csv`` with ``path``), person = ``subject_id``."""
+    cohort_dir = Path(cohort_dir)
+    with open(cohort_dir / "cohort.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("path") and (split is None or r.get("split") == split)]
+    jobs = [(r["scan_id"], r["subject_id"], str(cohort_dir / r["path"])) for r in rows]
+    return _views(jobs, views_cache(cohort_dir), workers)
+
+
+def shared_views(shared_data: Path, cache_dir: Path, workers: int = 1) -> ViewSet:
+    """The real DICOM series of the shared data that are present, labelled by person (:data:`SHARED_PEOPLE`)."""
+    jobs = [
+        (folder.replace("/", "--"), person, str(Path(shared_data) / folder))
+        for folder, person in SHARED_PEOPLE.items()
+        if (Path(shared_data) / folder).is_dir()
+    ]
+    return _views(jobs, Path(cache_dir), workers)
+
+
+def _views(jobs: list[tuple[str, str, str]], cache: Path, workers: int) -> ViewSet:
+    cache.mkdir(parents=True, exist_ok=True)
+    scans: list[ScanViews] = []
+    rejected: dict[str, dict[str, str]] = {}
+    for (scan_id, person, _path), outcome in ordered_map(_view_job, jobs, (str(cache),), workers):
+        if "rejected" in outcome:
+            rejected[scan_id] = outcome
+        else:
+            scans.append(ScanViews(scan_id, person, outcome["slice"], outcome["brain"], outcome["seconds"]))
+    return ViewSet(scans, rejected)
+
+
+def _view_job(job: tuple[str, str, str], cache: str) -> dict[str, Any]:
+    """One scan through the pipeline (or its cached result). Module level: the entry point for pool workers."""
+    scan_id, _person, path = job
+    cached = Path(cache) / f"{scan_id}.npz"
+    if cached.exists():
+        with np.load(cached, allow_pickle=False) as data:
+            if str(data["method_version"]) == METHOD_VERSION:
+                if "rejected" in data.files:
+                    return json.loads(str(data["rejected"]))
+                return {"slice": data["slice"], "brain": data["brain"], "seconds": float(data["seconds"])}
+    import SimpleITK as sitk
+
+    from fingerprint.dicom_series import read_series
+    from fingerprint.errors import SeriesRejected
+    from fingerprint.pipeline import canonical_views
+
+    started = time.perf_counter()
+    try:
+        image = read_series(Path(path)).image if Path(path).is_dir() else sitk.ReadImage(path)
+        pixels, _geometry, brain = canonical_views(image)
+    except SeriesRejected as exc:
+        outcome: dict[str, Any] = exc.as_json()
+        np.savez(cached, method_version=METHOD_VERSION, rejected=json.dumps(outcome))
+        return outcome
+    seconds = time.perf_counter() - started
+    np.savez(cached, method_version=METHOD_VERSION, slice=pixels.astype(np.float16), brain=brain, seconds=seconds)
+    return {"slice": pixels.astype(np.float16), "brain": brain, "seconds": seconds}
+
+
+# --- pairs ---------------------------------------------------------------------------------------------------------
+@dataclass
+class PairScores:
+    """Verification scores of scan pairs (i < j indices into a ViewSet), and the CPU seconds each took."""
+
+    i: np.ndarray
+    j: np.ndarray
+    score: np.ndarray  # NaN where the pair shared too little brain to score
+    same: np.ndarray  # bool
+    seconds: np.ndarray
+
+    def as_matrix(self, n: int) -> np.ndarray:
+        """Symmetric (n, n) matrix of scores; NaN where no pair was scored, 1 on the diagonal."""
+        matrix = np.full((n, n), np.nan)
+        matrix[self.i, self.j] = self.score
+        matrix[self.j, self.i] = self.score
+        np.fill_diagonal(matrix, 1.0)
+        return matrix
+
+
+def all_pairs(views: ViewSet) -> list[tuple[int, int]]:
+    """Every pair of scans."""
+    return list(itertools.combinations(range(len(views.scans)), 2))
+
+
+def score_pairs(
+    views: ViewSet,
+    pairs: Iterable[tuple[int, int]],
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    cache: Path | None = None,
+) -> PairScores:
+    """Verify each pair (first scan fixed, second registered onto it) on ``workers`` processes.
+
+    ``cache``: a folder where scores are kept by scan ids and method version, so a re-run verifies only new pairs.
+    """
+    pairs = list(pairs)
+    ids = [s.scan_id for s in views.scans]
+    known = _read_pair_cache(cache)
+    results: dict[tuple[int, int], tuple[float, float]] = {
+        p: known[(ids[p[0]], ids[p[1]])] for p in pairs if (ids[p[0]], ids[p[1]]) in known
+    }
+    todo = [p for p in pairs if p not in results]
+    chunks = [todo[k :: max(1, workers)] for k in range(max(1, workers))]
+    brains = [s.brain for s in views.scans]
+    for chunk, scored in ordered_map(_score_chunk, [c for c in chunks if c], (brains,), workers):
+        results.update(zip(chunk, scored))
+        if progress:
+            progress(len(chunk))
+    if cache is not None and todo:
+        known.update({(ids[a], ids[b]): value for (a, b), value in results.items()})
+        _write_pair_cache(cache, known)
+    people = views.people
+    ordered = [p for p in pairs if p in results]
+    i = np.asarray([p[0] for p in ordered], dtype=int)
+    j = np.asarray([p[1] for p in ordered], dtype=int)
+    return PairScores(
+        i=i,
+        j=j,
+        score=np.asarray([results[p][0] for p in ordered], dtype=np.float64),
+        same=people[i] == people[j] if len(ordered) else np.zeros(0, bool),
+        seconds=np.asarray([results[p][1] for p in ordered], dtype=np.float64),
+    )
+
+
+def _pair_cache_file(cache: Path) -> Path:
+    return Path(cache) / f"pairs-{METHOD_VERSION}.json"
+
+
+def _read_pair_cache(cache: Path | None) -> dict[tuple[str, str], tuple[float, float]]:
+    if cache is None or not _pair_cache_file(cache).exists():
+        return {}
+    entries = json.loads(_pair_cache_file(cache).read_text())
+    return {(a, b): (float("nan") if score is None else score, seconds) for a, b, score, seconds in entries}
+
+
+def _write_pair_cache(cache: Path, known: dict[tuple[str, str], tuple[float, float]]) -> None:
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    entries = [[a, b, None if not np.isfinite(v[0]) else v[0], v[1]] for (a, b), v in sorted(known.items())]
+    partial = _pair_cache_file(cache).with_suffix(".partial")
+    partial.write_text(json.dumps(entries))
+    partial.replace(_pair_cache_file(cache))
+
+
+def _score_chunk(chunk: list[tuple[int, int]], brains: list[np.ndarray]) -> list[tuple[float, float]]:
+    prepared: dict[int, Any] = {}
+    out = []
+    for a, b in chunk:
+        for k in (a, b):
+            if k not in prepared:
+                prepared[k] = prepare(brains[k])
+        started = time.process_time()  # the pair alone: the archive prepares the new brain once per series
+        result = verify(prepared[a], prepared[b])
+        out.append((np.nan if result.score is None else result.score, time.process_time() - started))
+    return out
