@@ -80,11 +80,19 @@ def views_cache(cohort_dir: Path) -> Path:
 
 
 def cohort_views(cohort_dir: Path, workers: int = 1, split: str | None = None) -> ViewSet:
-    """Every scan of a volume cohort (``cohort.csv`` with ``path``), person = ``subject_id``."""
+    """Every scan of a volume cohort (``cohort.csv`` with ``path``). The person is the subject, except in a real-head
+    cohort, where two base heads can show one person (:data:`fingerprint.cohort.heads.SAME_PERSON_HEADS`)."""
+    from fingerprint.cohort.heads import SAME_PERSON_HEADS, person_of
+
     cohort_dir = Path(cohort_dir)
     with open(cohort_dir / "cohort.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("path") and (split is None or r.get("split") == split)]
-    jobs = [(r["scan_id"], r["subject_id"], str(cohort_dir / r["path"])) for r in rows]
+
+    def person(row: dict[str, str]) -> str:
+        head = row.get("base_head", "")
+        return f"person:{person_of(head)}" if head in SAME_PERSON_HEADS or head in SAME_PERSON_HEADS.values() else row["subject_id"]
+
+    jobs = [(r["scan_id"], person(r), str(cohort_dir / r["path"])) for r in rows]
     return _views(jobs, views_cache(cohort_dir), workers)
 
 

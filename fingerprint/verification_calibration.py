@@ -1,13 +1,22 @@
 """Verification thresholds from real people: how high different people score, how low one person can score.
 
-Two thresholds, as for the fingerprint (:mod:`fingerprint.calibration`), for the false-alarm rate ``far``:
+Two bounds first, each for the false-alarm rate ``far``, each the safer of an empirical quantile and the quantile of
+a normal fitted to the scores after Fisher's z transform (``arctanh``; a few thousand pairs of real people cannot
+measure a 0.1 % rate alone, the fit extrapolates it):
 
-* ``match``: at or above it, "the same person". Set so that different real people reach it at most at rate ``far``:
-  the larger of the empirical threshold and the ``1 - far`` quantile of a normal fitted to the different-person
-  scores after Fisher's z transform (``arctanh``). Why the fitted tail too: a few hundred or thousand pairs of real
-  people cannot measure a 0.1 % rate alone; the fit extrapolates it, and the larger of the two is the safer one.
-* ``mismatch``: below it, "not the same person". The smaller of the empirical ``far`` quantile of the same-person
-  scores and the fitted normal's, never above ``match``. Between the two a verdict is ``needs_review``.
+* the **different-person bound**: different real people reach it at most at rate ``far`` (the larger of the two);
+* the **same-person bound**: one person falls below it at most at rate ``far`` (the smaller of the two).
+
+Then the thresholds (at or above ``match``: the same person; below ``mismatch``: not the same person; between:
+``needs_review``):
+
+* where the two bounds overlap (same-person bound at or below the different-person one), ``match`` is the
+  different-person bound and ``mismatch`` the same-person bound: each error kept at ``far``, the rest reviewed;
+* where they are apart (the verification's usual case), ``mismatch`` is the different-person bound and ``match`` the
+  point between the two fitted normals that is equally far, in standard deviations, from both (never below the
+  different-person bound, never above the same-person bound): a score no different person reaches but closer to
+  them than to the same person is reviewed, not decided, and both kinds of error keep the widest margin the data
+  allows.
 
 Same-person pairs are simulated visits of real heads (real anatomy, simulated scanners); different-person pairs are
 every pair of distinct real people. The heads that test the thresholds are never among those that set them.
@@ -38,21 +47,26 @@ def verification_thresholds(
     if len(same) < 3 or len(different) < 3:
         raise ValueError("verification calibration needs at least 3 same-person and 3 different-person pairs")
     allowed = int(math.floor(far * len(different)))
-    empirical_match = float(np.nextafter(different[allowed], np.inf)) if allowed < len(different) else -1.0
-    fitted_match = _fitted_quantile(different, 1.0 - far)
-    match = max(empirical_match, fitted_match)
-    empirical_mismatch = float(same[int(math.floor(far * len(same)))])
-    fitted_mismatch = _fitted_quantile(same, far)
-    mismatch = min(empirical_mismatch, fitted_mismatch, match)
+    different_empirical = float(np.nextafter(different[allowed], np.inf)) if allowed < len(different) else -1.0
+    different_fitted = _fitted_quantile(different, 1.0 - far)
+    different_bound = max(different_empirical, different_fitted)
+    same_empirical = float(same[int(math.floor(far * len(same)))])
+    same_fitted = _fitted_quantile(same, far)
+    same_bound = min(same_empirical, same_fitted)
+    if same_bound <= different_bound:
+        match, mismatch, how = different_bound, same_bound, "overlapping: match = different bound, mismatch = same bound"
+    else:
+        match = min(max(_equal_tails(same, different), different_bound), same_bound)
+        mismatch, how = different_bound, "apart: mismatch = different bound, match = equal-tail point between them"
     measured = {
-        "method": "match: max(empirical, normal fit on arctanh scores) of different people at 1 - far; "
-        "mismatch: min(empirical, normal fit) of the same person at far, never above match",
+        "method": f"bounds at far: different people max(empirical, normal fit on arctanh), same person min(empirical, "
+        f"fit); {how}",
         "same_pairs": int(len(same)),
         "different_pairs": int(len(different)),
-        "match_empirical": round(empirical_match, 6),
-        "match_fitted": round(fitted_match, 6),
-        "mismatch_empirical": round(empirical_mismatch, 6),
-        "mismatch_fitted": round(fitted_mismatch, 6),
+        "different_bound_empirical": round(different_empirical, 6),
+        "different_bound_fitted": round(different_fitted, 6),
+        "same_bound_empirical": round(same_empirical, 6),
+        "same_bound_fitted": round(same_fitted, 6),
         "far_duplicate_measured": float(np.mean(different >= match)),
         "far_mismatch_measured": float(np.mean(same < mismatch)),
         "same_below_match": float(np.mean(same < match)),
@@ -67,10 +81,22 @@ def verification_thresholds(
     return Thresholds(METHOD_VERSION, float(match), float(mismatch), far, "calibrated", {**measured, **(details or {})})
 
 
+def _equal_tails(same: np.ndarray, different: np.ndarray) -> float:
+    """The score equally many fitted standard deviations above the different-person mean and below the same-person
+    mean (in arctanh space)."""
+    (mu_s, sd_s), (mu_d, sd_d) = _fit(same), _fit(different)
+    return float(np.tanh((mu_d * sd_s + mu_s * sd_d) / (sd_s + sd_d)))
+
+
+def _fit(scores: np.ndarray) -> tuple[float, float]:
+    z = np.arctanh(np.clip(scores, -0.999999, 0.999999))
+    return float(z.mean()), max(float(z.std(ddof=1)), 1e-6)
+
+
 def _fitted_quantile(scores: np.ndarray, q: float) -> float:
     """The ``q`` quantile of a normal fitted to ``arctanh(scores)``, mapped back with ``tanh``."""
-    z = np.arctanh(np.clip(scores, -0.999999, 0.999999))
-    return float(np.tanh(stats.norm.ppf(q, loc=z.mean(), scale=max(z.std(ddof=1), 1e-6))))
+    mean, sd = _fit(scores)
+    return float(np.tanh(stats.norm.ppf(q, loc=mean, scale=sd)))
 
 
 def calibrate_real_cohort(

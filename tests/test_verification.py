@@ -110,10 +110,21 @@ def test_verification_thresholds_are_conservative_and_tight():
     different = np.tanh(rng.normal(0.18, 0.06, 5000))
     t = verification_thresholds(same, different, far=0.001)
     assert t.model_version == "dbp-verify-v1" and t.source == "calibrated"
-    assert np.mean(different >= t.match) <= 0.001
-    assert t.match >= t.details["match_empirical"] - 1e-6 and t.match >= t.details["match_fitted"] - 1e-6
-    assert t.mismatch <= min(t.details["mismatch_empirical"], t.details["mismatch_fitted"], t.match) + 1e-6
-    assert np.mean(same < t.mismatch) <= 0.001
+    d = t.details
+    different_bound = max(d["different_bound_empirical"], d["different_bound_fitted"])
+    same_bound = min(d["same_bound_empirical"], d["same_bound_fitted"])
+    assert same_bound > different_bound  # apart: a review band between the bounds
+    assert t.mismatch == pytest.approx(different_bound, abs=1e-6)
+    assert different_bound - 1e-6 <= t.match <= same_bound + 1e-6 and t.match > t.mismatch
+    assert np.mean(different >= t.match) <= 0.001 and np.mean(same < t.mismatch) <= 0.001
+
+
+def test_overlapping_scores_keep_each_error_at_the_rate():
+    rng = np.random.default_rng(2)
+    same, different = np.tanh(rng.normal(0.6, 0.2, 2000)), np.tanh(rng.normal(0.2, 0.2, 5000))
+    t = verification_thresholds(same, different, far=0.01)
+    assert "overlapping" in t.details["method"] and t.mismatch < t.match
+    assert np.mean(different >= t.match) <= 0.01 and np.mean(same < t.mismatch) <= 0.01
 
 
 def test_verification_thresholds_say_when_the_rate_rests_on_the_fit():

@@ -124,6 +124,19 @@ as possible. The four DICOM heads are already synthetic-training heads; MNI152 i
 average of many brains, not one person.
 """
 
+#: Heads of ``people/older-adults-2mm`` that show one person twice (the later scan -> the earlier one). The data's
+#: README lists 23 different people, but the verification stage scores these three pairs of files 0.90-0.93 on
+#: their simulated visits (the same person elsewhere: 0.79-0.99; different people: at most 0.39), and each pair has
+#: the same sex, consecutive ids and ages 1.7-3.0 years apart (participants.csv): a baseline and a follow-up scan of
+#: one participant. They are one person wherever people are counted (calibration, benchmark); their heads stay in
+#: the cohorts (two visits of one person that far apart are the best same-person pairs the data has).
+SAME_PERSON_HEADS: dict[str, str] = {"oa-subj10": "oa-subj9", "oa-subj16": "oa-subj15", "oa-subj20": "oa-subj19"}
+
+
+def person_of(head: str) -> str:
+    """The person a base head shows (:data:`SAME_PERSON_HEADS` folded together; every other head is its own)."""
+    return SAME_PERSON_HEADS.get(head, head)
+
 
 def cache_dir() -> Path:
     """Where prepared heads live; shared by every cohort run on this machine."""
