@@ -134,3 +134,23 @@ def test_verification_thresholds_say_when_the_rate_rests_on_the_fit():
     assert isinstance(t, Thresholds)
     with pytest.raises(ValueError):
         verification_thresholds(np.array([0.9, np.nan]), np.array([0.1, 0.2, 0.3]), 0.001)
+
+
+@pytest.mark.slow
+def test_two_files_of_one_older_adult_verify_as_one_person(shared_data):
+    """The evidence behind SAME_PERSON_HEADS, from the files as published (no simulated visit): Subj15 and Subj16
+    (women of 76.6 and 78.3 y) are one brain; Subj17 (a woman of 88.7 y) is another."""
+    from fingerprint.canonical import align
+    from fingerprint.cohort.heads import SAME_PERSON_HEADS, person_of
+
+    folder = shared_data / "people" / "older-adults-2mm"
+    brains = {}
+    for name in ("Subj15", "Subj16", "Subj17"):
+        image = sitk.ReadImage(str(folder / f"{name}_T1.nii.gz"), sitk.sitkFloat32)
+        brains[name] = prepare(extract_brain(image, align(image).transform))
+    same = verify(brains["Subj15"], brains["Subj16"]).score
+    other = verify(brains["Subj15"], brains["Subj17"]).score
+    assert same is not None and other is not None
+    assert same > 0.8 and other < 0.388, (same, other)
+    assert person_of("oa-subj16") == person_of("oa-subj15") == "oa-subj15" and person_of("oa-subj17") == "oa-subj17"
+    assert set(SAME_PERSON_HEADS) == {"oa-subj10", "oa-subj16", "oa-subj20"}
