@@ -29,17 +29,18 @@ import numpy as np
 from fingerprint.cohort.parallel import ordered_map
 from fingerprint.verification import METHOD_VERSION, prepare, verify
 
-#: The person each real shared series shows (folder name -> person label).
+#: The person each real shared series shows (folder -> person), named like the base head made from that person's
+#: series (``fingerprint.cohort.heads``), so a real-head cohort's simulated visits of him are the same person too.
 SHARED_PEOPLE: dict[str, str] = {
-    "t1/philips-elition-3t-sag-gz": "philips-man-41y",
-    "t1/siemens-trio-3t-sag": "trio-decubitus-man",
-    "t1/siemens-skyra-3t-sag-child": "skyra-child-3y",
-    "t1/siemens-prisma-xa30-enhanced-2mm": "prisma-man-31y",
-    "t1/siemens-avanto-1.5t-axial-postcontrast": "avanto-man-60y",
-    "repeats/decubitus-HFS-t1-2d": "trio-decubitus-man",
-    "repeats/decubitus-HFP-t1-2d": "trio-decubitus-man",
-    "repeats/decubitus-HFDL-t1-2d": "trio-decubitus-man",
-    "repeats/decubitus-HFDR-t1-2d": "trio-decubitus-man",
+    "t1/philips-elition-3t-sag-gz": "philips-elition",
+    "t1/siemens-trio-3t-sag": "siemens-trio",
+    "t1/siemens-skyra-3t-sag-child": "siemens-skyra-child",
+    "t1/siemens-prisma-xa30-enhanced-2mm": "siemens-prisma-xa30",
+    "t1/siemens-avanto-1.5t-axial-postcontrast": "siemens-avanto",
+    "repeats/decubitus-HFS-t1-2d": "siemens-trio",
+    "repeats/decubitus-HFP-t1-2d": "siemens-trio",
+    "repeats/decubitus-HFDL-t1-2d": "siemens-trio",
+    "repeats/decubitus-HFDR-t1-2d": "siemens-trio",
 }
 VIEWS_FOLDER = "views"
 
@@ -80,17 +81,19 @@ def views_cache(cohort_dir: Path) -> Path:
 
 
 def cohort_views(cohort_dir: Path, workers: int = 1, split: str | None = None) -> ViewSet:
-    """Every scan of a volume cohort (``cohort.csv`` with ``path``). The person is the subject, except in a real-head
-    cohort, where two base heads can show one person (:data:`fingerprint.cohort.heads.SAME_PERSON_HEADS`)."""
-    from fingerprint.cohort.heads import SAME_PERSON_HEADS, person_of
+    """Every scan of a volume cohort (``cohort.csv`` with ``path``). The person is the subject; in a real-head
+    cohort (kind ``real-*``) it is the person the base head shows (:func:`fingerprint.cohort.heads.person_of`: two
+    files can show one person), named as :data:`SHARED_PEOPLE` names the shared series."""
+    from fingerprint.cohort.heads import person_of
 
     cohort_dir = Path(cohort_dir)
     with open(cohort_dir / "cohort.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("path") and (split is None or r.get("split") == split)]
+    manifest = cohort_dir / "cohort.json"
+    real = manifest.exists() and str(json.loads(manifest.read_text()).get("kind", "")).startswith("real-")
 
     def person(row: dict[str, str]) -> str:
-        head = row.get("base_head", "")
-        return f"person:{person_of(head)}" if head in SAME_PERSON_HEADS or head in SAME_PERSON_HEADS.values() else row["subject_id"]
+        return person_of(row["base_head"]) if real and row.get("base_head") else row["subject_id"]
 
     jobs = [(r["scan_id"], person(r), str(cohort_dir / r["path"])) for r in rows]
     return _views(jobs, views_cache(cohort_dir), workers)
