@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.demo import COLIN27, plan, run_demo
+from worker.demo import COLIN27, DECUBITUS_2022, TRIO_2010, plan, run_demo
 
 
 def test_a_bare_machine_still_has_three_heads(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -27,15 +27,18 @@ def test_a_bare_machine_still_has_three_heads(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_plan_plants_a_duplicate_and_a_mismatch() -> None:
-    for heads in ({"Colin27": 1, "MNI152": 2, "real": 3}, {"Colin27": 1, "Colin27 warped #1": 2, "Colin27 warped #2": 3}):
+    real = {"Colin27": 1, "real person 1": 2, "real person 2": 3, TRIO_2010: 4, DECUBITUS_2022: 5}
+    for heads in (real, {"Colin27": 1, "MNI152": 2, "real": 3}, {"Colin27": 1, "Colin27 warped #1": 2, "Colin27 warped #2": 3}):
         for quick in (False, True):
             items = plan(heads, quick)  # type: ignore[arg-type]
             planted = {item.expected: item for item in items if item.planted}
             assert set(planted) == {"possible_duplicate", "identity_mismatch"}
             duplicate, mismatch = planted["possible_duplicate"], planted["identity_mismatch"]
-            first_of = {i.patient_id: i.head for i in items if not i.planted and i.expected == "new_patient"}
-            assert duplicate.patient_id not in first_of and duplicate.head in first_of.values()
-            assert mismatch.patient_id in first_of and mismatch.head != first_of[mismatch.patient_id]
+            first_of = {i.patient_id: i.who for i in items if not i.planted and i.expected == "new_patient"}
+            assert duplicate.patient_id not in first_of and duplicate.who in first_of.values()
+            assert mismatch.patient_id in first_of and mismatch.who != first_of[mismatch.patient_id]
+            assert all(item.head in heads for item in items)
+    assert plan(real, False)[4].head == DECUBITUS_2022  # with the shared data the duplicate is the real one
 
 
 @pytest.mark.slow
@@ -46,9 +49,16 @@ def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type
 
     torch.set_num_threads(1)
     lines: list[str] = []
-    assert run_demo(home=tmp_path / "home", quick=True, echo=lines.append) == 0
+    results: list[dict] = []
+    assert run_demo(home=tmp_path / "home", quick=True, echo=lines.append, on_result=results.append) == 0
     text = "\n".join(lines)
-    assert "NO VERDICT" not in text
-    assert text.count("Planted #") == 2
-    assert "DEMO-D" in text and "possible_duplicate" in text
-    assert "4 series" in text
+    assert "NO VERDICT" not in text and text.count("Planted #") == 2 and "4 series" in text
+    assert len(results) == 4
+    from worker import demo
+
+    if (demo.SHARED_DATA / demo.REAL_REPEAT).is_dir():  # real people: every verdict, planted or not, must be right
+        assert [(r["expected"], r["verdict"]) for r in results if not r["found"]] == [], results
+        duplicate = next(r for r in results if r["expected"] == "possible_duplicate")
+        assert duplicate["head"] == DECUBITUS_2022 and duplicate["decided_by"] == "verification"
+    else:  # a bare machine: warped copies of one head; the planted duplicate at least is found
+        assert any(r["expected"] == r["verdict"] == "possible_duplicate" for r in results), results

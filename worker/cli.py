@@ -104,12 +104,22 @@ def demo(
     home: Path = typer.Option(None, help="Where the demo keeps its archive (default: a new temporary folder)."),
     quick: bool = typer.Option(False, help="Fewer series (the planted duplicate and mismatch only)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the worker's log."),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per series (planted label, expected and actual verdict) on stdout."
+    ),
 ) -> None:
-    """Embedded mode on sample heads: make DICOM series, send them to an in-process SCP over a real association,
+    """Embedded mode on real heads: make DICOM series, send them to an in-process SCP over a real association,
     print the verdicts, including a planted duplicate and a planted identity mismatch."""
+    import json
+
     from worker.demo import run_demo
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    raise typer.Exit(run_demo(home=home, quick=quick, echo=typer.echo))
+    if as_json:
+        status = run_demo(home=home, quick=quick, echo=lambda _line: None,
+                          on_result=lambda row: typer.echo(json.dumps(row)))
+    else:
+        status = run_demo(home=home, quick=quick, echo=typer.echo)
+    raise typer.Exit(status)

@@ -1,11 +1,16 @@
 """``deepbrainprint demo``: the whole product in one process on real heads, with a planted duplicate and mismatch.
 
-What it does, in embedded mode (no server): takes real heads (Colin27 from mricron-data; the MNI152 template when
-nilearn is installed; a real 3D T1 series from ``../shared/data`` when present), writes them as realistic MR DICOM
-series at different orientations and dates under demo PatientIDs, sends each over a real DICOM association to the
-in-process storage SCP, lets the in-process worker fingerprint them and decide, and prints the verdicts. Two are
-planted: the same head filed under a second PatientID (``possible_duplicate``) and a different head filed under an
-existing PatientID (``identity_mismatch``). The archive lives in a fresh temporary folder unless ``--home`` is given.
+What it does, in embedded mode (no server): takes real people, sends each series over a real DICOM association to
+the in-process storage SCP under demo PatientIDs, lets the in-process worker fingerprint, verify and decide, and
+prints the verdicts. Two cases are planted: one person filed under a second PatientID (``possible_duplicate``) and a
+different person filed under an existing PatientID (``identity_mismatch``); everything else must raise no alarm.
+
+Where ``../shared/data`` is present the people are all real and different: Colin27 (mricron-data), two heads of
+``shared/data/people`` written as DICOM series by the project's writer, and the real Siemens Trio series of 2010;
+the planted duplicate is the real one, a 2022 decubitus series of the same man (``shared/data/README.md``), sent as
+scanned under a second PatientID. On a bare machine the demo falls back to Colin27, the MNI152 average and warped
+copies of Colin27 (the MNI152 average shares Colin27's registration space, so that pair may be flagged there). The
+archive lives in a fresh temporary folder unless ``--home`` is given.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DBP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 REAL_T1 = "t1/siemens-trio-3t-sag"
+#: The same man as REAL_T1, twelve years later (shared/data/README.md): the demo's real planted duplicate.
+REAL_REPEAT = "repeats/decubitus-HFS-t1-2d"
+#: Two other real people (NIfTI heads, written as DICOM series by the project's writer).
+REAL_PEOPLE = ("people/ixi-2mm/IXI012-HH-1211-T1_ds.nii.gz", "people/older-adults-2mm/Subj1_T1.nii.gz")
+TRIO_2010 = "Siemens Trio man, 2010"
+DECUBITUS_2022 = "same man, 2022 (decubitus)"
 VERDICT_TIMEOUT_S = 600.0
 
 
@@ -38,15 +49,30 @@ class DemoSeries:
     expected: str
     note: str
     planted: bool = False
+    person: str = ""  # who the head shows, when two heads show one person (default: the head's name)
+
+    @property
+    def who(self) -> str:
+        return self.person or self.head
 
 
 def load_heads() -> dict[str, Any]:
-    """The real heads available here, as SimpleITK images: always Colin27; MNI152 and a real scan when present."""
+    """The people available here: SimpleITK heads (written as DICOM) or real DICOM folders (sent as scanned).
+
+    With the shared data: Colin27, two real people, the Trio series (2010) and the same man's decubitus series
+    (2022). Without: Colin27, MNI152 and warped copies of Colin27."""
     import SimpleITK as sitk
 
     if not COLIN27.exists():
         raise FileNotFoundError(f"{COLIN27} is missing: install the mricron-data package (deploy/install-system.sh)")
     heads: dict[str, Any] = {"Colin27": sitk.ReadImage(str(COLIN27))}
+    people = [SHARED_DATA / p for p in REAL_PEOPLE]
+    if all(p.exists() for p in people) and (SHARED_DATA / REAL_T1).is_dir() and (SHARED_DATA / REAL_REPEAT).is_dir():
+        for number, path in enumerate(people, 1):
+            heads[f"real person {number}"] = sitk.ReadImage(str(path))
+        heads[TRIO_2010] = SHARED_DATA / REAL_T1
+        heads[DECUBITUS_2022] = SHARED_DATA / REAL_REPEAT
+        return heads
     try:
         import nibabel as nib
         from nilearn.datasets import load_mni152_template
@@ -82,7 +108,30 @@ def warped_subject(head: Any, seed: int) -> Any:
 
 
 def plan(heads: dict[str, Any], quick: bool) -> list[DemoSeries]:
-    """The series to send, in order. The second head is MNI152, else the real scan (both are other people)."""
+    """The series to send, in order (the real-people plan where the shared data is present)."""
+    if DECUBITUS_2022 in heads:
+        return real_people_plan(quick)
+    return fallback_plan(heads, quick)
+
+
+def real_people_plan(quick: bool) -> list[DemoSeries]:
+    """Real, different people; the planted duplicate is one real man scanned in 2010 and again in 2022."""
+    first_a = DemoSeries("Colin27", "DEMO-A", "axial", "20230201", "new_patient", "first scan of DEMO-A")
+    again_a = DemoSeries("Colin27", "DEMO-A", "sagittal", "20240514", "consistent", "DEMO-A again, other orientation")
+    first_b = DemoSeries("real person 1", "DEMO-B", "axial", "20230310", "new_patient", "first scan of DEMO-B")
+    first_c = DemoSeries(TRIO_2010, "DEMO-C", "as scanned", "20100701", "new_patient", "first scan of DEMO-C (real)")
+    duplicate = DemoSeries(DECUBITUS_2022, "DEMO-D", "as scanned", "20220401", "possible_duplicate",
+                           "PLANTED: DEMO-C's man, 12 years later, under a new PatientID", planted=True,
+                           person=TRIO_2010)
+    mismatch = DemoSeries("real person 2", "DEMO-B", "coronal", "20250120", "identity_mismatch",
+                          "PLANTED: another person filed under DEMO-B", planted=True)
+    if quick:
+        return [first_b, first_c, duplicate, mismatch]
+    return [first_a, again_a, first_b, first_c, duplicate, mismatch]
+
+
+def fallback_plan(heads: dict[str, Any], quick: bool) -> list[DemoSeries]:
+    """A bare machine: the second head is MNI152 (another 'person'), then warped copies of Colin27."""
     others = [name for name in heads if name != "Colin27"]
     second = others[0] if others else "Colin27"
     third = others[1] if len(others) > 1 else None
@@ -100,14 +149,45 @@ def plan(heads: dict[str, Any], quick: bool) -> list[DemoSeries]:
 
 
 def write_demo_series(heads: dict[str, Any], item: DemoSeries, out_dir: Path) -> list[Path]:
+    """The series' files: a head written by the project's writer, or a real series re-filed under the demo's
+    PatientID (its name and ID replaced, nothing else changed)."""
+    head = heads[item.head]
+    if isinstance(head, Path):
+        return refile_series(head, out_dir, item.patient_id)
     from fingerprint.dicom_writer import write_series
 
-    return write_series(heads[item.head], out_dir, patient_id=item.patient_id, orientation=item.orientation,
+    return write_series(head, out_dir, patient_id=item.patient_id, orientation=item.orientation,
                         study_date=item.study_date)
 
 
-def run_demo(home: Path | None = None, quick: bool = False, echo: Callable[[str], Any] = print) -> int:
-    """Run the demo; returns the exit status (0 when every series got a verdict)."""
+def refile_series(folder: Path, out_dir: Path, patient_id: str) -> list[Path]:
+    """Copies of a real series' DICOM files with PatientID and PatientName set to ``patient_id``."""
+    import pydicom
+
+    from fingerprint.dicom_series import iter_files, read_dicom_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, path in enumerate(iter_files(folder)):
+        dataset = read_dicom_file(path)
+        if dataset is None:
+            continue
+        dataset.PatientID = patient_id
+        dataset.PatientName = patient_id
+        target = out_dir / f"{number:05d}.dcm"
+        pydicom.dcmwrite(target, dataset, enforce_file_format=True)
+        written.append(target)
+    return written
+
+
+def run_demo(
+    home: Path | None = None,
+    quick: bool = False,
+    echo: Callable[[str], Any] = print,
+    on_result: Callable[[dict[str, Any]], Any] | None = None,
+) -> int:
+    """Run the demo; returns the exit status (0 when every series got a verdict). ``on_result`` receives one
+    JSON-ready dict per series (what ``--json`` prints): the plan, the planted label and the verdict."""
     import pydicom
 
     from dicom_node.scp import StorageNode
@@ -143,6 +223,8 @@ def run_demo(home: Path | None = None, quick: bool = False, echo: Callable[[str]
             verdict = _wait_for(verdicts, series_uid)
             rows.append((number, item, verdict, len(files)))
             echo(_row(number, item, verdict, len(files)))
+            if on_result is not None:
+                on_result(_result(number, item, verdict))
     finally:
         node.stop()
         worker.stop()
@@ -166,7 +248,27 @@ def _wait_for(verdicts: queue.Queue[dict[str, Any]], series_uid: str) -> dict[st
     return None
 
 
-HEADER = f"{'#':>2}  {'head':24s} {'orient.':9s} {'date':10s} {'filed as':9s} {'verdict':19s} {'score':>6s}  note"
+def _result(number: int, item: DemoSeries, verdict: dict[str, Any] | None) -> dict[str, Any]:
+    """One series of the demo as JSON: what was sent, what was expected, what the archive said."""
+    got = verdict or {}
+    return {
+        "number": number,
+        "head": item.head,
+        "patient_id": item.patient_id,
+        "study_date": item.study_date,
+        "planted": item.planted,
+        "expected": item.expected,
+        "verdict": got.get("verdict"),
+        "found": got.get("verdict") == item.expected,
+        "score": got.get("score"),
+        "verification_score": got.get("verification_score"),
+        "decided_by": got.get("decided_by"),
+        "model_version": got.get("model_version"),
+    }
+
+
+HEADER = (f"{'#':>2}  {'head':24s} {'orient.':9s} {'date':10s} {'filed as':9s} {'verdict':19s} "
+          f"{'fingerprint / 3D check':>22s}  note")
 
 
 def _row(number: int, item: DemoSeries, verdict: dict[str, Any] | None, instances: int) -> str:
@@ -177,10 +279,12 @@ def _row(number: int, item: DemoSeries, verdict: dict[str, Any] | None, instance
     got = verdict.get("verdict", "?") if verdict else "NO VERDICT"
     score = verdict.get("score") if verdict else None
     score_text = f"{score:.3f}" if isinstance(score, (int, float)) else "-"
+    checked = verdict.get("verification_score") if verdict else None
+    score_text += f" / {checked:.2f}" if isinstance(checked, (int, float)) else " /  -  "
     date = f"{item.study_date[:4]}-{item.study_date[4:6]}-{item.study_date[6:]}"
-    mark = "" if got == item.expected else f"  (a trained model should say {item.expected})"
+    mark = "" if got == item.expected else f"  (expected {item.expected})"
     return (f"{prefix}{number:>2}  {item.head[:24]:24s} {item.orientation:9s} {date:10s} {item.patient_id:9s} "
-            f"{got:19s} {score_text:>6s}  {item.note}{mark}")
+            f"{got:19s} {score_text:>22s}  {item.note}{mark}")
 
 
 def _summary(rows: list, echo: Callable[[str], Any], elapsed_s: float) -> None:  # type: ignore[type-arg]
