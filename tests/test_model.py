@@ -92,7 +92,8 @@ def test_every_real_repeat_retrieves_its_own_scans_first(shared_data) -> None:
     Measured history: 0 of 4 queries with the zero-filled cut hemisphere, 1 of 4 with the mirror fill (the Siemens
     Trio man, 0.988, outranked the left-side series, 0.986-0.988), 4 of 4 once the outer voxel layer of a series (a
     bright edge slice of the 2D stack at the seam of the fill) is no longer sampled (left side 0.990-0.992). With
-    ``dbp-r18-synth-v2``: 4 of 4, lowest own scan 0.9897, highest other person 0.9853 (v1: 0.9899 and 0.9884)."""
+    ``dbp-r18-synth-v2``: 4 of 4, lowest own scan 0.9897, then his own 2010 Trio series at 0.9853 (the same man under
+    another PatientID, not in this query's own group; v1: 0.9899 and 0.9884)."""
     model = api.load_model()
     if model.model_version.startswith("untrained"):
         pytest.skip("no shipped weights: identity cannot be asked of an untrained encoder")

@@ -119,8 +119,8 @@ def real_people_plan(quick: bool) -> list[DemoSeries]:
     first_a = DemoSeries("Colin27", "DEMO-A", "axial", "20230201", "new_patient", "first scan of DEMO-A")
     again_a = DemoSeries("Colin27", "DEMO-A", "sagittal", "20240514", "consistent", "DEMO-A again, other orientation")
     first_b = DemoSeries("real person 1", "DEMO-B", "axial", "20230310", "new_patient", "first scan of DEMO-B")
-    first_c = DemoSeries(TRIO_2010, "DEMO-C", "as scanned", "20100701", "new_patient", "first scan of DEMO-C (real)")
-    duplicate = DemoSeries(DECUBITUS_2022, "DEMO-D", "as scanned", "20220401", "possible_duplicate",
+    first_c = DemoSeries(TRIO_2010, "DEMO-C", "scanned", "20100701", "new_patient", "first scan of DEMO-C (real)")
+    duplicate = DemoSeries(DECUBITUS_2022, "DEMO-D", "scanned", "20220401", "possible_duplicate",
                            "PLANTED: DEMO-C's man, 12 years later, under a new PatientID", planted=True,
                            person=TRIO_2010)
     mismatch = DemoSeries("real person 2", "DEMO-B", "coronal", "20250120", "identity_mismatch",
