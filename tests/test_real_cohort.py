@@ -148,3 +148,27 @@ def test_real_test_cli_writes_head_volumes(tmp_path: Path) -> None:
         volume = sitk.GetArrayFromImage(sitk.ReadImage(str(out / row["path"])))
         head = volume > 0.2 * np.percentile(volume, 99.5)
         assert 0.1 < head.mean() < 0.7, row["scan_id"]  # a head in its field of view, neither empty nor all head
+
+
+def test_train_cohort_from_real_calibration_heads_makes_new_warped_people() -> None:
+    """``--heads real-calibration``: warps of the 26 calibration people, never a test person, new ids and draws."""
+    from fingerprint.cohort.visits import DEFAULT_HEAD_SET, TRAIN_HEAD_SETS
+
+    plans = plan_subjects("train", 2 * 10 * len(REAL_CALIBRATION_HEADS), 0, "real-calibration")
+    assert [p.base_head for p in plans[: len(REAL_CALIBRATION_HEADS)]] == list(REAL_CALIBRATION_HEADS)
+    assert not {p.base_head for p in plans} & set(REAL_TEST_HEADS)
+    assert not any(p.real_person for p in plans)  # warped: every subject is a new person
+    val = [p for p in plans if p.split == "val"]
+    assert len(val) == len(plans) // 10 and {p.base_head for p in val} == set(REAL_CALIBRATION_HEADS)
+    default = plan_subjects("train", len(plans), 0)
+    assert default == plan_subjects("train", len(plans), 0, DEFAULT_HEAD_SET)  # the default is the old plan
+    assert not {p.subject_id for p in plans} & {p.subject_id for p in default}
+    assert len({p.seed_entropy for p in plans} | {p.seed_entropy for p in default}) == 2 * len(plans)
+    assert plans[0].anatomy().scale != default[0].anatomy().scale
+    assert plan_visits(plans[0], 2)[1].scan_id == f"{plans[0].subject_id}-v1"
+    assert set(TRAIN_HEAD_SETS) == {"training", "real-calibration"}
+    for kind in ("benchmark", "calibration", "real-test"):
+        with pytest.raises(ValueError, match="train kind only"):
+            plan_subjects(kind, 2, 0, "real-calibration")
+    with pytest.raises(ValueError, match="unknown head set"):
+        plan_subjects("train", 2, 0, "real-test")

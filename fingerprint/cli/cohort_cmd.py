@@ -31,8 +31,8 @@ def generate(
     kind: Annotated[
         str,
         typer.Option(
-            help="train: training heads, 10% of subjects in a patient-disjoint 'val' split, canonical slices (fast "
-            "path). benchmark: held-out heads (Colin27, siemens-trio), fixed seed, full 3D volumes in scanner space. "
+            help="train: training heads (or --heads), 10% of subjects in a patient-disjoint 'val' split, canonical "
+            "slices (fast path). benchmark: held-out heads (Colin27, siemens-trio), fixed seed, full 3D volumes in scanner space. "
             "calibration: training heads, other seeds, volumes. real-calibration / real-test: one subject per REAL "
             "person of heads.REAL_CALIBRATION_HEADS / REAL_TEST_HEADS (no warp, mild ageing), ~25% thick 2D "
             "visits, volumes."
@@ -48,6 +48,15 @@ def generate(
     ] = None,
     dicom: Annotated[int, typer.Option(help="volumes only: also write the first N scans as DICOM series (dicom/<scan_id>/).")] = 0,
     workers: Annotated[int, typer.Option(help="Worker processes (the machine is shared: keep it small).")] = 1,
+    head_set: Annotated[
+        str,
+        typer.Option(
+            "--heads",
+            help="train only: the base heads subjects are warps of. training: heads.TRAINING_HEADS (MNI152 and four "
+            "t1/ series; the default, the same cohort as ever). real-calibration: the 26 real people of "
+            "heads.REAL_CALIBRATION_HEADS (each subject still a new warped person; the real-test people are never used).",
+        ),
+    ] = "training",
     residual: Annotated[
         str,
         typer.Option(help="slices only: the pipeline alignment error to mimic. measured: per-subject offset + per-visit "
@@ -77,7 +86,11 @@ def generate(
         raise typer.BadParameter("--format must be slices or volumes")
     if residual not in visit_plans.RESIDUAL_MODELS:
         raise typer.BadParameter(f"--residual must be one of {', '.join(visit_plans.RESIDUAL_MODELS)}")
-    plans = visit_plans.plan_subjects(kind, n_subjects, seed_value)
+    if head_set not in visit_plans.TRAIN_HEAD_SETS:
+        raise typer.BadParameter(f"--heads must be one of {', '.join(visit_plans.TRAIN_HEAD_SETS)}")
+    if head_set != visit_plans.DEFAULT_HEAD_SET and kind != "train":
+        raise typer.BadParameter("--heads is for --kind train only")
+    plans = visit_plans.plan_subjects(kind, n_subjects, seed_value, head_set)
     n_subjects = len(plans)  # real kinds: at most one subject per head
     _require_heads(sorted({p.base_head for p in plans}))
     started = time.perf_counter()
@@ -102,6 +115,7 @@ def generate(
             "scans": scans,
             "base_heads": sorted({p.base_head for p in plans}),
             "training_heads": list(heads.TRAINING_HEADS),
+            **({"head_set": head_set} if head_set != visit_plans.DEFAULT_HEAD_SET else {}),
             "held_out_heads": list(heads.HELD_OUT_HEADS),
             **(_real_manifest(kind) if kind in visit_plans.REAL_KINDS else {}),
             "head_cache_version": heads.HEAD_CACHE_VERSION,

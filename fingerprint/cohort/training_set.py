@@ -54,7 +54,12 @@ SOFT_SIGMA_MM = 0.5
 INTERPOLATED_NOISE_FACTOR = 0.7
 
 
-@lru_cache(maxsize=16)
+#: Room for both variants of every base head of the largest training head set (26 real people): subjects take their
+#: heads in turn, so a cache smaller than the set would reload (and re-blur) a head for nearly every subject.
+HEAD_VARIANT_CACHE = 64
+
+
+@lru_cache(maxsize=HEAD_VARIANT_CACHE)
 def head_variant(name: str, soft: bool) -> sitk.Image:
     """A base head, sharp or pre-blurred for coarser pixels (cached per process)."""
     head = load_head(name)

@@ -7,7 +7,9 @@ number of workers, and changing the number of subjects or visits does not change
 Kinds and splits (subjects are never shared between splits: a subject belongs to exactly one):
 
 - ``train``: training heads only (see :mod:`fingerprint.cohort.heads`); one subject in ten goes to the ``val`` split
-  (patient-disjoint validation for early stopping), the rest to ``train``;
+  (patient-disjoint validation for early stopping), the rest to ``train``. With the head set ``real-calibration``
+  (:data:`TRAIN_HEAD_SETS`) the subjects are warps of the real calibration people instead, in a seed space of their
+  own; the default head set plans exactly as before;
 - ``benchmark``: held-out heads only (Colin27, siemens-trio), split ``test``, its own seed space (default seed
   :data:`BENCHMARK_SEED`), so neither its anatomy nor its deformations are ever seen in training;
 - ``calibration``: training heads, split ``calibration``, other seeds: for threshold calibration;
@@ -47,6 +49,15 @@ THICK_2D_SLICE_MM = (4.0, 5.0)
 THICK_2D_PIXEL_MM = (0.9, 1.0)
 #: Seed streams appended to a visit's entropy (7: noise, 13: alignment failure, 17: real-head protocol).
 PROTOCOL_STREAM = 17
+#: Base heads a ``train`` cohort's subjects may be warps of: (subject id prefix, seed code, heads). ``training``
+#: (the default) is the synthetic-training split as it always was (same ids, same draws); ``real-calibration`` makes
+#: every training subject a warp of one of the 26 real people of REAL_CALIBRATION_HEADS (never REAL_TEST_HEADS),
+#: with a seed code and id prefix of its own, so its subjects are new people and never collide with the default's.
+DEFAULT_HEAD_SET = "training"
+TRAIN_HEAD_SETS: dict[str, tuple[str, int, tuple[str, ...]]] = {
+    DEFAULT_HEAD_SET: ("tr", KIND_CODES["train"], TRAINING_HEADS),
+    "real-calibration": ("trc", 47, REAL_CALIBRATION_HEADS),
+}
 
 
 
@@ -123,22 +134,30 @@ class VisitPlan:
         return np.random.default_rng(np.random.SeedSequence([*self.seed_entropy, 7]))
 
 
-def plan_subjects(kind: str, subjects: int, seed: int) -> list[SubjectPlan]:
+def plan_subjects(kind: str, subjects: int, seed: int, head_set: str = DEFAULT_HEAD_SET) -> list[SubjectPlan]:
     """The subjects of a cohort of ``kind`` (see :data:`KIND_CODES`), in index order; a real-head kind has at most
-    one subject per real head, so ``subjects`` is capped there."""
+    one subject per real head, so ``subjects`` is capped there. ``head_set`` (train only, see
+    :data:`TRAIN_HEAD_SETS`) picks the base heads the training subjects are warps of."""
     if kind not in KIND_CODES:
         raise ValueError(f"unknown cohort kind {kind!r}; use one of {', '.join(KIND_CODES)}")
+    if head_set not in TRAIN_HEAD_SETS:
+        raise ValueError(f"unknown head set {head_set!r}; use one of {', '.join(TRAIN_HEAD_SETS)}")
+    if head_set != DEFAULT_HEAD_SET and kind != "train":
+        raise ValueError(f"head set {head_set!r} is for the train kind only, not {kind!r}")
     if kind in REAL_KINDS:
         return _real_subjects(kind, subjects, seed)
-    heads = HELD_OUT_HEADS if kind == "benchmark" else TRAINING_HEADS
+    if kind == "train":
+        prefix, code, heads = TRAIN_HEAD_SETS[head_set]
+    else:
+        prefix, code = {"benchmark": "bm", "calibration": "ca"}[kind], KIND_CODES[kind]
+        heads = HELD_OUT_HEADS if kind == "benchmark" else TRAINING_HEADS
     plans = []
     for k in range(subjects):
         if kind == "train":
             split = "val" if (k // len(heads)) % 10 == 9 else "train"
         else:
             split = "test" if kind == "benchmark" else "calibration"
-        prefix = {"train": "tr", "benchmark": "bm", "calibration": "ca"}[kind]
-        plans.append(SubjectPlan(f"{prefix}{seed}-{k:05d}", k, heads[k % len(heads)], split, (seed, KIND_CODES[kind], k)))
+        plans.append(SubjectPlan(f"{prefix}{seed}-{k:05d}", k, heads[k % len(heads)], split, (seed, code, k)))
     return plans
 
 
