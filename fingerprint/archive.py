@@ -86,11 +86,16 @@ class Archive:
         """Explicit ones, else the site's calibration in the store, else the files (index folder, shipped)."""
         if self._explicit_thresholds is not None:
             return self._explicit_thresholds
-        if model_version not in self._thresholds:
-            stored = self.store.load_thresholds(model_version)
-            found = thresholds_from_json(stored, "store") if stored else load_thresholds(self.settings, model_version)
-            self._thresholds[model_version] = found
-        return self._thresholds[model_version]
+        return self._calibrated(model_version)
+
+    def _calibrated(self, version: str) -> Thresholds:
+        """The site's calibration of a model or verification method version in the store, else the files (index
+        folder, shipped), else the labelled fallback; read once per process."""
+        if version not in self._thresholds:
+            stored = self.store.load_thresholds(version)
+            found = thresholds_from_json(stored, "store") if stored else load_thresholds(self.settings, version)
+            self._thresholds[version] = found
+        return self._thresholds[version]
 
     def hash_patient_id(self, patient_id: str) -> str:
         return hash_patient_id(patient_id, self._hash_key)
@@ -242,15 +247,7 @@ class Archive:
         switched off or nothing was calibrated for its method version (the fingerprint then decides alone)."""
         if not self.settings.verification:
             return None
-        if VERIFICATION_VERSION not in self._thresholds:
-            stored = self.store.load_thresholds(VERIFICATION_VERSION)
-            found = (
-                thresholds_from_json(stored, "store")
-                if stored
-                else load_thresholds(self.settings, VERIFICATION_VERSION)
-            )
-            self._thresholds[VERIFICATION_VERSION] = found
-        found = self._thresholds[VERIFICATION_VERSION]
+        found = self._calibrated(VERIFICATION_VERSION)
         return None if found.source == "fallback" else found
 
     def _record_rejection(

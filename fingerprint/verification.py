@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from fingerprint.canonical import load_reference, registration_threads
+from fingerprint.canonical import load_reference, registration_threads, rotation_angle_deg
 
 #: Bump when anything below changes what a canonical brain holds or how a pair is scored: brains and thresholds are
 #: stored per version, and brains of two versions are never compared.
@@ -198,11 +198,6 @@ def verify(fixed: PreparedBrain, moving: PreparedBrain, keep_registered: bool = 
     return VerificationResult(score, shared_fraction, rotation, shift, used, registered)
 
 
-def verify_brains(fixed: np.ndarray, moving: np.ndarray, keep_registered: bool = False) -> VerificationResult:
-    """:func:`verify` for two stored brains (prepares both)."""
-    return verify(prepare(fixed), prepare(moving), keep_registered)
-
-
 def _register(fixed: PreparedBrain, moving: PreparedBrain, metric_mask: np.ndarray) -> sitk.Euler3DTransform:
     """Rigid Mattes MI from the identity, centred on the metric region."""
     grid = brain_grid()
@@ -232,10 +227,8 @@ def _register(fixed: PreparedBrain, moving: PreparedBrain, metric_mask: np.ndarr
 
 def _size_of(transform: sitk.Euler3DTransform) -> tuple[float, float]:
     """Rotation angle (degrees) and how far the centre of the brain moves (mm)."""
-    matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
-    angle = float(np.degrees(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0))))
     centre = np.asarray(transform.GetCenter())
-    return angle, float(np.linalg.norm(np.asarray(transform.TransformPoint(tuple(centre))) - centre))
+    return rotation_angle_deg(transform), float(np.linalg.norm(np.asarray(transform.TransformPoint(tuple(centre))) - centre))
 
 
 def _moved(values: np.ndarray, transform: sitk.Transform, interpolator: int) -> np.ndarray:

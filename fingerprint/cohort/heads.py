@@ -173,7 +173,7 @@ def alignment_to_reference(image: sitk.Image) -> sitk.Transform:
     the canonical plane); the careful start keeps it from the wrong basins a fast aligner can fall into on a hard head
     (the 2 mm prisma series). A refinement that moves more than MAX_REFINEMENT_DEG is not trusted and not used.
     """
-    from fingerprint.canonical import align
+    from fingerprint.canonical import align, rotation_angle_deg
 
     careful = careful_rigid_alignment(image)
     start = sitk.Resample(image, reference_grid(), careful, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -181,8 +181,7 @@ def alignment_to_reference(image: sitk.Image) -> sitk.Transform:
         refinement = align(start, search="rigid").transform  # rigid: the search head cache v3 was built with
     except Exception:  # the pipeline refused it: the careful alignment is the best we have
         return careful
-    matrix = np.asarray(refinement.GetMatrix()).reshape(3, 3)
-    angle = np.degrees(np.arccos(np.clip((np.trace(matrix) - 1.0) / 2.0, -1.0, 1.0)))
+    angle = rotation_angle_deg(refinement)
     return sitk.CompositeTransform([careful, refinement]) if angle <= MAX_REFINEMENT_DEG else careful
 
 
