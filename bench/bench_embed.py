@@ -1,7 +1,7 @@
 """Embedding benchmark: median milliseconds per slice for the encoder on CPU, at batch 1 and batch 32, and peak RSS.
 
 What a worker pays per series once the slice exists (slicing is measured by the slice part). The model is the one
-``fingerprint.api.load_model()`` returns (shipped weights, else the untrained encoder: same architecture, same cost).
+``fingerprint.model.fingerprinter.load_model()`` returns (shipped weights, else the untrained encoder: same architecture, same cost).
 Threads: 1 (the product's default per worker process) and, in the same run, all cores, so the ratio is same-run.
 
 Usage::
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fingerprint.api import load_model  # noqa: E402
+from fingerprint.model.fingerprinter import load_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

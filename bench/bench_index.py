@@ -3,7 +3,7 @@
 Fingerprints are random unit vectors clustered like a real archive: each simulated person has a centre and four
 visits scattered around it (same-person cosine about 0.8); queries are a further visit of a stored person, as in
 production. Recall@10 is measured against the exact index on the same data, same run. Indexes are built exactly as
-the archive builds them (``fingerprint.index.new_faiss_index``: an ``IndexIDMap2`` around the factory string).
+the archive builds them (``fingerprint.identity.index.new_faiss_index``: an ``IndexIDMap2`` around the factory string).
 
 Usage (long: nice it)::
 
@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fingerprint.index import new_faiss_index  # noqa: E402
+from fingerprint.identity.index import new_faiss_index  # noqa: E402
 
 DIM = 512
 VISITS = 4
@@ -124,9 +124,9 @@ def measure_archive(n: int, store_url: str | None, label: str, timed: int = 200,
     """Median/p95 time of Archive.decide_and_record (lock, index catch-up, search, decide, write) at ``n`` series."""
     import tempfile
 
-    from fingerprint.archive import Archive
-    from fingerprint.calibration import Thresholds
     from fingerprint.config import load_settings
+    from fingerprint.identity.archive import Archive
+    from fingerprint.identity.calibration import Thresholds
     from fingerprint.types import FingerprintResult, SeriesIdentifiers, SliceResult
 
     if store_url and not scratch:  # a scratch schema on the given database, dropped afterwards

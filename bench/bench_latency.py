@@ -1,6 +1,6 @@
 """Latency benchmark: time from the last instance of a series received to its verdict written, embedded mode.
 
-Real heads (Colin27; MNI152 when nilearn has it) are written as MR series (``fingerprint.dicom_writer``) at several
+Real heads (Colin27; MNI152 when nilearn has it) are written as MR series (``fingerprint.imaging.dicom_write``) at several
 orientations under distinct PatientIDs and sent, one series at a time, over a real DICOM association to the
 in-process storage SCP; the in-process worker fingerprints, decides and records. For each series:
 
@@ -58,7 +58,7 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 
 def run(series_count: int, quiet_time_s: float) -> dict:
-    from fingerprint.dicom_writer import write_series
+    from fingerprint.imaging.dicom_write import write_series
 
     work = Path(tempfile.mkdtemp(prefix="dbp-bench-latency-"))
     settings = load_settings(home=work / "home", port=0, quiet_time_s=quiet_time_s, broker_url="", orthanc_url="")

@@ -26,10 +26,11 @@ from pathlib import Path
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fingerprint.canonical import align, load_reference  # noqa: E402
-from fingerprint.dicom_series import read_series  # noqa: E402
-from fingerprint.pipeline import middle_slice  # noqa: E402
-from fingerprint.slicing import sample_canonical_slice  # noqa: E402
+from fingerprint.imaging.canonical import align  # noqa: E402
+from fingerprint.imaging.dicom_read import read_series  # noqa: E402
+from fingerprint.imaging.pipeline import middle_slice  # noqa: E402
+from fingerprint.imaging.reference import load_reference  # noqa: E402
+from fingerprint.imaging.slicing import sample_canonical_slice  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = ("read", "align", "slice", "middle")

@@ -28,9 +28,10 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fingerprint.evaluation import default_real_data_dir  # noqa: E402
-from fingerprint.identity_data import shared_views  # noqa: E402
-from fingerprint.verification import METHOD_VERSION, brain_to_bytes, prepare, verify  # noqa: E402
+from fingerprint.evaluation.identity_data import shared_views  # noqa: E402
+from fingerprint.evaluation.slice_benchmark import default_real_data_dir  # noqa: E402
+from fingerprint.identity.verification import METHOD_VERSION, prepare, verify  # noqa: E402
+from fingerprint.imaging.brain import brain_to_bytes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path.home() / ".cache" / "deepbrainprint" / "real-views"

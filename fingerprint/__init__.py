@@ -2,9 +2,9 @@
 
 This package needs no server. The public entry points are:
 
-- :func:`fingerprint.pipeline.slice_series` - a DICOM series (folder or datasets) to the canonical slice;
-- :func:`fingerprint.api.fingerprint_series` - a series to its L2-normalised 512-d fingerprint;
-- :mod:`fingerprint.store`, :mod:`fingerprint.index`, :mod:`fingerprint.verdicts` - the identity archive.
+- :func:`fingerprint.imaging.pipeline.slice_series` - a DICOM series (folder or datasets) to the canonical slice;
+- :func:`fingerprint.model.fingerprinter.fingerprint_series` - a series to its L2-normalised 512-d fingerprint;
+- :mod:`fingerprint.identity.store`, :mod:`fingerprint.identity.index`, :mod:`fingerprint.identity.verdicts` - the identity archive.
 """
 
 __all__ = ["__version__"]

@@ -41,7 +41,7 @@ class SliceResult:
     ``pixels`` is float32 (SLICE_SIZE, SLICE_SIZE), intensities robustly normalised to about [0, 1], rows running
     anterior -> posterior and columns right -> left of the patient (radiological display), as in the PNG.
     ``geometry`` is JSON-ready: volume size/spacing/orientation found, the alignment, the level and how it was chosen.
-    ``brain`` is the canonical brain the verification stage compares (uint8, :mod:`fingerprint.verification`), or
+    ``brain`` is the canonical brain the verification stage compares (uint8, :mod:`fingerprint.identity.verification`), or
     None where none was made (the middle-slice method, a slice re-read from the store).
     """
 

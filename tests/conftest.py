@@ -126,8 +126,8 @@ def small_heads() -> dict:
 @pytest.fixture(scope="session")
 def write_head_series(small_heads: dict):
     """``write(out_dir, head, patient_id, orientation="axial", study_date="20240101") -> list[Path]``: a real head
-    as an MR DICOM series (through ``fingerprint.dicom_writer.write_series``)."""
-    from fingerprint.dicom_writer import write_series
+    as an MR DICOM series (through ``fingerprint.imaging.dicom_write.write_series``)."""
+    from fingerprint.imaging.dicom_write import write_series
 
     def write(out_dir: Path, head: str, patient_id: str, orientation: str = "axial", study_date: str = "20240101"):
         return write_series(small_heads[head], out_dir, patient_id=patient_id, orientation=orientation,

@@ -16,19 +16,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
-from fingerprint.archive import Archive
-from fingerprint.calibration import Thresholds, load_thresholds, save_thresholds, site_thresholds_path
 from fingerprint.cli.app import app
 from fingerprint.config import load_settings
-from fingerprint.dicom_series import iter_files, read_dicom_file
-from fingerprint.store import Store
-from fingerprint.verdicts import VERDICTS
+from fingerprint.identity.archive import Archive
+from fingerprint.identity.calibration import (
+    Thresholds,
+    load_thresholds,
+    save_thresholds,
+    site_thresholds_path,
+)
+from fingerprint.identity.store import Store
+from fingerprint.imaging.dicom_read import iter_files, read_dicom_file
 
 torch.set_num_threads(1)
 PERSON_A = "repeats/decubitus-HFS-t1-2d"  # a real man (35 sagittal slices: the quickest real series to slice)
@@ -191,7 +194,7 @@ def test_calibrate_writes_thresholds_for_the_model_in_use(tmp_path):
 
 
 def test_reindex_re_embeds_from_stored_slices_without_dicom(real_pair, tmp_path):
-    from fingerprint.model import save_encoder, seeded_encoder
+    from fingerprint.model.encoder import save_encoder, seeded_encoder
 
     index = new_index(tmp_path, real_pair["thresholds"])
     copy = refile(real_pair["a"], tmp_path / "a")  # deleted after enroll: reindex must not need it

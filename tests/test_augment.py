@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fingerprint.augment import NO_AUGMENTATION, AugmentConfig, augment_batch
+from fingerprint.model.augment import NO_AUGMENTATION, AugmentConfig, augment_batch
 
 torch.set_num_threads(1)
 
@@ -79,7 +79,7 @@ def test_refuses_wrong_shape() -> None:
 
 
 def test_slicer_region_makes_dark_pixels_inside_it_foreground() -> None:
-    from fingerprint.augment import slicer_region
+    from fingerprint.model.augment import slicer_region
 
     images = _heads(2)
     images[:, :, 60:64, 60:64] = 0.0  # dark CSF clipped to zero, inside the head

@@ -10,19 +10,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fingerprint.canonical import (
+from fingerprint.imaging.canonical import (
     PLAUSIBLE_SCALE,
     align,
     align_to_reference,
-    canonical_plane_centre,
     correct_bias,
     head_proportions,
-    load_reference,
     rigid_part,
 )
-from fingerprint.dicom_writer import write_series
-from fingerprint.pipeline import slice_series, slice_volume
-from fingerprint.slicing import (
+from fingerprint.imaging.dicom_write import write_series
+from fingerprint.imaging.pipeline import slice_series, slice_volume
+from fingerprint.imaging.reference import load_reference, plane_centre
+from fingerprint.imaging.slicing import (
     DEFAULT_LEVEL_MM,
     canonical_mask,
     fill_from_mirror,
@@ -137,7 +136,7 @@ def test_rigid_part_keeps_the_rotation_and_the_anchor_and_drops_the_stretch() ->
     fitted.SetCenter((0.0, -20.0, 10.0))
     fitted.SetMatrix(tuple((rotation @ np.diag([0.95, 0.9, 0.85])).ravel()))
     fitted.SetTranslation((4.0, -7.0, 11.0))
-    anchor = canonical_plane_centre()
+    anchor = plane_centre()
     rigid = rigid_part(fitted, anchor)
     assert rotation_between(rigid, rotation) < 1e-6
     assert np.allclose(rigid.TransformPoint(anchor), fitted.TransformPoint(anchor), atol=1e-9)
@@ -163,7 +162,7 @@ def test_a_shorter_narrower_head_is_fitted_by_its_scales_not_by_a_tilt(colin_2mm
     assert fitted.as_json()["head_scale_vs_reference"] == [round(v, 3) for v in fitted.head_scale]
     expected = np.asarray(motion.GetMatrix()).reshape(3, 3) @ np.asarray(original.transform.GetMatrix()).reshape(3, 3)
     assert rotation_between(fitted.transform, expected) < 0.5
-    anchor = canonical_plane_centre()
+    anchor = plane_centre()
     where = motion.TransformPoint(shape.TransformPoint(original.transform.TransformPoint(anchor)))
     assert np.linalg.norm(np.subtract(fitted.transform.TransformPoint(anchor), where)) < 2.0
 
@@ -201,7 +200,7 @@ def test_a_coil_shaded_series_is_aligned_after_bias_correction(shared_data: Path
     ``alignment_to_reference``), with the slice 10 mm above the ventricles. Retried on the N4-corrected series the
     scaled fit is kept: measured 1.9 degrees and 0.1 mm of level from that placement."""
     from fingerprint.cohort.heads import alignment_to_reference
-    from fingerprint.dicom_series import read_series
+    from fingerprint.imaging.dicom_read import read_series
 
     image = sitk.Cast(read_series(shared_data / "t1" / "siemens-prisma-xa30-enhanced-2mm").image, sitk.sitkFloat32)
     careful = alignment_to_reference(image)
@@ -209,7 +208,7 @@ def test_a_coil_shaded_series_is_aligned_after_bias_correction(shared_data: Path
     assert alignment.bias_corrected and alignment.as_json()["bias_field_corrected"], alignment.attempts
     low, high = PLAUSIBLE_SCALE
     assert all(low <= v <= high for v in alignment.head_scale)
-    anchor = canonical_plane_centre()
+    anchor = plane_centre()
     # Where the found pose puts reference points, seen from the careful placement: rotation and level error.
     probes = np.asarray(anchor) + np.array([[0, 0, 0], [50, 0, 0], [0, 50, 0], [0, 0, 50]], dtype=float)
     back = np.array([careful.GetInverse().TransformPoint(alignment.transform.TransformPoint(tuple(p))) for p in probes])

@@ -88,7 +88,7 @@ def test_visits_of_one_subject_resemble_each_other_more_than_siblings_do() -> No
 
 
 def test_fast_slice_is_a_normalised_masked_canonical_slice() -> None:
-    from fingerprint.slicing import canonical_mask
+    from fingerprint.imaging.slicing import canonical_mask
 
     subject = mni_subjects("train", 1)[0]
     pixels = fast_slice(subject.anatomy(), plan_visits(subject, 1)[0])
@@ -109,8 +109,8 @@ def test_benchmark_volume_reslices_through_the_pipeline_to_the_subjects_plane() 
     """A full-path volume (rotated, shifted, any plane) gives, through the real pipeline, the subject's own plane."""
     from fingerprint.cohort.alignment_check import residual_of
     from fingerprint.cohort.benchmark import scan_volume
-    from fingerprint.canonical import align
-    from fingerprint.pipeline import slice_volume
+    from fingerprint.imaging.canonical import align
+    from fingerprint.imaging.pipeline import slice_volume
 
     subject = mni_subjects("calibration", 1)[0]
     anatomy = subject.anatomy()
@@ -145,7 +145,7 @@ def test_volume_cohort_csv_and_cli(tmp_path: Path) -> None:
     manifest = json.loads((out / "cohort.json").read_text())
     assert manifest["kind"] == "calibration" and manifest["scans"] == 2 and manifest["seed"] == 5
     # --dicom 1: the first scan again as a DICOM series the pipeline's reader turns back into the same volume.
-    from fingerprint.dicom_series import read_series
+    from fingerprint.imaging.dicom_read import read_series
 
     volume = sitk.ReadImage(str(out / rows[0]["path"]))
     loaded = read_series(out / "dicom" / rows[0]["scan_id"])

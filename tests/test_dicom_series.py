@@ -11,7 +11,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from fingerprint.dicom_series import _pixel_array, find_series, read_dicom_file, read_series
+from fingerprint.imaging.dicom_read import (
+    _pixel_array,
+    find_series,
+    read_dicom_file,
+    read_series,
+)
 
 T1_SERIES = {
     # folder: (size, spacing mm) as the README describes them (the reader's x, y = columns, rows; z = slices)

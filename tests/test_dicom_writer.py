@@ -9,8 +9,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from fingerprint.dicom_series import read_series
-from fingerprint.dicom_writer import PLANES, encodable_transfer_syntaxes, write_series
+from fingerprint.imaging.dicom_read import read_series
+from fingerprint.imaging.dicom_write import (
+    PLANES,
+    encodable_transfer_syntaxes,
+    write_series,
+)
 
 
 @pytest.fixture(scope="module")

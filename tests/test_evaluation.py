@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fingerprint.evaluation import (
+from fingerprint.metrics import (
     cosine_similarity_matrix,
     retrieval_metrics,
     roc_auc,
@@ -80,8 +80,8 @@ def test_benchmark_driver_writes_tables_and_compares_to_raw_pixels(tmp_path) -> 
 
     import torch
 
-    from fingerprint.evaluation import run_benchmark
-    from fingerprint.model import save_encoder, seeded_encoder
+    from fingerprint.evaluation.slice_benchmark import run_benchmark
+    from fingerprint.model.encoder import save_encoder, seeded_encoder
     from tests.test_training import _tiny_cohort
 
     torch.set_num_threads(1)
@@ -105,7 +105,7 @@ def test_volume_cohort_is_sliced_once_and_extended(tmp_path) -> None:
 
     import SimpleITK as sitk
 
-    from fingerprint.training.data import load_volume_cohort
+    from fingerprint.model.training.data import load_volume_cohort
 
     head = sitk.ReadImage("/usr/share/mricron/templates/ch2.nii.gz")
     head = sitk.Shrink(head, [2, 2, 2])  # 2 mm: fast, still a head the pipeline aligns
@@ -140,7 +140,7 @@ def test_volume_cohort_sliced_on_two_workers_equals_one(tmp_path) -> None:
 
     import SimpleITK as sitk
 
-    from fingerprint.training.data import load_volume_cohort
+    from fingerprint.model.training.data import load_volume_cohort
 
     head = sitk.Shrink(sitk.ReadImage("/usr/share/mricron/templates/ch2.nii.gz", sitk.sitkFloat32), [2, 2, 2])
     turn = sitk.Euler3DTransform((0.0, -18.0, 18.0), 0.12, 0.0, 0.05, (4.0, -3.0, 6.0))

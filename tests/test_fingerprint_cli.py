@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fingerprint.api import load_model
+from fingerprint.model.fingerprinter import load_model
 
 CLI = [sys.executable, "-m", "fingerprint.cli.app"]
 

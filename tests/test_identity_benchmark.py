@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from fingerprint.calibration import Thresholds
-from fingerprint.identity_benchmark import reranked, retrieval_and_pairs, verdict_figures
-from fingerprint.identity_data import PairScores
+from fingerprint.evaluation.identity_benchmark import (
+    reranked,
+    retrieval_and_pairs,
+    verdict_figures,
+)
+from fingerprint.evaluation.identity_data import PairScores
+from fingerprint.identity.calibration import Thresholds
 
 FINGERPRINT = Thresholds("m", match=0.9, mismatch=0.5, far=0.001, source="explicit")
 VERIFY = Thresholds("dbp-verify-v1", match=0.4, mismatch=0.3, far=0.001, source="calibrated")

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fingerprint.archive import Archive
-from fingerprint.calibration import Thresholds
 from fingerprint.config import load_settings
-from fingerprint.index import FingerprintIndex, index_file_path
-from fingerprint.store import Store
+from fingerprint.identity.archive import Archive
+from fingerprint.identity.calibration import Thresholds
+from fingerprint.identity.index import FingerprintIndex, index_file_path
+from fingerprint.identity.store import Store
 
 THRESHOLDS = Thresholds("test-model", match=0.8, mismatch=0.6, far=0.001, source="explicit")
 REPO = Path(__file__).resolve().parents[1]
@@ -110,9 +110,9 @@ def test_index_ahead_of_the_store_is_rebuilt(tmp_path, synthetic_fingerprint):
 CHILD_ENROLL = textwrap.dedent(
     """
     import sys, numpy as np
-    import fingerprint.archive as archive_module
-    from fingerprint.archive import Archive
-    from fingerprint.calibration import Thresholds
+    import fingerprint.identity.archive as archive_module
+    from fingerprint.identity.archive import Archive
+    from fingerprint.identity.calibration import Thresholds
     from fingerprint.config import load_settings
     from fingerprint.types import FingerprintResult, SeriesIdentifiers, SliceResult
     archive_module.SAVE_INDEX_EVERY = 7  # save often, so the kill lands between saves and mid-write
@@ -159,8 +159,8 @@ CHILD_RACE = textwrap.dedent(
     """
     import json, os, sys, time, numpy as np
     from pathlib import Path
-    from fingerprint.archive import Archive
-    from fingerprint.calibration import Thresholds
+    from fingerprint.identity.archive import Archive
+    from fingerprint.identity.calibration import Thresholds
     from fingerprint.config import load_settings
     from fingerprint.types import FingerprintResult, SeriesIdentifiers, SliceResult
     class M: model_version = "test-model"

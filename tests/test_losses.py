@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fingerprint.losses import (
+from fingerprint.model.losses import (
     barlow_twins_loss,
     beta_at,
     branch_beta,

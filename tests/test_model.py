@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from fingerprint import api
-from fingerprint.model import UNTRAINED_VERSION, load_encoder, save_encoder, seeded_encoder
+from fingerprint.model import fingerprinter as api
+from fingerprint.model.encoder import (
+    UNTRAINED_VERSION,
+    load_encoder,
+    save_encoder,
+    seeded_encoder,
+)
 
 torch.set_num_threads(1)
 

@@ -147,7 +147,7 @@ def test_two_workers_one_redis_one_postgres_keep_the_index_consistent(  # type: 
         rows = conn.execute(text("SELECT series_instance_uid, count(*) FROM dbp_series GROUP BY 1")).all()
     engine.dispose()
     assert sorted(uid for uid, _ in rows) == sorted(uids) and all(count == 1 for _, count in rows)
-    from fingerprint.archive import Archive
+    from fingerprint.identity.archive import Archive
 
     model_version = next(job.verdict["model_version"] for job in jobs if job.verdict["verdict"] != "rejected")
     for name in ("worker-1", "worker-2"):

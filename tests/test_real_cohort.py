@@ -18,9 +18,18 @@ import pytest
 import SimpleITK as sitk
 
 from fingerprint.cohort import deform, heads
-from fingerprint.cohort.heads import PEOPLE_HEADS, REAL_CALIBRATION_HEADS, REAL_TEST_HEADS
+from fingerprint.cohort.heads import (
+    PEOPLE_HEADS,
+    REAL_CALIBRATION_HEADS,
+    REAL_TEST_HEADS,
+)
 from fingerprint.cohort.records import CSV_COLUMNS
-from fingerprint.cohort.visits import THICK_2D_SHARE, is_thick_2d, plan_subjects, plan_visits
+from fingerprint.cohort.visits import (
+    THICK_2D_SHARE,
+    is_thick_2d,
+    plan_subjects,
+    plan_visits,
+)
 
 #: The t1/ DICOM people (plus Colin27, a real man) that join the 33 people of shared/data/people.
 NAMED_T1_HEADS = {"philips-elition", "siemens-trio", "siemens-skyra-child", "siemens-prisma-xa30", "siemens-avanto", "colin27"}

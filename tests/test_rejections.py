@@ -10,10 +10,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from fingerprint.dicom_series import read_series
-from fingerprint.dicom_writer import write_series
 from fingerprint.errors import RejectReason, SeriesRejected
-from fingerprint.pipeline import slice_series
+from fingerprint.imaging.dicom_read import read_series
+from fingerprint.imaging.dicom_write import write_series
+from fingerprint.imaging.pipeline import slice_series
 
 PATIENT_ID = "PHI-SECRET-4711"
 PATIENT_NAME = "Doe^Jane"

@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from fingerprint.archive import Archive
-from fingerprint.calibration import Thresholds
 from fingerprint.config import load_settings
 from fingerprint.errors import RejectReason, SeriesRejected
-from fingerprint.patient_ids import KEY_FILE_NAME, hash_patient_id
-from fingerprint.store import Store, series_table, slice_from_bytes, vector_from_bytes
+from fingerprint.identity.archive import Archive
+from fingerprint.identity.calibration import Thresholds
+from fingerprint.identity.patient_ids import KEY_FILE_NAME, hash_patient_id
+from fingerprint.identity.store import (
+    Store,
+    series_table,
+    slice_from_bytes,
+    vector_from_bytes,
+)
 
 THRESHOLDS = Thresholds("test-model", match=0.8, mismatch=0.6, far=0.001, source="explicit")
 

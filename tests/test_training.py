@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from fingerprint import api
-from fingerprint.training.data import load_cohort, pk_batches, train_validation_split
-from fingerprint.training.lars import LARS, lars_for
-from fingerprint.training.loop import TrainConfig, train
-from fingerprint.training.schedule import lr_factor
+from fingerprint.model import fingerprinter as api
+from fingerprint.model.training.data import (
+    load_cohort,
+    pk_batches,
+    train_validation_split,
+)
+from fingerprint.model.training.lars import LARS, lars_for
+from fingerprint.model.training.loop import TrainConfig, train
+from fingerprint.model.training.schedule import lr_factor
 
 torch.set_num_threads(1)
 
@@ -110,7 +114,7 @@ def test_three_step_run_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
 
 
 def test_thread_tuner_probes_the_other_count_and_keeps_the_faster() -> None:
-    from fingerprint.training.loop import ThreadTuner
+    from fingerprint.model.training.loop import ThreadTuner
 
     tuner = ThreadTuner([1, 2], period=10, probe=2)
     seconds = {1: 3.0, 2: 1.0}  # two threads faster (an idle machine)
@@ -131,7 +135,7 @@ def test_thread_tuner_probes_the_other_count_and_keeps_the_faster() -> None:
 
 @pytest.mark.slow
 def test_fine_tuning_starts_from_given_weights(tmp_path: Path) -> None:
-    from fingerprint.model import save_encoder, seeded_encoder
+    from fingerprint.model.encoder import save_encoder, seeded_encoder
 
     start = seeded_encoder(seed=5)
     save_encoder(start, tmp_path / "start", {"model_version": "start-5"})
@@ -151,7 +155,7 @@ def test_fine_tuning_starts_from_given_weights(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_resumed_fine_tune_still_says_where_it_started(tmp_path: Path) -> None:
     """model.json must not claim 'trained from scratch' after ``--resume`` without ``--init`` (the model card quotes it)."""
-    from fingerprint.model import save_encoder, seeded_encoder
+    from fingerprint.model.encoder import save_encoder, seeded_encoder
 
     save_encoder(seeded_encoder(seed=5), tmp_path / "start", {"model_version": "start-5"})
     cohort = _tiny_cohort(tmp_path / "cohort")
@@ -163,7 +167,7 @@ def test_a_resumed_fine_tune_still_says_where_it_started(tmp_path: Path) -> None
 
 def test_selection_score_counts_verification_once_retrieval_saturates() -> None:
     """On a long GPU run mAP@3 sits at ~1 for thousands of steps; the TPR at 0.1 % FPR must still tell them apart."""
-    from fingerprint.training.loop import selection_score
+    from fingerprint.model.training.loop import selection_score
 
     early = {"mAP@3": 0.99, "tpr@fpr0.001": 0.90}
     later = {"mAP@3": 0.99, "tpr@fpr0.001": 0.95}
@@ -183,7 +187,7 @@ def test_training_imports_without_simpleitk() -> None:
         "        if name.split('.')[0] in ('SimpleITK', 'pydicom', 'faiss', 'torchio', 'nibabel'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import fingerprint.training.loop, fingerprint.cli.app\n"
+        "import fingerprint.model.training.loop, fingerprint.cli.app\n"
         "assert 'SimpleITK' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

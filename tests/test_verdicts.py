@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from fingerprint.calibration import (
+from fingerprint.config import load_settings
+from fingerprint.errors import RejectReason, SeriesRejected
+from fingerprint.identity.calibration import (
     Thresholds,
     calibrate_cohort,
     fallback_thresholds,
@@ -17,9 +19,7 @@ from fingerprint.calibration import (
     site_thresholds_path,
     thresholds_from_similarities,
 )
-from fingerprint.config import load_settings
-from fingerprint.errors import RejectReason, SeriesRejected
-from fingerprint.verdicts import (
+from fingerprint.identity.verdicts import (
     CONSISTENT,
     IDENTITY_MISMATCH,
     NEEDS_REVIEW,

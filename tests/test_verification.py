@@ -13,20 +13,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from fingerprint.calibration import Thresholds
-from fingerprint.canonical import load_reference
-from fingerprint.verification import (
-    BRAIN_LEVELS,
+from fingerprint.evaluation.real_calibration import verification_thresholds
+from fingerprint.identity.calibration import Thresholds
+from fingerprint.identity.verification import (
     MAX_SHIFT_MM,
-    brain_from_bytes,
-    brain_grid,
-    brain_to_bytes,
     evidence_png,
-    extract_brain,
     prepare,
     verify,
 )
-from fingerprint.verification_calibration import verification_thresholds
+from fingerprint.imaging.brain import (
+    BRAIN_LEVELS,
+    brain_from_bytes,
+    brain_grid,
+    brain_to_bytes,
+    extract_brain,
+)
+from fingerprint.imaging.reference import load_reference
 
 
 def moved(image: sitk.Image, degrees: float, shift_mm: tuple[float, float, float]) -> sitk.Transform:
@@ -41,7 +43,11 @@ def moved(image: sitk.Image, degrees: float, shift_mm: tuple[float, float, float
 @pytest.fixture(scope="module")
 def brains(colin27):
     """Colin27 as aligned (identity), the same head seen 4 degrees and 3 mm off, and a warped 'other person'."""
-    from fingerprint.cohort.deform import displacement_transform, scale_transform, smooth_noise_field
+    from fingerprint.cohort.deform import (
+        displacement_transform,
+        scale_transform,
+        smooth_noise_field,
+    )
 
     same = extract_brain(colin27, sitk.Euler3DTransform())
     turned = extract_brain(colin27, moved(colin27, 4.0, (0.0, 3.0, -2.0)))
@@ -81,7 +87,7 @@ def test_the_same_head_moved_scores_high_and_another_scores_low(brains):
 
 def test_a_registration_that_runs_off_is_not_used(brains, monkeypatch):
     """With a tiny trust region the registration's 4-degree move is refused: the pair is scored where it lies."""
-    import fingerprint.verification as verification
+    import fingerprint.identity.verification as verification
 
     monkeypatch.setattr(verification, "MAX_ROTATION_DEG", 1.0)
     result = verify(prepare(brains["same"]), prepare(brains["turned"]))
@@ -140,8 +146,8 @@ def test_verification_thresholds_say_when_the_rate_rests_on_the_fit():
 def test_two_files_of_one_older_adult_verify_as_one_person(shared_data):
     """The evidence behind SAME_PERSON_HEADS, from the files as published (no simulated visit): Subj15 and Subj16
     (women of 76.6 and 78.3 y) are one brain; Subj17 (a woman of 88.7 y) is another."""
-    from fingerprint.canonical import align
     from fingerprint.cohort.heads import SAME_PERSON_HEADS, person_of
+    from fingerprint.imaging.canonical import align
 
     folder = shared_data / "people" / "older-adults-2mm"
     brains = {}

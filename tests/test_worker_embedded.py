@@ -87,7 +87,7 @@ def test_series_sent_to_the_scp_ends_as_a_verdict_in_the_store(settings, write_h
     finally:
         node.stop()
         worker.stop()
-    from fingerprint.archive import Archive
+    from fingerprint.identity.archive import Archive
 
     with Archive(settings) as archive:
         assert series_uid in archive.store.recorded_series_uids(job.verdict["model_version"])

@@ -85,7 +85,7 @@ def load_heads() -> dict[str, Any]:
         pass
     real = SHARED_DATA / REAL_T1
     if real.is_dir():
-        from fingerprint.dicom_series import read_series
+        from fingerprint.imaging.dicom_read import read_series
 
         heads["real T1 (Siemens Trio)"] = read_series(real).image
     while len(heads) < 3:  # a bare machine: other people are made from Colin27 the way the cohort makes subjects
@@ -154,7 +154,7 @@ def write_demo_series(heads: dict[str, Any], item: DemoSeries, out_dir: Path) ->
     head = heads[item.head]
     if isinstance(head, Path):
         return refile_series(head, out_dir, item.patient_id)
-    from fingerprint.dicom_writer import write_series
+    from fingerprint.imaging.dicom_write import write_series
 
     return write_series(head, out_dir, patient_id=item.patient_id, orientation=item.orientation,
                         study_date=item.study_date)
@@ -164,7 +164,7 @@ def refile_series(folder: Path, out_dir: Path, patient_id: str) -> list[Path]:
     """Copies of a real series' DICOM files with PatientID and PatientName set to ``patient_id``."""
     import pydicom
 
-    from fingerprint.dicom_series import iter_files, read_dicom_file
+    from fingerprint.imaging.dicom_read import iter_files, read_dicom_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -92,7 +92,7 @@ def child_environment(settings: Settings, extra: dict[str, str] | None = None) -
 def pin_shared_settings(settings: Settings) -> None:
     """Fix what every process must share before giving each worker its own FAISS cache folder: the store URL (by
     default it lives in the index folder) and the PatientID hash key (by default a file in the index folder)."""
-    from fingerprint.patient_ids import load_or_create_key
+    from fingerprint.identity.patient_ids import load_or_create_key
 
     settings.store_url = settings.resolved_store_url
     settings.patient_id_hash_key = load_or_create_key(settings).decode("utf-8")

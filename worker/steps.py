@@ -98,7 +98,7 @@ class WorkerContext:
     @property
     def archive(self) -> Any:
         if self._archive is None:
-            from fingerprint.archive import Archive  # torch, FAISS: only in processes that fingerprint
+            from fingerprint.identity.archive import Archive  # torch, FAISS: only in processes that fingerprint
 
             self._archive = Archive(self.settings)
         return self._archive

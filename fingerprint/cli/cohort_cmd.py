@@ -72,7 +72,8 @@ def generate(
     """
     from tqdm import tqdm
 
-    from fingerprint.cohort import heads, visits as visit_plans
+    from fingerprint.cohort import heads
+    from fingerprint.cohort import visits as visit_plans
     from fingerprint.cohort.records import write_manifest
 
     if kind not in KIND_DEFAULTS:
@@ -142,7 +143,8 @@ def _require_heads(names: list[str]) -> None:
 
 def _real_manifest(kind: str) -> dict[str, object]:
     """What a real-head cohort's cohort.json adds: the real split and the thick 2D share."""
-    from fingerprint.cohort import heads, visits as visit_plans
+    from fingerprint.cohort import heads
+    from fingerprint.cohort import visits as visit_plans
 
     return {
         "real_person_cohort": True,

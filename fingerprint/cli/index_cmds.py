@@ -17,7 +17,7 @@ import io
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -55,7 +55,7 @@ class SeriesSource:
 
 def folder_sources(path: Path) -> list[SeriesSource]:
     """The image series below a folder: the folder itself when it holds one series, else one entry per series."""
-    from fingerprint.dicom_series import find_series, iter_files, read_dicom_file
+    from fingerprint.imaging.dicom_read import find_series, iter_files, read_dicom_file
 
     shown = str(path)
     groups = find_series(path)
@@ -169,7 +169,7 @@ def enroll(
     model version are skipped. Credentials for --orthanc come from the settings (orthanc_username/password)."""
     from tqdm import tqdm
 
-    from fingerprint.archive import Archive
+    from fingerprint.identity.archive import Archive
 
     if not paths and not orthanc:
         raise typer.BadParameter("give at least one PATH or --orthanc URL")
@@ -207,7 +207,7 @@ def query(
 ) -> None:
     """Top-k most similar archived series with their similarities, and the verdict this series would get.
     JSON fields: series_dir (as given), verdict, score, neighbours, matched_patient_id_hash, evidence."""
-    from fingerprint.archive import Archive
+    from fingerprint.identity.archive import Archive
 
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist")
@@ -250,8 +250,12 @@ def calibrate(
     """Measure same-person and different-person similarities on a labelled cohort and store the verdict thresholds
     for the model version in use (and, with --real-heads, for the verification method) in the archive's store and
     index folder, or with --ship in fingerprint/weights/thresholds.json, shipped with the weights."""
-    from fingerprint.api import load_model
-    from fingerprint.calibration import SHIPPED_THRESHOLDS, calibrate_cohort, site_thresholds_path
+    from fingerprint.identity.calibration import (
+        SHIPPED_THRESHOLDS,
+        calibrate_cohort,
+        site_thresholds_path,
+    )
+    from fingerprint.model.fingerprinter import load_model
 
     if not (cohort / "cohort.csv").exists():
         raise typer.BadParameter(f"{cohort}/cohort.csv not found")
@@ -259,7 +263,7 @@ def calibrate(
     fingerprinter = load_model(settings.model_path)
     rate = far if far is not None else settings.calibration_far
     if real_heads:
-        from fingerprint.verification_calibration import calibrate_real_cohort
+        from fingerprint.evaluation.real_calibration import calibrate_real_cohort
 
         calibrated = list(calibrate_real_cohort(cohort, fingerprinter, rate, split, workers))
     else:
@@ -283,11 +287,11 @@ def calibrate(
 def _keep_thresholds(thresholds: Any, target: Path, settings: Any, in_store: bool) -> None:
     """Write thresholds to ``target`` and, for a site's own calibration, to the store (every worker of the archive
     then uses them, whatever its index folder)."""
-    from fingerprint.calibration import save_thresholds
+    from fingerprint.identity.calibration import save_thresholds
 
     save_thresholds(thresholds, target)
     if in_store:
-        from fingerprint.store import Store
+        from fingerprint.identity.store import Store
 
         store = Store(settings.resolved_store_url)
         store.save_thresholds(thresholds.model_version, thresholds.as_json())
@@ -309,7 +313,7 @@ def reindex(
     canonical slices: no DICOM needed. Resumable; each series gets the new model's verdict, in the original order."""
     from tqdm import tqdm
 
-    from fingerprint.archive import Archive, reindex_archive
+    from fingerprint.identity.archive import Archive, reindex_archive
 
     settings = _settings(config, index, model_path=model)
     with Archive(settings) as archive:

@@ -18,8 +18,8 @@ METHODS = ("anatomical", "middle")
 
 def _fingerprint_one(series_dir: str, method: str, model: Any) -> tuple[dict[str, Any], bool]:
     """One series' output object and whether it succeeded. Never raises: one bad series must not stop the others."""
-    from fingerprint.api import fingerprint_series
     from fingerprint.errors import SeriesRejected
+    from fingerprint.model.fingerprinter import fingerprint_series
 
     try:
         result = fingerprint_series(Path(series_dir), method=method, model=model)
@@ -48,7 +48,7 @@ def fingerprint_cmd(
     A rejected series prints {"series_dir", "rejected": CODE, "detail"} and the others go on. Exit code 1 if any
     series was rejected or failed, 0 otherwise.
     """
-    from fingerprint.api import load_model
+    from fingerprint.model.fingerprinter import load_model
 
     if method not in METHODS:
         raise typer.BadParameter(f"method must be one of {', '.join(METHODS)}")
@@ -93,9 +93,9 @@ def train_cmd(
     """Train the encoder (Barlow Twins + supervised NT-Xent, LARS), with checkpoints, a curve plot and a log."""
     from datetime import datetime, timezone
 
-    from fingerprint.losses import BETA_SCHEDULES, BRANCHES
-    from fingerprint.training.checkpoint import CHECKPOINT_FILE
-    from fingerprint.training.loop import TrainConfig, train
+    from fingerprint.model.losses import BETA_SCHEDULES, BRANCHES
+    from fingerprint.model.training.checkpoint import CHECKPOINT_FILE
+    from fingerprint.model.training.loop import TrainConfig, train
 
     if beta_schedule not in BETA_SCHEDULES:
         raise typer.BadParameter(f"--beta-schedule must be one of {', '.join(BETA_SCHEDULES)}")
@@ -144,7 +144,10 @@ def evaluate_cmd(
 ) -> None:
     """Leave-one-out retrieval + verification on a held-out cohort, comparing models, slice methods and a raw-pixel
     baseline in one run; plus the real repeat-scan check. With --real-heads: the real-head benchmark instead."""
-    from fingerprint.evaluation import default_real_data_dir, run_benchmark
+    from fingerprint.evaluation.slice_benchmark import (
+        default_real_data_dir,
+        run_benchmark,
+    )
 
     if real_heads is not None:
         _real_head_benchmark(real_heads, model_path, out, None if skip_real else default_real_data_dir(), workers)
@@ -170,13 +173,18 @@ def evaluate_cmd(
 
 
 def _real_head_benchmark(cohort: Path, model_path: Optional[Path], out: Path, shared: Optional[Path], workers: int) -> None:
-    """The real-head benchmark (:mod:`fingerprint.identity_benchmark`) with the shipped or given thresholds."""
-    from fingerprint.api import load_model
-    from fingerprint.calibration import load_thresholds
+    """The real-head benchmark (:mod:`fingerprint.evaluation.identity_benchmark`) with the shipped or given thresholds."""
     from fingerprint.config import load_settings
-    from fingerprint.identity_benchmark import run_identity_benchmark
-    from fingerprint.identity_data import all_pairs, cohort_views, score_pairs, shared_views
-    from fingerprint.verification import METHOD_VERSION
+    from fingerprint.evaluation.identity_benchmark import run_identity_benchmark
+    from fingerprint.evaluation.identity_data import (
+        all_pairs,
+        cohort_views,
+        score_pairs,
+        shared_views,
+    )
+    from fingerprint.identity.calibration import load_thresholds
+    from fingerprint.identity.verification import METHOD_VERSION
+    from fingerprint.model.fingerprinter import load_model
 
     settings = load_settings(model_path=model_path)
     fingerprinter = load_model(settings.model_path)

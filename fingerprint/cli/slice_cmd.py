@@ -35,7 +35,7 @@ def slice_command(
     method: str = typer.Option("anatomical", "--method", help="anatomical (default) or middle (the paper's protocol)."),
 ) -> None:
     from fingerprint.errors import SeriesRejected
-    from fingerprint.pipeline import METHODS, slice_series
+    from fingerprint.imaging.pipeline import METHODS, slice_series
 
     if method not in METHODS:
         raise typer.BadParameter(f"use one of: {', '.join(METHODS)}", param_hint="--method")

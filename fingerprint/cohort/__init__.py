@@ -10,9 +10,9 @@ REAL_TEST_HEADS. See
 (the seeded plan), :mod:`~fingerprint.cohort.training_set` (slices) and :mod:`~fingerprint.cohort.benchmark`
 (volumes in scanner space, and the measurement of the pipeline's alignment error).
 
-Why the head lists are imported lazily: :mod:`fingerprint.cohort.parallel` serves training too, and training runs
+Why the head lists are imported lazily: :mod:`fingerprint.parallel` serves training too, and training runs
 where SimpleITK may be absent (a GPU machine with only torch); importing the heads here would pull SimpleITK into
-every ``import fingerprint.training``.
+every ``import fingerprint.model.training``.
 """
 
 from typing import Any

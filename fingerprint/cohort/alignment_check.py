@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from fingerprint.cohort.visits import VisitPlan, plan_subjects, plan_visits, pose_transform
+from fingerprint.cohort.visits import (
+    VisitPlan,
+    plan_subjects,
+    plan_visits,
+    pose_transform,
+)
 
 
 def residual_of(visit: VisitPlan, reference_to_scanner: sitk.Transform) -> dict[str, float]:
@@ -28,7 +33,9 @@ def residual_of(visit: VisitPlan, reference_to_scanner: sitk.Transform) -> dict[
     pose = pose_transform(visit)
     matrix = np.asarray(pose.GetMatrix()).reshape(3, 3) @ np.asarray(reference_to_scanner.GetMatrix()).reshape(3, 3)
     angle = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(matrix) - 1.0) / 2.0))))
-    from fingerprint.slicing import plane_centre  # slicing loads the reference: only when measuring
+    from fingerprint.imaging.reference import (
+        plane_centre,  # loads the reference: only when measuring
+    )
 
     centre = np.asarray(plane_centre())
     moved = np.asarray(pose.TransformPoint(reference_to_scanner.TransformPoint(tuple(centre))))
@@ -40,7 +47,7 @@ def residual_of(visit: VisitPlan, reference_to_scanner: sitk.Transform) -> dict[
 
 def measure(cohort_dir: Path, limit: int | None = None) -> dict[str, Any]:
     """Align each volume of a benchmark/calibration folder with the pipeline and compare with the true pose."""
-    from fingerprint.canonical import align
+    from fingerprint.imaging.canonical import align
 
     manifest = json.loads((cohort_dir / "cohort.json").read_text())
     with open(cohort_dir / "cohort.csv", newline="") as fh:

@@ -12,7 +12,7 @@ path, with about a quarter of their visits as thick 2D series (4-5 mm slices, se
 
 Volumes are written as int16 NIfTI (``volumes/<scan_id>.nii.gz``, ~2-4 MB) with the scanner's arbitrary intensity
 scale; ``--dicom N`` also writes the first N as DICOM series with the slice helper's
-``fingerprint.dicom_writer.write_series`` for end-to-end runs through the PACS path.
+``fingerprint.imaging.dicom_write.write_series`` for end-to-end runs through the PACS path.
 """
 
 from __future__ import annotations
@@ -25,10 +25,16 @@ import SimpleITK as sitk
 
 from fingerprint.cohort.appearance import apply_appearance
 from fingerprint.cohort.deform import BRAIN_CENTRE, SubjectAnatomy
-from fingerprint.cohort.parallel import ordered_map
 from fingerprint.cohort.records import scan_row, write_cohort_csv
 from fingerprint.cohort.training_set import SHARP_LIMIT_MM, head_variant
-from fingerprint.cohort.visits import SubjectPlan, VisitPlan, plan_visits, pose_transform, scanner_direction
+from fingerprint.cohort.visits import (
+    SubjectPlan,
+    VisitPlan,
+    plan_visits,
+    pose_transform,
+    scanner_direction,
+)
+from fingerprint.parallel import ordered_map
 
 #: Slices thicker than SHARP_LIMIT_MM are the mean of this many thinner sub-slices (partial-volume averaging).
 SUB_SLICES = 3
@@ -111,7 +117,7 @@ def subject_volumes(subject: SubjectPlan, visits: int, out: Path) -> list[tuple[
 
 def write_dicom_copies(out: Path, rows: list[dict[str, str]]) -> None:
     """Write these scans again as DICOM series (``dicom/<scan_id>/``), one patient per subject, for PACS-path runs."""
-    from fingerprint.dicom_writer import write_series
+    from fingerprint.imaging.dicom_write import write_series
 
     for row in rows:
         image = sitk.ReadImage(str(out / row["path"]))

@@ -11,11 +11,11 @@ The split (the model card quotes it):
 - HELD-OUT heads: ``colin27`` (one real man, the MNI Colin27 average of 27 scans of him) and ``siemens-trio``
   (man, 39 y). Only the benchmark's subjects come from them; no training subject ever does.
 
-Each head is read from its DICOM series with the slice pipeline's reader (``fingerprint.dicom_series.read_series``)
+Each head is read from its DICOM series with the slice pipeline's reader (``fingerprint.imaging.dicom_read.read_series``)
 and brought into reference space by a rigid (6 dof: head size is identity, it must not be normalised away) alignment
 in two steps (:func:`alignment_to_reference`): a careful head-to-head registration to Colin27, a whole head in MNI
 space (skull and scalp included, unlike the brain-only MNI152 average, so mutual information has far more to hold on
-to; ~30-60 s, once per head), then the pipeline's own brain alignment (``fingerprint.canonical.align``) from there, so
+to; ~30-60 s, once per head), then the pipeline's own brain alignment (``fingerprint.imaging.canonical.align``) from there, so
 the base head sits exactly where the pipeline puts heads and the canonical plane cuts it at the pipeline's level.
 Colin27 only gives the *pose* (6 numbers) of the training heads: none of its anatomy enters them. The aligned head is
 resampled on the 1 mm MNI152 grid, cropped to the head, intensity-scaled so that the 99.5th percentile of the head is
@@ -40,12 +40,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from fingerprint.locations import shared_data_dir
+
 #: Bump when the way heads are prepared changes: old caches are then ignored, not reused.
 HEAD_CACHE_VERSION = "v3"
 COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
 #: A pipeline refinement of a base head's careful alignment that turns it more than this is rejected as a failure.
 MAX_REFINEMENT_DEG = 12.0
-SHARED_DATA = Path(os.environ.get("DBP_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+SHARED_DATA = shared_data_dir()
 SHARED_T1 = SHARED_DATA / "t1"
 
 
@@ -161,7 +163,7 @@ def _mni152_image() -> sitk.Image:
 
 def _dicom_head(folder: Path) -> sitk.Image:
     """Read a real series with the pipeline's reader (float32)."""
-    from fingerprint.dicom_series import read_series
+    from fingerprint.imaging.dicom_read import read_series
 
     return sitk.Cast(read_series(folder).image, sitk.sitkFloat32)
 
@@ -173,7 +175,7 @@ def alignment_to_reference(image: sitk.Image) -> sitk.Transform:
     the canonical plane); the careful start keeps it from the wrong basins a fast aligner can fall into on a hard head
     (the 2 mm prisma series). A refinement that moves more than MAX_REFINEMENT_DEG is not trusted and not used.
     """
-    from fingerprint.canonical import align, rotation_angle_deg
+    from fingerprint.imaging.canonical import align, rotation_angle_deg
 
     careful = careful_rigid_alignment(image)
     start = sitk.Resample(image, reference_grid(), careful, sitk.sitkLinear, 0.0, sitk.sitkFloat32)

@@ -1,6 +1,6 @@
 """What a cohort folder says about itself: ``cohort.csv`` (one row per scan) and ``cohort.json`` (how it was made).
 
-The CSV is the contract with training and evaluation (``fingerprint.training.data``): scan_id, subject_id, visit,
+The CSV is the contract with training and evaluation (``fingerprint.model.training.data``): scan_id, subject_id, visit,
 date (YYYY-MM-DD), base_head, split, and ``path`` (relative to the folder) when the scans are volumes on disk.
 """
 

@@ -3,7 +3,7 @@
 Why no 3D volume per visit: the slice pipeline undoes head repositioning by rigid alignment, so what reaches the
 encoder is (subject anatomy, after the visit's ageing) seen through the pipeline's *residual* alignment error, with the
 visit scanner's contrast. We compose exactly that chain of maps and sample only the 128 x 128 canonical plane
-(:func:`fingerprint.slicing.slice_grid`), ~10-20 ms per slice instead of seconds per volume:
+(:func:`fingerprint.imaging.slicing.slice_grid`), ~10-20 ms per slice instead of seconds per volume:
 
     reference plane --residual rigid error--> subject space --slab offset--> subject anatomy + ageing --> base head
 
@@ -14,7 +14,7 @@ visit scanner's contrast. We compose exactly that chain of maps and sample only 
   mean of three planes spread over the slice thickness along the acquisition's slice normal (which the head's
   repositioning turns in subject space);
 - scanner appearance (contrast curve, bias field in scanner coordinates, Rician noise) on the sampled intensities,
-  then the pipeline's own mask and percentile normalisation (:func:`fingerprint.slicing.normalise`).
+  then the pipeline's own mask and percentile normalisation (:func:`fingerprint.imaging.slicing.normalise`).
 
 Output folder: ``cohort.csv`` (scan_id, subject_id, visit, date, base_head, split), ``slices.npz`` (float16 ``slices``
 (N, 128, 128) and ``scan_id``), and ``cohort.json`` (how it was made).
@@ -32,7 +32,6 @@ import SimpleITK as sitk
 from fingerprint.cohort.appearance import apply_appearance
 from fingerprint.cohort.deform import SubjectAnatomy
 from fingerprint.cohort.heads import load_head
-from fingerprint.cohort.parallel import ordered_map
 from fingerprint.cohort.records import scan_row, write_cohort_csv
 from fingerprint.cohort.visits import (
     MEASURED_RESIDUAL,
@@ -44,6 +43,7 @@ from fingerprint.cohort.visits import (
     residual_transform,
     scanner_direction,
 )
+from fingerprint.parallel import ordered_map
 from fingerprint.types import SLICE_SIZE
 
 #: Pixels coarser than this use the pre-blurred head; slices thicker than this average several planes.
@@ -75,7 +75,7 @@ def slab_offsets_mm(thickness_mm: float) -> tuple[float, ...]:
 
 def fast_slice(anatomy: SubjectAnatomy, visit: VisitPlan) -> np.ndarray:
     """The canonical slice (float32 128 x 128, ~[0, 1], masked) the pipeline would give for this subject's visit."""
-    from fingerprint.slicing import canonical_mask, normalise, slice_grid
+    from fingerprint.imaging.slicing import canonical_mask, normalise, slice_grid
 
     grid = slice_grid()
     head = head_variant(anatomy.base_head, visit.appearance.pixel_mm > SHARP_LIMIT_MM)

@@ -31,8 +31,18 @@ import numpy as np
 import SimpleITK as sitk
 
 from fingerprint.cohort.appearance import Appearance, random_appearance
-from fingerprint.cohort.deform import SubjectAnatomy, random_subject, real_person_anatomy, rigid_transform
-from fingerprint.cohort.heads import HELD_OUT_HEADS, REAL_CALIBRATION_HEADS, REAL_TEST_HEADS, TRAINING_HEADS
+from fingerprint.cohort.deform import (
+    SubjectAnatomy,
+    random_subject,
+    real_person_anatomy,
+    rigid_transform,
+)
+from fingerprint.cohort.heads import (
+    HELD_OUT_HEADS,
+    REAL_CALIBRATION_HEADS,
+    REAL_TEST_HEADS,
+    TRAINING_HEADS,
+)
 
 KIND_CODES = {"train": 11, "benchmark": 23, "calibration": 37, "real-calibration": 41, "real-test": 43}
 BENCHMARK_SEED = 20230227  # the paper's arXiv date: everyone's benchmark is this one unless told otherwise
@@ -67,7 +77,7 @@ class ResidualModel:
 
     Where the alignment works, the residual is mostly a per-*subject* offset (the best rigid fit of a deformed head
     differs from the identity: ~3 deg, ~3 mm between subjects) plus a small visit-to-visit spread. The defaults are
-    the pipeline with dense coarse sampling (2026-11-25, :mod:`fingerprint.canonical`), measured on 30 benchmark
+    the pipeline with dense coarse sampling (2026-11-25, :mod:`fingerprint.imaging.canonical`), measured on 30 benchmark
     subjects x 3 visits: within a subject the tilt varies by 2.2 deg and the level by 1.1 mm at the 90th percentile,
     at most 5 deg / 4 mm. The visit spread is set a little wider than measured and 5 % of visits get a larger pitch
     and shift error, so the model also tolerates heads that align worse than the two benchmark heads.

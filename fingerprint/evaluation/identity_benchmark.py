@@ -1,15 +1,15 @@
 """The real-head benchmark: how the product decides on real people it has never seen.
 
-Input: a :class:`fingerprint.identity_data.ViewSet` of held-out real people (simulated visits of real heads, plus the
+Input: a :class:`fingerprint.evaluation.identity_data.ViewSet` of held-out real people (simulated visits of real heads, plus the
 real series of the shared data). Every figure is given three ways, side by side, on the same scans:
 
 * **raw pixels**: the cosine of the canonical slices themselves (the baseline every encoder must beat);
 * **fingerprint**: the encoder's cosine alone;
 * **fingerprint + verification**: the product: the fingerprint's top ``RERANK_K`` candidates re-ranked by the 3D
   verification score (retrieval), the verification score for pair figures, and the archive's own decision rule
-  (:func:`fingerprint.verdicts.decide`) for verdicts.
+  (:func:`fingerprint.identity.verdicts.decide`) for verdicts.
 
-Retrieval: recall@1 and mAP@3 (:func:`fingerprint.evaluation.retrieval_metrics`); pairs: ROC AUC and TPR at 0.1 %
+Retrieval: recall@1 and mAP@3 (:func:`fingerprint.metrics.retrieval_metrics`); pairs: ROC AUC and TPR at 0.1 %
 FPR. Verdicts, with the calibrated thresholds (set on other people): every pair of scans of two distinct people as a
 first scan against the other's archive (false ``possible_duplicate``), every such pair filed under the other
 person's PatientID (planted mismatches: share that comes back ``identity_mismatch``), and every same-person pair
@@ -25,23 +25,23 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint.calibration import Thresholds
-from fingerprint.evaluation import (
-    FPR_TARGET,
-    cosine_similarity_matrix,
-    pair_scores,
-    raw_pixel_vectors,
-    retrieval_metrics,
-    roc_auc,
-    tpr_at_fpr,
-)
-from fingerprint.identity_data import PairScores, ViewSet
-from fingerprint.verdicts import (
+from fingerprint.evaluation.identity_data import PairScores, ViewSet
+from fingerprint.evaluation.slice_benchmark import raw_pixel_vectors
+from fingerprint.identity.calibration import Thresholds
+from fingerprint.identity.verdicts import (
     CONSISTENT,
     IDENTITY_MISMATCH,
     POSSIBLE_DUPLICATE,
     Candidate,
     decide,
+)
+from fingerprint.metrics import (
+    FPR_TARGET,
+    cosine_similarity_matrix,
+    pair_scores,
+    retrieval_metrics,
+    roc_auc,
+    tpr_at_fpr,
 )
 
 #: Candidates the product verifies per query (own scans and other PatientIDs together, as the archive's defaults).

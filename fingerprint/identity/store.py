@@ -97,7 +97,7 @@ thresholds_table = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-#: The canonical brain of each series for the verification stage (``fingerprint.verification``): keyed by the series
+#: The canonical brain of each series for the verification stage (``fingerprint.identity.verification``): keyed by the series
 #: and the verification method's version, not by the fingerprint model (a new model re-uses the brains; ``reindex``
 #: needs no DICOM for verification either). Compressed 6-bit voxels of the brain only (no face).
 brains_table = Table(

@@ -2,8 +2,8 @@
 
 Two methods:
 
-- ``anatomical`` (default): rigid alignment to the reference brain (:mod:`fingerprint.canonical`), then the fixed
-  reference plane MNI z = +18 mm (:mod:`fingerprint.slicing`). Same anatomy whatever the field of view, head position
+- ``anatomical`` (default): rigid alignment to the reference brain (:mod:`fingerprint.imaging.canonical`), then the fixed
+  reference plane MNI z = +18 mm (:mod:`fingerprint.imaging.slicing`). Same anatomy whatever the field of view, head position
   or acquisition plane.
 - ``middle``: the paper's protocol and our baseline: reorient the array to axial, take its middle slice, resample it
   to the same 128 x 1.5 mm grid (centred on the middle of the slice) and normalise it the same way (percentiles
@@ -22,13 +22,18 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from fingerprint.canonical import align
 from fingerprint.errors import RejectReason, SeriesRejected
-from fingerprint.dicom_series import read_series
-from fingerprint.slicing import DEFAULT_LEVEL_MM, normalise, sample_plane, trusted_interior
+from fingerprint.imaging.brain import METHOD_VERSION as BRAIN_VERSION
+from fingerprint.imaging.brain import brain_grid, extract_brain
+from fingerprint.imaging.canonical import align
+from fingerprint.imaging.dicom_read import read_series
+from fingerprint.imaging.slicing import (
+    DEFAULT_LEVEL_MM,
+    normalise,
+    sample_plane,
+    trusted_interior,
+)
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM, SliceResult
-from fingerprint.verification import METHOD_VERSION as VERIFICATION_VERSION
-from fingerprint.verification import brain_grid, extract_brain
 
 METHODS = ("anatomical", "middle")
 #: Fraction of the canonical plane's brain mask that must lie inside the field of view (a cut hemisphere is kept,
@@ -40,7 +45,7 @@ def slice_series(
     source: Path | str | Sequence[Dataset], method: str = "anatomical", with_brain: bool = True
 ) -> SliceResult:
     """Read one series (folder, file or datasets) and return its canonical slice and, for the anatomical method, its
-    canonical brain (what :mod:`fingerprint.verification` compares). Raises ``SeriesRejected``."""
+    canonical brain (what :mod:`fingerprint.identity.verification` compares). Raises ``SeriesRejected``."""
     started = time.perf_counter()
     loaded = read_series(source)
     read_s = time.perf_counter() - started
@@ -92,7 +97,7 @@ def canonical_views(
             sliced = time.perf_counter()
             brain = extract_brain(interior, alignment.transform)
             geometry["brain"] = {
-                "method_version": VERIFICATION_VERSION,
+                "method_version": BRAIN_VERSION,
                 "seen_fraction": round(float((brain > 0).sum() / brain_grid().stored.sum()), 3),
             }
             geometry["timings_s"]["brain"] = round(time.perf_counter() - sliced, 3)

@@ -44,11 +44,13 @@ from functools import lru_cache
 import numpy as np
 import SimpleITK as sitk
 
-from fingerprint.canonical import load_reference
+from fingerprint.imaging.reference import (
+    DEFAULT_LEVEL_MM,
+    load_reference,
+    plane_centre_xy,
+)
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM
 
-#: MNI z (mm) of the canonical axial plane: through the bodies of the lateral ventricles (see module docstring).
-DEFAULT_LEVEL_MM = 18.0
 #: Dilation of the brain mask applied to the slice (mm): keeps the cortex border, drops the scalp.
 MASK_DILATION_MM = 4.0
 #: Percentiles inside the mask mapped to 0 and 1.
@@ -60,7 +62,7 @@ EDGE_LAYERS_DROPPED = 1
 def slice_grid(level_mm: float | None = None) -> sitk.Image:
     """An empty 2D-in-3D image (SLICE_SIZE x SLICE_SIZE x 1) that is the canonical plane in reference space."""
     level = DEFAULT_LEVEL_MM if level_mm is None else float(level_mm)
-    centre_x, centre_y = _plane_centre()
+    centre_x, centre_y = plane_centre_xy()
     half = (SLICE_SIZE - 1) / 2.0 * SLICE_SPACING_MM
     grid = sitk.Image(SLICE_SIZE, SLICE_SIZE, 1, sitk.sitkFloat32)
     grid.SetSpacing((SLICE_SPACING_MM, SLICE_SPACING_MM, SLICE_SPACING_MM))
@@ -162,22 +164,3 @@ def _canonical_mask_cached(level_mm: float) -> np.ndarray:
 def canonical_mask(level_mm: float | None = None) -> np.ndarray:
     """The (read-only) boolean brain mask of the canonical plane at ``level_mm``, cached per level."""
     return _canonical_mask_cached(round(DEFAULT_LEVEL_MM if level_mm is None else float(level_mm), 3))
-
-
-def plane_centre() -> tuple[float, float, float]:
-    """Centre of the canonical plane (reference LPS mm): where alignment errors of the level are read, and the point
-    whose place a scaled pose fit decides (:func:`fingerprint.canonical.rigid_part`)."""
-    centre_x, centre_y = _plane_centre()
-    return float(centre_x), float(centre_y), float(DEFAULT_LEVEL_MM)
-
-
-@lru_cache(maxsize=1)
-def _plane_centre() -> tuple[float, float]:
-    """In-plane centre of the grid: the middle of the reference brain's bounding box in x and y (LPS mm)."""
-    reference = load_reference()
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(reference.mask)
-    box = stats.GetBoundingBox(1)  # (x, y, z, size_x, size_y, size_z) in index units
-    low = reference.mask.TransformIndexToPhysicalPoint(box[:3])
-    high = reference.mask.TransformIndexToPhysicalPoint([box[i] + box[i + 3] - 1 for i in range(3)])
-    return (low[0] + high[0]) / 2.0, (low[1] + high[1]) / 2.0

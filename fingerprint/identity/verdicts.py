@@ -5,7 +5,7 @@ similarities and, where computed, their verification scores, and the calibrated 
 without any database or model.
 
 Two opinions: the fingerprint (fast, approximate, its scale shifted by scanner and protocol) finds the candidates;
-the verification stage (:mod:`fingerprint.verification`: the two brains registered, their fine anatomy compared)
+the verification stage (:mod:`fingerprint.identity.verification`: the two brains registered, their fine anatomy compared)
 decides wherever it was computed. The fingerprint decides alone only for candidates with no canonical brain (series
 recorded before the verification stage, the middle-slice method).
 
@@ -36,8 +36,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from fingerprint.calibration import Thresholds
 from fingerprint.errors import SeriesRejected
+from fingerprint.identity.calibration import Thresholds
 
 CONSISTENT = "consistent"
 NEW_PATIENT = "new_patient"

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from fingerprint.locations import SHIPPED_WEIGHTS_DIR
 from fingerprint.types import SLICE_SIZE, FingerprintResult
 
 if TYPE_CHECKING:
     import pydicom
     from torch import nn
 
-SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_BATCH_SIZE = 64
 
 _cache: dict[str, "Fingerprinter"] = {}
@@ -88,7 +88,7 @@ def _resolve(path: Path | None) -> Path | None:
     """The weights to load: the given path, else the shipped weights if present, else None (untrained)."""
     if path is not None:
         return Path(path).expanduser().resolve()
-    from fingerprint.model import WEIGHTS_FILE
+    from fingerprint.model.encoder import WEIGHTS_FILE
 
     return SHIPPED_WEIGHTS_DIR if (SHIPPED_WEIGHTS_DIR / WEIGHTS_FILE).exists() else None
 
@@ -99,7 +99,11 @@ def load_model(path: Path | None = None) -> Fingerprinter:
     ``path=None`` means the weights shipped in ``fingerprint/weights/``; when none are shipped, a deterministic
     randomly initialised encoder with model_version ``"untrained-0"`` so the product works end to end regardless.
     """
-    from fingerprint.model import UNTRAINED_VERSION, load_encoder, seeded_encoder
+    from fingerprint.model.encoder import (
+        UNTRAINED_VERSION,
+        load_encoder,
+        seeded_encoder,
+    )
 
     resolved = _resolve(path)
     key = str(resolved) if resolved is not None else UNTRAINED_VERSION
@@ -121,7 +125,7 @@ def fingerprint_series(
     model: Fingerprinter | None = None,
 ) -> FingerprintResult:
     """One series (a folder or its datasets) to its fingerprint. Raises ``SeriesRejected`` unchanged for bad input."""
-    from fingerprint.pipeline import slice_series
+    from fingerprint.imaging.pipeline import slice_series
 
     slice_result = slice_series(source, method=method)
     fingerprinter = model if model is not None else load_model()

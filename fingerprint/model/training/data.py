@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint.cohort.parallel import ordered_map
+from fingerprint.parallel import ordered_map
 from fingerprint.types import SLICE_SIZE
 
 VALIDATION_SPLITS = ("val", "valid", "validation")
@@ -89,7 +89,7 @@ def load_slice_cache(cohort_dir: Path) -> SliceSet:
 
 def slice_volume_file(path: Path, method: str) -> np.ndarray:
     """One benchmark volume through the real pipeline: a NIfTI file or a DICOM series folder -> (128,128)."""
-    from fingerprint.pipeline import slice_series, slice_volume
+    from fingerprint.imaging.pipeline import slice_series, slice_volume
 
     if Path(path).is_dir():
         return slice_series(Path(path), method=method).pixels

@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 from sqlalchemy import Connection
 
-from fingerprint.store import VECTOR_DIM, Store
+from fingerprint.identity.store import VECTOR_DIM, Store
 
 FILE_MAGIC = b"DBPFAISS1\n"
 #: Trainable (IVF/PQ) indexes need this many vectors per list before training; until then the exact index is used.

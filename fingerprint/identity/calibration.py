@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 
 from fingerprint.config import Settings
+from fingerprint.locations import SHIPPED_WEIGHTS_DIR
+from fingerprint.metrics import highest_allowed_negative, pair_scores, score_quantiles
 
 THRESHOLDS_FILE = "thresholds.json"
-SHIPPED_THRESHOLDS = Path(__file__).resolve().parent / "weights" / THRESHOLDS_FILE
+SHIPPED_THRESHOLDS = SHIPPED_WEIGHTS_DIR / THRESHOLDS_FILE
 #: Used only when nothing was calibrated for the model in use; labelled "fallback" in every verdict's evidence.
 FALLBACK_MATCH = 0.90
 FALLBACK_MISMATCH = 0.50
@@ -61,14 +63,13 @@ def fallback_thresholds(model_version: str) -> Thresholds:
 
 
 def pair_similarities(vectors: np.ndarray, subject_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of every same-subject pair and every different-subject pair (upper triangle)."""
+    """Cosine similarities of every same-subject pair and every different-subject pair (upper triangle).
+
+    The vectors are the archive's fingerprints (L2-normalised), so their inner product is the cosine the index uses.
+    """
     vectors = np.asarray(vectors, dtype=np.float32)
-    labels = np.asarray([str(s) for s in subject_ids])
-    gram = vectors @ vectors.T
-    upper = np.triu_indices(len(labels), k=1)
-    same_mask = labels[upper[0]] == labels[upper[1]]
-    sims = gram[upper]
-    return sims[same_mask].astype(np.float64), sims[~same_mask].astype(np.float64)
+    same, different = pair_scores(vectors @ vectors.T, np.asarray([str(s) for s in subject_ids]))
+    return same.astype(np.float64), different.astype(np.float64)
 
 
 def thresholds_from_similarities(
@@ -81,9 +82,8 @@ def thresholds_from_similarities(
         raise ValueError("calibration needs same-person and different-person pairs (several visits per subject)")
     diff_desc = np.sort(np.asarray(different, dtype=np.float64))[::-1]
     same_asc = np.sort(np.asarray(same, dtype=np.float64))
-    allowed_diff = int(math.floor(far * len(diff_desc)))
-    # Strictly above the (allowed+1)-th highest different-person similarity: at most `allowed_diff` pairs reach it.
-    match = float(np.nextafter(diff_desc[allowed_diff], np.inf)) if allowed_diff < len(diff_desc) else -1.0
+    # The next float above the highest allowed different-person similarity: at most a `far` share of pairs reach it.
+    match = float(np.nextafter(highest_allowed_negative(diff_desc, far), np.inf))
     allowed_same = int(math.floor(far * len(same_asc)))
     mismatch = float(same_asc[allowed_same]) if allowed_same < len(same_asc) else 1.0
     mismatch = min(mismatch, match)
@@ -95,18 +95,13 @@ def thresholds_from_similarities(
         "far_mismatch_measured": float(np.mean(same_asc < mismatch)),
         "same_below_match": float(np.mean(same_asc < match)),  # same person not confirmed (consistent, uncertain)
         "different_below_mismatch": float(np.mean(diff_desc < mismatch)),  # swapped patients caught
-        "same_similarity": _quantiles(same_asc),
-        "different_similarity": _quantiles(diff_desc),
+        "same_similarity": score_quantiles(same_asc),
+        "different_similarity": score_quantiles(diff_desc),
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if len(different) < measured["pairs_needed_for_far"]:
         measured["warning"] = f"fewer different-person pairs than 1/far: the {far:g} rate is extrapolated"
     return Thresholds(model_version, match, mismatch, far, "calibrated", {**measured, **(details or {})})
-
-
-def _quantiles(values: np.ndarray) -> dict[str, float]:
-    qs = {"min": 0.0, "p01": 0.01, "p50": 0.5, "p99": 0.99, "max": 1.0}
-    return {name: round(float(np.quantile(values, q)), 6) for name, q in qs.items()}
 
 
 # --- persistence ---------------------------------------------------------------------------------------------------
@@ -131,7 +126,7 @@ def thresholds_from_json(entry: dict[str, Any], where: str) -> Thresholds:
 def load_thresholds(settings: Settings, model_version: str) -> Thresholds:
     """The site's calibration file for this model version, else the shipped one, else the labelled fallback.
 
-    (:class:`fingerprint.archive.Archive` first looks in the store, where ``calibrate`` also writes.)
+    (:class:`fingerprint.identity.archive.Archive` first looks in the store, where ``calibrate`` also writes.)
     """
     for path in (site_thresholds_path(settings), SHIPPED_THRESHOLDS):
         if path.exists():
@@ -151,12 +146,12 @@ def calibrate_cohort(
 ) -> Thresholds:
     """Embed a labelled cohort and derive the thresholds for ``far``.
 
-    The cohort is read as training and evaluation read it (:func:`fingerprint.training.data.load_cohort`): a slice
+    The cohort is read as training and evaluation read it (:func:`fingerprint.model.training.data.load_cohort`): a slice
     cache, or volumes sliced once through the real pipeline and cached beside them; a scan the pipeline refuses is
     left out with its reason (one bad scan never stops the others). Only ``split``'s rows are used when the cohort
     has that split.
     """
-    from fingerprint.training.data import load_cohort
+    from fingerprint.model.training.data import load_cohort
 
     data = load_cohort(Path(cohort_dir))
     if split and (data.splits == split).any():

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint.cohort.parallel import ordered_map
-from fingerprint.verification import METHOD_VERSION, prepare, verify
+from fingerprint.identity.verification import METHOD_VERSION, prepare, verify
+from fingerprint.parallel import ordered_map
 
 #: The person each real shared series shows (folder -> person), named like the base head made from that person's
 #: series (``fingerprint.cohort.heads``), so a real-head cohort's simulated visits of him are the same person too.
@@ -133,9 +133,9 @@ def _view_job(job: tuple[str, str, str], cache: str) -> dict[str, Any]:
                 return {"slice": data["slice"], "brain": data["brain"], "seconds": float(data["seconds"])}
     import SimpleITK as sitk
 
-    from fingerprint.dicom_series import read_series
     from fingerprint.errors import SeriesRejected
-    from fingerprint.pipeline import canonical_views
+    from fingerprint.imaging.dicom_read import read_series
+    from fingerprint.imaging.pipeline import canonical_views
 
     started = time.perf_counter()
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fingerprint.backbone import resnet18_encoder
+from fingerprint.model.backbone import resnet18_encoder
 
 EMBEDDING_DIM = 512
 PROJECTION_DIM = 2048  # the public code's head width

@@ -30,15 +30,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from fingerprint.augment import AugmentConfig, augment_batch, slicer_region
-from fingerprint.evaluation import all_metrics
-from fingerprint.losses import beta_at, branch_beta, deepbrainprint_loss
-from fingerprint.model import TrainingNet, save_encoder
-from fingerprint.training.checkpoint import load_checkpoint, save_checkpoint
-from fingerprint.training.data import SliceSet, load_cohort, pk_batches, train_validation_split
-from fingerprint.training.lars import lars_for
-from fingerprint.training.plot import plot_history
-from fingerprint.training.schedule import apply_lr, lr_factor
+from fingerprint.metrics import all_metrics
+from fingerprint.model.augment import AugmentConfig, augment_batch, slicer_region
+from fingerprint.model.encoder import TrainingNet, save_encoder
+from fingerprint.model.losses import beta_at, branch_beta, deepbrainprint_loss
+from fingerprint.model.training.checkpoint import load_checkpoint, save_checkpoint
+from fingerprint.model.training.data import (
+    SliceSet,
+    load_cohort,
+    pk_batches,
+    train_validation_split,
+)
+from fingerprint.model.training.lars import lars_for
+from fingerprint.model.training.plot import plot_history
+from fingerprint.model.training.schedule import apply_lr, lr_factor
 from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM
 
 EXPORT_DIR = "model"
@@ -246,7 +251,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     model = TrainingNet()
     if config.init_weights is not None:
-        from fingerprint.model import load_encoder
+        from fingerprint.model.encoder import load_encoder
 
         model.encoder.load_state_dict(load_encoder(config.init_weights)[0].state_dict())
     model = model.to(device)

@@ -18,17 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint.calibration import Thresholds
-from fingerprint.verdicts import Candidate
-from fingerprint.verification import (
+from fingerprint.identity.calibration import Thresholds
+from fingerprint.identity.verdicts import Candidate
+from fingerprint.identity.verification import (
     METHOD_VERSION,
     PreparedBrain,
     VerificationResult,
-    brain_from_bytes,
     evidence_png,
     prepare,
     verify,
 )
+from fingerprint.imaging.brain import brain_from_bytes
 
 
 @dataclass(frozen=True)

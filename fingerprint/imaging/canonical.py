@@ -56,30 +56,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
 
 from fingerprint.errors import RejectReason, SeriesRejected
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-REFERENCE_T1 = ASSETS / "reference_t1_2mm.nii.gz"
-REFERENCE_MASK = ASSETS / "reference_brain_mask_2mm.nii.gz"
+from fingerprint.imaging.reference import (
+    HEAD_TOP_DEPTH_MM,
+    Reference,
+    foreground_points,
+    load_reference,
+    plane_centre,
+)
 
 #: Working resolution of the alignment (mm); the reference is 2 mm.
 WORK_SPACING_MM = 2.0
 #: Dilation of the reference brain mask for the metric (mm): takes in the dark CSF/inner-skull border, a strong cue.
-#: Measured on the real series: 0 mm lets poorly contrasted scans drift (one turned 96 degrees); 6-10 mm pulls the
-#: brain towards the vertex by 5-8 mm (the template's zero band prefers air over scalp); 3 mm is stable and unbiased
-#: by eye (ventricle bodies at MNI z = +18 on every adult series).
-METRIC_MASK_DILATION_MM = 3.0
-#: Skull + scalp thickness assumed above the top of the brain when placing the start (mm, adult average).
-SCALP_MM = 12.0
-#: Depth of the "top of the head" chunk whose centroid gives the start (mm below the vertex).
-HEAD_TOP_DEPTH_MM = 100.0
 #: Mattes MI is negative (lower is better). Measured on the real series in shared/data at 2 mm with a 3 mm metric
 #: mask: correct alignments score about -0.08 to -0.23, a noise volume about -0.005, wrong poses -0.05 to -0.19.
 #: So MI cannot tell a wrong pose from a right one across people, but it ranks the poses of one series, and it does
@@ -148,18 +141,6 @@ BIAS_ITERATIONS = (50, 50, 50, 50)
 TransformT = TypeVar("TransformT", sitk.Euler3DTransform, sitk.ScaleVersor3DTransform)
 
 
-@dataclass(frozen=True)
-class Reference:
-    """The reference head: float image, brain mask, dilated metric mask and a few landmarks (LPS mm)."""
-
-    image: sitk.Image
-    mask: sitk.Image
-    metric_mask: sitk.Image
-    brain_centre: tuple[float, float, float]
-    brain_top_z: float
-    brain_top_centroid: tuple[float, float, float]
-
-
 @dataclass
 class Alignment:
     """Result of :func:`align`: the transform (reference mm -> image mm) and how it was found (JSON via ``as_json``)."""
@@ -178,7 +159,7 @@ class Alignment:
         angles = [self.transform.GetAngleX(), self.transform.GetAngleY(), self.transform.GetAngleZ()]
         return {
             "type": "rigid (Euler3D, 6 dof)",
-            "search": f"{self.search} (see fingerprint.canonical)",
+            "search": f"{self.search} (see fingerprint.imaging.canonical)",
             "head_scale_vs_reference": [round(v, 3) for v in self.head_scale],
             "bias_field_corrected": self.bias_corrected,
             "maps": "reference (MNI152 2009a, LPS mm) -> image (LPS mm)",
@@ -192,26 +173,6 @@ class Alignment:
             "brain_coverage": round(self.brain_coverage, 3),
             "seconds": round(self.seconds, 3),
         }
-
-
-@lru_cache(maxsize=1)
-def load_reference() -> Reference:
-    """Read the shipped reference once per process."""
-    image = sitk.ReadImage(str(REFERENCE_T1), sitk.sitkFloat32)
-    mask = sitk.ReadImage(str(REFERENCE_MASK), sitk.sitkUInt8)
-    radius = int(round(METRIC_MASK_DILATION_MM / mask.GetSpacing()[0]))
-    metric_mask = sitk.BinaryDilate(mask, [radius] * 3, sitk.sitkBall)
-    points = _foreground_points(mask, threshold=0.5)
-    top_z = float(points[:, 2].max())
-    top = points[points[:, 2] > top_z + SCALP_MM - HEAD_TOP_DEPTH_MM]
-    return Reference(
-        image=image,
-        mask=mask,
-        metric_mask=metric_mask,
-        brain_centre=tuple(float(v) for v in points.mean(axis=0)),
-        brain_top_z=top_z,
-        brain_top_centroid=tuple(float(v) for v in top.mean(axis=0)),
-    )
 
 
 def align_to_reference(image: sitk.Image) -> sitk.Transform:
@@ -280,7 +241,7 @@ def _align(image: sitk.Image, search: str) -> Alignment:
             attempts.append({"start": "brain-only refinement", "failed": "kept the coarse alignment"})
     head_scale = (1.0, 1.0, 1.0)
     if isinstance(transform, sitk.ScaleVersor3DTransform):
-        head_scale, transform = head_proportions(transform), rigid_part(transform, canonical_plane_centre())
+        head_scale, transform = head_proportions(transform), rigid_part(transform, plane_centre())
     if metric >= POOR_METRIC:
         raise SeriesRejected(
             RejectReason.NOT_T1_BRAIN,
@@ -357,13 +318,6 @@ def correct_bias(image: sitk.Image) -> sitk.Image:
     return sitk.Cast(image / sitk.Exp(n4.GetLogBiasFieldAsImage(image)), sitk.sitkFloat32)
 
 
-def canonical_plane_centre() -> tuple[float, float, float]:
-    """:func:`fingerprint.slicing.plane_centre`, imported on use (slicing imports this module)."""
-    from fingerprint.slicing import plane_centre
-
-    return plane_centre()
-
-
 def rigid_part(
     transform: sitk.ScaleVersor3DTransform | sitk.AffineTransform, anchor: tuple[float, float, float]
 ) -> sitk.Euler3DTransform:
@@ -423,23 +377,12 @@ def head_start_point(image: sitk.Image) -> tuple[float, float, float]:
     """
     head = sitk.OtsuThreshold(image, 0, 1)
     head = sitk.RelabelComponent(sitk.ConnectedComponent(head), sortByObjectSize=True) == 1
-    points = _foreground_points(head, threshold=0.5)
+    points = foreground_points(head, threshold=0.5)
     if len(points) < 100:
         raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "no head found in the volume (empty or noise only)")
     vertex_z = float(points[:, 2].max())
     top = points[points[:, 2] > vertex_z - HEAD_TOP_DEPTH_MM]
     return tuple(float(v) for v in top.mean(axis=0))
-
-
-def _foreground_points(mask: sitk.Image, threshold: float) -> np.ndarray:
-    """Physical (LPS mm) coordinates of the voxels of ``mask`` above ``threshold``, as an (N, 3) array."""
-    array = sitk.GetArrayViewFromImage(mask)
-    kji = np.argwhere(array > threshold)
-    if len(kji) == 0:
-        return np.zeros((0, 3))
-    ijk = kji[:, ::-1].astype(np.float64)
-    direction = np.array(mask.GetDirection()).reshape(3, 3)
-    return np.array(mask.GetOrigin()) + (ijk * np.array(mask.GetSpacing())) @ direction.T
 
 
 def _refine(
@@ -461,7 +404,7 @@ def _refine(
         polished, metric = _run(_polish_method(reference, nine_dof=True), reference, moving, start)
         if _plausible(polished):
             return polished, metric
-        start = rigid_part(start, canonical_plane_centre())
+        start = rigid_part(start, plane_centre())
     return _run(_polish_method(reference, nine_dof=False), reference, moving, start)
 
 

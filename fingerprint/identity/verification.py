@@ -5,22 +5,22 @@ dominated by how a scan looks (scanner, resolution, contrast), so on real people
 "the same man twelve years later on another scanner" from "two different people of one site". A person's brain is
 the same rigid object in every scan; another person's brain cannot be rigidly aligned to it down to its folds. So:
 
-1. Every series keeps a compact **canonical brain** (:func:`extract_brain`): the series resampled into the reference
+1. Every series keeps a compact **canonical brain** (:func:`fingerprint.imaging.brain.extract_brain`): the series resampled into the reference
    (MNI) box at 2 mm with the pipeline's own rigid alignment, inside the reference's brain mask (dilated a little)
    only, quantised to ``BRAIN_LEVELS`` grey levels, 0 where the field of view saw nothing. It holds no face: every
-   voxel outside the brain mask is dropped before it is stored (:func:`brain_to_bytes`).
+   voxel outside the brain mask is dropped before it is stored.
 2. Two canonical brains are **registered** to each other (:func:`verify`): rigid (6 dof; they already sit within a
    few degrees of each other, so the search starts at the identity), Mattes mutual information inside the central
    brain, because contrast differs between scanners and sequences. A registration that runs off
    (``MAX_ROTATION_DEG``, ``MAX_SHIFT_MM``) is not trusted and the pair is scored where the pipeline put it.
 3. The **score** is the normalised correlation of their fine anatomy: the Laplacian of Gaussian (sigma
-   ``DETAIL_SIGMA_MM``) of each brain inside the central brain (the mask eroded by ``SCORE_EROSION_MM``) where both
+   ``DETAIL_SIGMA_MM``) of each brain inside the central brain (the mask eroded by ``fingerprint.imaging.brain.SCORE_EROSION_MM``) where both
    fields of view saw it. Plain intensity correlation does not tell people apart (every brain has grey and white
    matter in about the same place); the pattern of sulci and gyri does. The Laplacian is computed once per brain
    (:func:`prepare`) and moved with the registration: it commutes with rotations and shifts.
 
 Training-free, so it does not inherit the cohort generator's biases. Its thresholds are calibrated on real different
-people (:mod:`fingerprint.verification_calibration`) and stored per :data:`METHOD_VERSION`. Each verification can draw
+people (:mod:`fingerprint.evaluation.real_calibration`) and stored per :data:`METHOD_VERSION`. Each verification can draw
 its evidence (:func:`evidence_png`): the two brains after registration as a checkerboard on three planes.
 
 Example::
@@ -33,28 +33,18 @@ Example::
 from __future__ import annotations
 
 import io
-import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from fingerprint.canonical import load_reference, registration_threads, rotation_angle_deg
+from fingerprint.imaging.brain import METHOD_VERSION, brain_grid
+from fingerprint.imaging.canonical import registration_threads, rotation_angle_deg
 
-#: Bump when anything below changes what a canonical brain holds or how a pair is scored: brains and thresholds are
-#: stored per version, and brains of two versions are never compared.
-METHOD_VERSION = "dbp-verify-v1"
-#: The stored brain region: the reference brain mask (2 mm) dilated by this much (the cortex border, not the face).
-BRAIN_DILATION_MM = 2.0
-#: Grey levels kept per voxel (6 bits): coarser than the noise, a third smaller than 8 bits, same scores.
-BRAIN_LEVELS = 63
 #: Scale of the anatomy compared (mm): sulci and gyri, not noise.
 DETAIL_SIGMA_MM = 2.0
-#: The score is read inside the brain eroded by this much: the border depends on the field of view and skull.
-SCORE_EROSION_MM = 4.0
 #: Fraction of the scored region that both fields of view must cover for a score to count.
 MIN_SHARED_FRACTION = 0.5
 #: A registration that turns or moves the second brain further than this has run off; it is not used.
@@ -66,15 +56,6 @@ SAMPLING_FRACTION = 0.05
 SHRINK_FACTORS = (2, 1)
 SMOOTHING_SIGMAS = (1.0, 0.0)
 RANDOM_SEED = 20230227
-
-
-@dataclass(frozen=True)
-class BrainGrid:
-    """The reference box canonical brains live in, the voxels a brain keeps and the voxels the score reads."""
-
-    image: sitk.Image  # float32 zeros: origin, spacing, size and direction of the box
-    stored: np.ndarray  # bool (z, y, x)
-    scored: np.ndarray  # bool (z, y, x), inside ``stored``
 
 
 @dataclass(frozen=True)
@@ -107,63 +88,6 @@ class VerificationResult:
             "shift_mm": round(self.shift_mm, 2),
             "registration_used": self.registration_used,
         }
-
-
-@lru_cache(maxsize=1)
-def brain_grid() -> BrainGrid:
-    """The reference grid cropped to the dilated brain mask (plus one voxel), with its two masks."""
-    mask = load_reference().mask
-    spacing = mask.GetSpacing()[0]
-    dilated = sitk.BinaryDilate(mask, [max(1, round(BRAIN_DILATION_MM / spacing))] * 3, sitk.sitkBall)
-    eroded = sitk.BinaryErode(mask, [max(1, round(SCORE_EROSION_MM / spacing))] * 3, sitk.sitkBall)
-    kept = sitk.GetArrayFromImage(dilated) > 0
-    zyx = np.argwhere(kept)
-    low = np.maximum(zyx.min(axis=0) - 1, 0)
-    high = np.minimum(zyx.max(axis=0) + 2, kept.shape)
-    size_xyz = [int(h - l) for h, l in zip(high[::-1], low[::-1])]
-    box = sitk.RegionOfInterest(sitk.Cast(mask, sitk.sitkFloat32) * 0.0, size_xyz, [int(v) for v in low[::-1]])
-    crop = tuple(slice(int(l), int(h)) for l, h in zip(low, high))
-    stored = kept[crop].copy()
-    scored = (sitk.GetArrayFromImage(eroded) > 0)[crop] & stored
-    stored.setflags(write=False)
-    scored.setflags(write=False)
-    return BrainGrid(box, stored, scored)
-
-
-# --- the canonical brain -------------------------------------------------------------------------------------------
-def extract_brain(image: sitk.Image, transform: sitk.Transform) -> np.ndarray:
-    """The canonical brain of a series: uint8 (z, y, x) on :func:`brain_grid`; 0 outside the stored region or the
-    field of view, 1..BRAIN_LEVELS inside (the brain's 1st..99th percentile mapped linearly, clipped).
-
-    ``transform`` maps reference (MNI, LPS mm) points to ``image`` points, as :func:`fingerprint.canonical.align`
-    returns.
-    """
-    grid = brain_grid()
-    sampled = sitk.Resample(image, grid.image, transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
-    values = sitk.GetArrayFromImage(sampled)
-    seen = np.isfinite(values) & grid.stored
-    brain = np.zeros(values.shape, dtype=np.uint8)
-    if seen.any():
-        low, high = np.percentile(values[seen], [1.0, 99.0])
-        scaled = np.clip((values[seen] - low) / max(float(high - low), 1e-6), 0.0, 1.0)
-        brain[seen] = (1 + np.round(scaled * (BRAIN_LEVELS - 1))).astype(np.uint8)
-    return brain
-
-
-def brain_to_bytes(brain: np.ndarray) -> bytes:
-    """The stored region's voxels only, zlib-compressed: what the store keeps per series."""
-    grid = brain_grid()
-    if brain.shape != grid.stored.shape:
-        raise ValueError(f"a canonical brain is {grid.stored.shape}, not {brain.shape}")
-    return zlib.compress(np.ascontiguousarray(brain[grid.stored], dtype=np.uint8).tobytes(), 6)
-
-
-def brain_from_bytes(data: bytes) -> np.ndarray:
-    """The inverse of :func:`brain_to_bytes`."""
-    grid = brain_grid()
-    brain = np.zeros(grid.stored.shape, dtype=np.uint8)
-    brain[grid.stored] = np.frombuffer(zlib.decompress(data), dtype=np.uint8)
-    return brain
 
 
 def prepare(brain: np.ndarray) -> PreparedBrain:

@@ -26,23 +26,27 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from fingerprint.calibration import Thresholds, load_thresholds, thresholds_from_json
 from fingerprint.config import Settings
 from fingerprint.errors import SeriesRejected
-from fingerprint.index import FingerprintIndex
-from fingerprint.patient_ids import hash_patient_id, load_or_create_key
-from fingerprint.store import (
+from fingerprint.identity.calibration import (
+    Thresholds,
+    load_thresholds,
+    thresholds_from_json,
+)
+from fingerprint.identity.index import FingerprintIndex
+from fingerprint.identity.patient_ids import hash_patient_id, load_or_create_key
+from fingerprint.identity.store import (
     STATUS_FINGERPRINTED,
     STATUS_REJECTED,
     Store,
     slice_to_bytes,
     vector_to_bytes,
 )
+from fingerprint.identity.verdicts import Candidate, decide, rejected_verdict
+from fingerprint.identity.verification import METHOD_VERSION as VERIFICATION_VERSION
+from fingerprint.identity.verification_stage import PairVerifier, Picks
+from fingerprint.imaging.brain import brain_from_bytes, brain_to_bytes
 from fingerprint.types import FingerprintResult, SeriesIdentifiers
-from fingerprint.verdicts import Candidate, decide, rejected_verdict
-from fingerprint.verification import METHOD_VERSION as VERIFICATION_VERSION
-from fingerprint.verification import brain_from_bytes, brain_to_bytes
-from fingerprint.verification_stage import PairVerifier, Picks
 
 #: Save the index file after this many changes (it is a cache: the store is replayed into it on open anyway).
 SAVE_INDEX_EVERY = 200
@@ -71,9 +75,9 @@ class Archive:
     # --- the model --------------------------------------------------------------------------------------------------
     @property
     def model(self) -> Any:
-        """The fingerprint model (``fingerprint.api.load_model``), loaded on first use."""
+        """The fingerprint model (``fingerprint.model.fingerprinter.load_model``), loaded on first use."""
         if self._model is None:
-            from fingerprint.api import load_model
+            from fingerprint.model.fingerprinter import load_model
 
             self._model = load_model(self.settings.model_path)
         return self._model
@@ -103,7 +107,7 @@ class Archive:
     # --- the two steps ------------------------------------------------------------------------------------------------
     def fingerprint(self, source: Source) -> FingerprintResult:
         """Read, slice and embed one series (heavy, lock-free). Raises :class:`SeriesRejected` for bad input."""
-        from fingerprint.api import fingerprint_series
+        from fingerprint.model.fingerprinter import fingerprint_series
 
         return fingerprint_series(source, method=self.settings.slice_method, model=self.model)
 
@@ -430,7 +434,7 @@ def _identifiers_of_unusable_source(source: Source, source_info: dict[str, Any])
 def _first_header(source: Source) -> pydicom.Dataset | None:
     if not isinstance(source, (str, Path)):
         return next(iter(source), None)
-    from fingerprint.dicom_series import iter_files, read_dicom_file
+    from fingerprint.imaging.dicom_read import iter_files, read_dicom_file
 
     for count, candidate in enumerate(iter_files(Path(source))):
         if count >= 50:
@@ -448,7 +452,7 @@ def reindex_archive(archive: Archive, source_version: str, batch_size: int = 64,
     through :meth:`Archive.decide_and_record`, so each gets the verdict the new model gives it at that point of the
     archive's history. Resumable: series already recorded for the new version are skipped. Returns counts.
     """
-    from fingerprint.store import slice_from_bytes
+    from fingerprint.identity.store import slice_from_bytes
     from fingerprint.types import SliceResult
 
     target = archive.model_version

@@ -25,15 +25,16 @@ every pair of distinct real people. The heads that test the thresholds are never
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from fingerprint.calibration import Thresholds, _quantiles
-from fingerprint.verification import METHOD_VERSION
+from fingerprint.identity.calibration import Thresholds
+from fingerprint.identity.verification import METHOD_VERSION
+from fingerprint.metrics import score_quantiles
 
 
 def verification_thresholds(
@@ -72,8 +73,8 @@ def verification_thresholds(
         "same_below_match": float(np.mean(same < match)),
         "different_below_mismatch": float(np.mean(different < mismatch)),
         "gap": round(float(same.min() - different.max()), 6),
-        "same_score": _quantiles(same),
-        "different_score": _quantiles(different),
+        "same_score": score_quantiles(same),
+        "different_score": score_quantiles(different),
         "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if len(different) < math.ceil(1 / far):
@@ -104,8 +105,16 @@ def calibrate_real_cohort(
 ) -> tuple[Thresholds, Thresholds]:
     """Fingerprint and verification thresholds from one cohort of real people (every scan through the real
     pipeline, every pair of scans verified)."""
-    from fingerprint.calibration import pair_similarities, thresholds_from_similarities
-    from fingerprint.identity_data import all_pairs, cohort_views, score_pairs, views_cache
+    from fingerprint.evaluation.identity_data import (
+        all_pairs,
+        cohort_views,
+        score_pairs,
+        views_cache,
+    )
+    from fingerprint.identity.calibration import (
+        pair_similarities,
+        thresholds_from_similarities,
+    )
 
     views = cohort_views(Path(cohort_dir), workers, split)
     details = {
