@@ -124,7 +124,7 @@ def measure_archive(n: int, store_url: str | None, label: str, timed: int = 200,
     """Median/p95 time of Archive.decide_and_record (lock, index catch-up, search, decide, write) at ``n`` series."""
     import tempfile
 
-    from fingerprint.config import load_settings
+    from deepbrainprint.settings import load_settings
     from fingerprint.identity.archive import Archive
     from fingerprint.identity.calibration import Thresholds
     from fingerprint.types import FingerprintResult, SeriesIdentifiers, SliceResult
@@ -149,7 +149,7 @@ def measure_archive(n: int, store_url: str | None, label: str, timed: int = 200,
         settings = load_settings(home=Path(tmp), index_dir=Path(tmp) / "archive", store_url=store_url or None)
         thresholds = Thresholds("bench", 0.8, 0.6, 0.001, "explicit")
         persons = max(1, n // VISITS)
-        with Archive(settings, model=_BenchModel(), thresholds=thresholds) as archive:
+        with Archive(settings.archive_config(), model=_BenchModel(), thresholds=thresholds) as archive:
             for i, vector in enumerate(data):
                 ids = SeriesIdentifiers(patient_id=f"P{i % persons}", series_instance_uid=f"{label}.{i}")
                 t0 = time.perf_counter()

@@ -40,12 +40,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pynetdicom import AE, evt  # noqa: E402
 
+from deepbrainprint.settings import Settings  # noqa: E402
 from dicom_node.scp import STORAGE_SOP_CLASSES, StorageNode, accepted_transfer_syntaxes  # noqa: E402
 from dicom_node.scu import send_instances  # noqa: E402
 from dicom_node.spool import Spool  # noqa: E402
 from dicom_node.synthetic import mr_series  # noqa: E402
 from dicom_node.transport import tune_receiver  # noqa: E402
-from fingerprint.config import Settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECEIVERS = ("bare", "node", "node_nofsync", "bare_stock")
@@ -81,7 +81,7 @@ class NodeReceiver:
 
     def __init__(self, spool_dir: Path, fsync: bool) -> None:
         settings = Settings(home=spool_dir, spool_dir=spool_dir, port=0, quiet_time_s=3600)
-        self.node = StorageNode(settings, lambda completed: None, spool=Spool(spool_dir, fsync=fsync)).start()
+        self.node = StorageNode(settings.node_config(), lambda completed: None, spool=Spool(spool_dir, fsync=fsync)).start()
         self.port = self.node.port
 
     def stored(self) -> int:

@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from deepbrainprint.demo import load_heads  # noqa: E402
+from deepbrainprint.settings import load_settings  # noqa: E402
 from dicom_node.scp import StorageNode  # noqa: E402
 from dicom_node.scu import send_instances  # noqa: E402
-from fingerprint.config import load_settings  # noqa: E402
-from worker.demo import load_heads  # noqa: E402
 from worker.dispatch import submit_completed_series  # noqa: E402
 from worker.embedded import EmbeddedWorker  # noqa: E402
 from worker.ledger import DONE  # noqa: E402
@@ -64,8 +64,8 @@ def run(series_count: int, quiet_time_s: float) -> dict:
     settings = load_settings(home=work / "home", port=0, quiet_time_s=quiet_time_s, broker_url="", orthanc_url="")
     heads = load_heads()
     names = [n for n in heads if not n.startswith("real")] or list(heads)
-    worker = EmbeddedWorker(settings, poll_interval_s=0.5).start()
-    node = StorageNode(settings, lambda completed: submit_completed_series(settings, completed)).start()
+    worker = EmbeddedWorker(settings.worker_config(), poll_interval_s=0.5).start()
+    node = StorageNode(settings.node_config(), lambda completed: submit_completed_series(settings.worker_config(), completed)).start()
     samples = []
     try:
         for number in range(series_count):

@@ -21,23 +21,21 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    MRImageStorage,
-    EnhancedMRImageStorage,
     LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
 )
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from fingerprint.config import Settings
-
 from .completion import CompletionTracker, OnSeriesComplete
+from .config import NodeConfig
 from .spool import Spool, SpoolWriteError, series_key_for, uid_key
 from .transport import tune_receiver
-from .types import CompletedSeries
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +68,8 @@ def decodable_compressed_syntaxes() -> tuple[UID, ...]:
         JPEG2000Lossless,
         JPEGBaseline8Bit,
         JPEGExtended12Bit,
-        JPEGLosslessSV1,
         JPEGLossless,
+        JPEGLosslessSV1,
         JPEGLSLossless,
         JPEGLSNearLossless,
         RLELossless,
@@ -114,8 +112,8 @@ def is_loopback(address: str) -> bool:
 
 
 class StorageNode:
-    """The SCP as an object: ``StorageNode(settings, on_series_complete).start()`` returns at once (non-blocking);
-    ``.port`` is the bound port (``settings.port == 0`` picks a free one); ``.stop()`` shuts down cleanly.
+    """The SCP as an object: ``StorageNode(config, on_series_complete).start()`` returns at once (non-blocking);
+    ``.port`` is the bound port (``config.port == 0`` picks a free one); ``.stop()`` shuts down cleanly.
 
     ``on_series_complete`` gets a :class:`~dicom_node.types.CompletedSeries` from a background thread and must
     return quickly (enqueue, don't process). Series it raised for are handed on again later.
@@ -123,23 +121,23 @@ class StorageNode:
 
     def __init__(
         self,
-        settings: Settings,
+        config: NodeConfig,
         on_series_complete: OnSeriesComplete,
         *,
         spool: Spool | None = None,
         recover: bool = True,
     ) -> None:
-        self.settings = settings
-        self.spool = spool or Spool(settings.resolved_spool_dir)
+        self.config = config
+        self.spool = spool or Spool(config.spool_dir)
         self.tracker = CompletionTracker(
             self.spool,
             on_series_complete,
-            settings.quiet_time_s,
-            open_quiet_time_s=settings.open_quiet_time_s,
-            keep_done_s=settings.spool_keep_done_s,
+            config.quiet_time_s,
+            open_quiet_time_s=config.open_quiet_time_s,
+            keep_done_s=config.spool_keep_done_s,
         )
         self.recover = recover
-        self.allowed_calling_aes = parse_ae_list(settings.allowed_calling_aes)
+        self.allowed_calling_aes = parse_ae_list(config.allowed_calling_aes)
         self._server = None
         self._association_ids: dict[int, str] = {}
         self._ids_lock = threading.Lock()
@@ -148,17 +146,17 @@ class StorageNode:
     # --- life cycle -------------------------------------------------------------------------------------------
     def build_ae(self) -> AE:
         """The pynetdicom AE with our contexts and access rules (separate so tests/benchmarks can inspect it)."""
-        bind = self.settings.bind_address
+        bind = self.config.bind_address
         allowed = self.allowed_calling_aes
         if not allowed and not is_loopback(bind):
             raise ValueError(
                 f"refusing to listen on {bind} without an allow-list of calling AE titles: set allowed_calling_aes "
                 "(DBP_ALLOWED_CALLING_AES), or '*' to accept any caller explicitly"
             )
-        ae = AE(ae_title=self.settings.ae_title)
+        ae = AE(ae_title=self.config.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = [] if allowed == ["*"] else allowed
-        ae.network_timeout = self.settings.dicom_network_timeout_s
+        ae.network_timeout = self.config.dicom_network_timeout_s
         ae.maximum_associations = 16
         syntaxes = accepted_transfer_syntaxes()
         for sop_class in STORAGE_SOP_CLASSES:
@@ -182,14 +180,14 @@ class StorageNode:
             (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
         self._server = ae.start_server(
-            (self.settings.bind_address, int(self.settings.port)), block=False, evt_handlers=handlers
+            (self.config.bind_address, int(self.config.port)), block=False, evt_handlers=handlers
         )
         log.info(
             "storage SCP %s listening on %s:%d (quiet time %.1f s, calling AE allow-list: %s)",
-            self.settings.ae_title,
-            self.settings.bind_address,
+            self.config.ae_title,
+            self.config.bind_address,
             self.port,
-            self.settings.quiet_time_s,
+            self.config.quiet_time_s,
             ", ".join(self.allowed_calling_aes) or "none (loopback only)",
         )
         return self
@@ -206,7 +204,7 @@ class StorageNode:
             self._server.shutdown()
             self._server = None
         self.tracker.stop()
-        log.info("storage SCP %s stopped", self.settings.ae_title)
+        log.info("storage SCP %s stopped", self.config.ae_title)
 
     def __enter__(self) -> StorageNode:
         return self.start()
@@ -271,23 +269,3 @@ def _status(code: int, comment: str) -> Dataset:
     status.Status = code
     status.ErrorComment = comment[:64]
     return status
-
-
-def log_completion(completed: CompletedSeries) -> None:
-    """The stand-in hand-on when no worker is installed: say so (the series stays ``queued`` in the spool and is
-    handed on again at the next start, when a worker may exist)."""
-    log.info("series complete (no worker configured): %s", completed.as_json())
-
-
-def make_series_callback(settings: Settings) -> OnSeriesComplete:
-    """``worker.dispatch.submit_completed_series(settings, completed)`` when the worker package is installed,
-    otherwise a logger. A worker package that is there but fails to import is an error, not a fallback: the node
-    would otherwise mark series ``queued`` that nobody will process."""
-    try:
-        from worker.dispatch import submit_completed_series
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("worker", "worker.dispatch"):
-            raise
-        log.warning("worker.dispatch is not available: completed series are only logged")
-        return log_completion
-    return lambda completed: submit_completed_series(settings, completed)

@@ -31,8 +31,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from fingerprint.config import Settings
-
 from .types import SERIES_STATES
 
 log = logging.getLogger(__name__)
@@ -325,8 +323,3 @@ class Spool:
         if purged:
             log.info("purged %d finished series from the spool", len(purged))
         return purged
-
-
-def open_spool(settings: Settings) -> Spool:
-    """The spool the settings name (``spool_dir``, default ``<home>/spool``)."""
-    return Spool(settings.resolved_spool_dir)

@@ -21,12 +21,12 @@ import torch
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
-from fingerprint.cli.app import app
-from fingerprint.config import load_settings
+from deepbrainprint.cli.app import app
+from deepbrainprint.settings import load_settings
 from fingerprint.identity.archive import Archive
 from fingerprint.identity.calibration import (
     Thresholds,
-    load_thresholds,
+    resolve_thresholds,
     save_thresholds,
     site_thresholds_path,
 )
@@ -72,7 +72,7 @@ def real_pair(shared_data, tmp_path_factory):
     """Two real people and thresholds calibrated on their real fingerprints with the model in use."""
     work = tmp_path_factory.mktemp("real")
     settings = load_settings(home=work, index_dir=work / "probe")
-    with Archive(settings) as probe:
+    with Archive(settings.archive_config()) as probe:
         a = probe.fingerprint(shared_data / PERSON_A)
         b = probe.fingerprint(shared_data / PERSON_B)
     similarity = float(a.vector @ b.vector)
@@ -84,7 +84,7 @@ def real_pair(shared_data, tmp_path_factory):
 
 def new_index(tmp_path: Path, thresholds: Thresholds) -> Path:
     index = tmp_path / "archive"
-    save_thresholds(thresholds, site_thresholds_path(load_settings(home=tmp_path, index_dir=index)))
+    save_thresholds(thresholds, site_thresholds_path(load_settings(home=tmp_path, index_dir=index).resolved_index_dir))
     return index
 
 
@@ -132,7 +132,7 @@ def test_every_verdict_on_real_series_through_the_cli(real_pair, tmp_path):
 
 def duplicate_hash_of(out: dict, same_as: Path, index: Path) -> str:
     """The stored hash of the series at ``same_as`` (the PatientID the swapped series really belongs to)."""
-    with Archive(load_settings(index_dir=index, home=index.parent)) as arch:
+    with Archive(load_settings(index_dir=index, home=index.parent).archive_config()) as arch:
         return arch.hash_patient_id(patient_id_of(same_as))
 
 
@@ -183,12 +183,12 @@ def test_calibrate_writes_thresholds_for_the_model_in_use(tmp_path):
     code, (out,), err = cli("calibrate", "--cohort", cohort, "--far", "0.01", "--index", index, "--json")
     assert code == 0, err
     assert out["details"]["same_pairs"] == 24 and out["details"]["different_pairs"] == 252
-    stored = load_thresholds(load_settings(home=tmp_path, index_dir=index), out["model_version"])
+    stored = resolve_thresholds(out["model_version"], index_dir=load_settings(home=tmp_path, index_dir=index).resolved_index_dir)
     assert stored.source == "calibrated" and stored.match == out["match"] and stored.mismatch <= stored.match
     # The store holds it too, so a worker with another index folder on the same store decides the same way.
     store_url = f"sqlite:///{index}/store.sqlite"
     other_worker = load_settings(home=tmp_path, index_dir=tmp_path / "worker-2", store_url=store_url)
-    with Archive(other_worker) as arch:
+    with Archive(other_worker.archive_config()) as arch:
         used = arch.thresholds(out["model_version"])
         assert used.details["from"] == "store" and used.match == out["match"]
 
@@ -206,7 +206,7 @@ def test_reindex_re_embeds_from_stored_slices_without_dicom(real_pair, tmp_path)
     assert code == 0, err
     assert out["to"] == "test-reindex-2" and out["from"] == real_pair["thresholds"].model_version
     assert out["reindexed"] == 1 and out["new_patient"] == 1
-    with Archive(load_settings(home=tmp_path, index_dir=index, model_path=weights)) as arch:
+    with Archive(load_settings(home=tmp_path, index_dir=index, model_path=weights).archive_config()) as arch:
         assert arch.store.model_versions() == {out["from"]: 1, "test-reindex-2": 1}
         assert arch.index_for("test-reindex-2").ntotal == 1
     code, (again,), _ = cli("reindex", "--model", weights, "--index", index, "--json", "--no-progress")
@@ -216,7 +216,7 @@ def test_reindex_re_embeds_from_stored_slices_without_dicom(real_pair, tmp_path)
 @pytest.fixture
 def orthanc_server(tmp_path):
     """A real Orthanc 1.10 (authenticated REST API) in its own folder and ports, stopped afterwards."""
-    from orthanc import server
+    from dbp_orthanc import server
 
     if not Path(server.ORTHANC_BINARY).exists():
         pytest.skip(f"Orthanc not installed at {server.ORTHANC_BINARY}")
@@ -261,7 +261,7 @@ def real_people_enrolled(shared_data, tmp_path_factory):
     weights, their calibrated thresholds and the verification stage: ``{folder name: verdict line}``."""
     home = tmp_path_factory.mktemp("real-people")
     settings = load_settings(home=home, index_dir=home / "archive")
-    with Archive(settings) as arch:
+    with Archive(settings.archive_config()) as arch:
         thresholds = arch.thresholds(arch.model_version)
         if arch.model_version.startswith("untrained") or thresholds.source == "fallback":
             pytest.skip(f"model {arch.model_version} has no calibrated thresholds: identity cannot be asked of it")

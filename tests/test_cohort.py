@@ -128,7 +128,7 @@ def test_volume_cohort_csv_and_cli(tmp_path: Path) -> None:
     """The CLI writes the contract: cohort.csv columns, ISO dates in visit order, paths that exist, a manifest."""
     out = tmp_path / "calib"
     subprocess.run(
-        [sys.executable, "-m", "fingerprint.cli.app", "cohort", "generate", "--out", str(out), "--kind", "calibration",
+        [sys.executable, "-m", "deepbrainprint.cli.app", "cohort", "generate", "--out", str(out), "--kind", "calibration",
          "--subjects", "1", "--visits", "2", "--seed", "5", "--dicom", "1"],
         check=True,
         capture_output=True,

@@ -14,7 +14,7 @@ import pytest
 
 from fingerprint.model.fingerprinter import load_model
 
-CLI = [sys.executable, "-m", "fingerprint.cli.app"]
+CLI = [sys.executable, "-m", "deepbrainprint.cli.app"]
 
 
 @pytest.mark.slow

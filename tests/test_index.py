@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fingerprint.config import load_settings
+from deepbrainprint.settings import load_settings
 from fingerprint.identity.archive import Archive
 from fingerprint.identity.calibration import Thresholds
 from fingerprint.identity.index import FingerprintIndex, index_file_path
@@ -38,7 +38,7 @@ def unit_vectors(n: int, seed: int = 0) -> np.ndarray:
 
 def open_archive(tmp_path: Path, **overrides) -> Archive:
     settings = load_settings(home=tmp_path, index_dir=tmp_path / "archive", **overrides)
-    return Archive(settings, model=FixedModel(), thresholds=THRESHOLDS)
+    return Archive(settings.archive_config(), model=FixedModel(), thresholds=THRESHOLDS)
 
 
 def enroll(archive: Archive, make, vectors: np.ndarray, prefix: str) -> list[int]:
@@ -113,11 +113,11 @@ CHILD_ENROLL = textwrap.dedent(
     import fingerprint.identity.archive as archive_module
     from fingerprint.identity.archive import Archive
     from fingerprint.identity.calibration import Thresholds
-    from fingerprint.config import load_settings
+    from deepbrainprint.settings import load_settings
     from fingerprint.types import FingerprintResult, SeriesIdentifiers, SliceResult
     archive_module.SAVE_INDEX_EVERY = 7  # save often, so the kill lands between saves and mid-write
     class M: model_version = "test-model"
-    arch = Archive(load_settings(), model=M(), thresholds=Thresholds("test-model", 0.8, 0.6, 0.001, "explicit"))
+    arch = Archive(load_settings().archive_config(), model=M(), thresholds=Thresholds("test-model", 0.8, 0.6, 0.001, "explicit"))
     rng = np.random.default_rng(int(sys.argv[1]))
     for i in range(100000):
         v = rng.standard_normal(512).astype(np.float32)
@@ -161,11 +161,11 @@ CHILD_RACE = textwrap.dedent(
     from pathlib import Path
     from fingerprint.identity.archive import Archive
     from fingerprint.identity.calibration import Thresholds
-    from fingerprint.config import load_settings
+    from deepbrainprint.settings import load_settings
     from fingerprint.types import FingerprintResult, SeriesIdentifiers, SliceResult
     class M: model_version = "test-model"
     patient_id, series_uid, noise_seed, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-    arch = Archive(load_settings(), model=M(), thresholds=Thresholds("test-model", 0.8, 0.6, 0.001, "explicit"))
+    arch = Archive(load_settings().archive_config(), model=M(), thresholds=Thresholds("test-model", 0.8, 0.6, 0.001, "explicit"))
     arch.index_for()  # open and sync the index before the race: what a long-running worker has
     person = np.random.default_rng(0).standard_normal(512)  # the same new person in both processes
     v = person + 0.3 * np.random.default_rng(noise_seed).standard_normal(512)

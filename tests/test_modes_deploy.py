@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from fingerprint.cli.app import app
-from fingerprint.config import load_settings
+from deepbrainprint.cli.app import app
+from deepbrainprint.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-ORTHANC = Path(__file__).resolve().parents[1] / "orthanc"
+ORTHANC = Path(__file__).resolve().parents[1] / "orthanc" / "dbp_orthanc"
 
 
 def assert_valid_cli(args: list[str]) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dbp_orthanc import server, writeback
 from sqlalchemy import create_engine, text
 
+from deepbrainprint import supervisor as service
+from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scu import send_instances
 from dicom_node.synthetic import mr_series
-from fingerprint.config import Settings, load_settings
-from orthanc import server, writeback
-from worker import service
 from worker.ledger import DONE, Ledger
 
 TIMEOUT_S = 240.0
@@ -154,7 +154,7 @@ def test_two_workers_one_redis_one_postgres_keep_the_index_consistent(  # type: 
         own = load_settings(home=settings.home, store_url=settings.store_url,
                             patient_id_hash_key=settings.patient_id_hash_key,
                             index_dir=settings.resolved_index_dir / "workers" / name)
-        with Archive(own) as archive:
+        with Archive(own.archive_config()) as archive:
             with archive.store.reading() as conn:
                 stored = archive.store.count_fingerprinted(conn, model_version)
             assert stored == 3

@@ -11,9 +11,9 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+from dbp_orthanc import server, writeback
 
 from dicom_node.synthetic import mr_series
-from orthanc import server, writeback
 
 pytestmark = pytest.mark.skipif(not Path(server.ORTHANC_BINARY).exists(), reason="Orthanc is not installed")
 
@@ -89,6 +89,10 @@ def test_orthanc_requires_authentication_and_stays_local(orthanc_factory) -> Non
     config = instance.config_path.read_text()
     assert '"RemoteAccessAllowed": false' in config
     assert oct(instance.config_path.stat().st_mode & 0o777) == "0o600"
+    # The plugin script, loaded by Orthanc itself, imports Orthanc's built-in module, not a package of ours.
+    assert requests.get(f"{instance.url}/deepbrainprint/forwarding", timeout=5).status_code == 401
+    status = requests.get(f"{instance.url}/deepbrainprint/forwarding", auth=("radiology", "s3cret-test"), timeout=5)
+    assert status.json() == {"pending": 0, "target_modality": "deepbrainprint", "orthanc_module": "built-in"}
 
 
 def test_stable_mr_series_is_forwarded_to_the_scp(orthanc_factory) -> None:  # type: ignore[no-untyped-def]

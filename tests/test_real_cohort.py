@@ -138,7 +138,7 @@ def test_real_test_cli_writes_head_volumes(tmp_path: Path) -> None:
     """Two visits of one real person through the full path: the CSV contract, the manifest, volumes that are heads."""
     from typer.testing import CliRunner
 
-    from fingerprint.cli.app import app
+    from deepbrainprint.cli.app import app
 
     if not heads.head_available(SMALL_HEAD):
         pytest.skip(f"{SMALL_HEAD}: not cached and {heads.source_path(SMALL_HEAD)} absent (set DBP_SHARED_DATA)")

@@ -19,12 +19,12 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, evt
 
+from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scp import StorageNode, accepted_transfer_syntaxes
 from dicom_node.scu import AssociationFailed, echo, send_instances
 from dicom_node.spool import Spool, series_key_for
 from dicom_node.synthetic import mr_series
 from dicom_node.types import CompletedSeries
-from fingerprint.config import Settings, load_settings
 
 QUIET_S = 0.3
 PATIENT_ID = "SYNTH-PATIENT-0001"
@@ -68,7 +68,7 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
             **overrides,
         )  # fmt: skip
         collector = collector or Collector()
-        node = StorageNode(settings, collector).start()
+        node = StorageNode(settings.node_config(), collector).start()
         nodes.append(node)
         return node, collector
 
@@ -392,9 +392,9 @@ def test_calling_ae_allow_list_and_called_ae_are_enforced(start_node: NodeFactor
 def test_listening_beyond_loopback_requires_an_allow_list(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, bind_address="0.0.0.0", port=0)
     with pytest.raises(ValueError, match="allow-list"):
-        StorageNode(settings, Collector()).build_ae()
+        StorageNode(settings.node_config(), Collector()).build_ae()
     settings.allowed_calling_aes = "*"
-    StorageNode(settings, Collector()).build_ae()  # explicit opt-in to any caller is accepted
+    StorageNode(settings.node_config(), Collector()).build_ae()  # explicit opt-in to any caller is accepted
 
 
 def test_instance_without_series_uid_is_refused_and_kept(start_node: NodeFactory) -> None:
@@ -434,7 +434,7 @@ def test_no_patient_data_in_logs_paths_or_state(start_node: NodeFactory, caplog:
 
 def test_serve_command_answers_echo_and_stops_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "DBP_HOME": str(tmp_path / "home")}
-    command = [sys.executable, "-m", "fingerprint.cli.app", "serve", "--port", "0", "--spool", str(tmp_path / "s"),
+    command = [sys.executable, "-m", "deepbrainprint.cli.app", "serve", "--port", "0", "--spool", str(tmp_path / "s"),
                "--ae-title", "TESTNODE"]  # fmt: skip
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -460,6 +460,6 @@ def test_serve_command_answers_echo_and_stops_on_sigterm(tmp_path: Path) -> None
 
 def test_serve_refuses_all_interfaces_without_an_allow_list(tmp_path: Path) -> None:
     env = {**os.environ, "DBP_HOME": str(tmp_path / "home")}
-    command = [sys.executable, "-m", "fingerprint.cli.app", "serve", "--bind", "0.0.0.0", "--port", "0"]
+    command = [sys.executable, "-m", "deepbrainprint.cli.app", "serve", "--bind", "0.0.0.0", "--port", "0"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "allow-list" in done.stderr

@@ -11,9 +11,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-from fingerprint.cli.slice_cmd import EXIT_REJECTED
+from deepbrainprint.cli.slice_cmd import EXIT_REJECTED
 
-CLI = [sys.executable, "-m", "fingerprint.cli.app", "slice"]
+CLI = [sys.executable, "-m", "deepbrainprint.cli.app", "slice"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from fingerprint.config import load_settings
+from deepbrainprint.settings import load_settings
 from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.identity.archive import Archive
 from fingerprint.identity.calibration import Thresholds
@@ -42,7 +42,7 @@ def settings(request, tmp_path):
 
 @pytest.fixture
 def archive(settings):
-    with Archive(settings, model=FixedModel(), thresholds=THRESHOLDS) as arch:
+    with Archive(settings.archive_config(), model=FixedModel(), thresholds=THRESHOLDS) as arch:
         yield arch
 
 
@@ -140,7 +140,7 @@ def test_query_without_record_changes_nothing(archive, synthetic_fingerprint):
 
 def test_clear_patient_id_only_when_the_site_asks(tmp_path, synthetic_fingerprint):
     settings = load_settings(home=tmp_path, index_dir=tmp_path / "a", keep_clear_patient_id=True)
-    with Archive(settings, model=FixedModel(), thresholds=THRESHOLDS) as arch:
+    with Archive(settings.archive_config(), model=FixedModel(), thresholds=THRESHOLDS) as arch:
         arch.decide_and_record(synthetic_fingerprint(unit_vectors(1)[0], "PAT-7", "5.1"), {})
         with arch.store.reading() as conn:
             assert arch.store.series_row(conn, "5.1", "test-model")["patient_id"] == "PAT-7"
@@ -148,12 +148,12 @@ def test_clear_patient_id_only_when_the_site_asks(tmp_path, synthetic_fingerprin
 
 def test_hash_key_created_once_with_private_permissions_or_taken_from_settings(tmp_path):
     settings = load_settings(home=tmp_path, index_dir=tmp_path / "a")
-    first = Archive(settings, model=FixedModel())
+    first = Archive(settings.archive_config(), model=FixedModel())
     key_file = tmp_path / "a" / KEY_FILE_NAME
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    second = Archive(settings, model=FixedModel())
+    second = Archive(settings.archive_config(), model=FixedModel())
     assert first.hash_patient_id("X") == second.hash_patient_id("X") != hash_patient_id("X", b"other")
-    keyed = Archive(load_settings(home=tmp_path, index_dir=tmp_path / "a", patient_id_hash_key="site-secret"))
+    keyed = Archive(load_settings(home=tmp_path, index_dir=tmp_path / "a", patient_id_hash_key="site-secret").archive_config())
     assert keyed.hash_patient_id("X") == hash_patient_id("X", b"site-secret")
     assert first.hash_patient_id("") == ""
     for arch in (first, second, keyed):

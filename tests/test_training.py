@@ -187,7 +187,7 @@ def test_training_imports_without_simpleitk() -> None:
         "        if name.split('.')[0] in ('SimpleITK', 'pydicom', 'faiss', 'torchio', 'nibabel'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import fingerprint.model.training.loop, fingerprint.cli.app\n"
+        "import fingerprint.model.training.loop, deepbrainprint.cli.app\n"
         "assert 'SimpleITK' not in sys.modules\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

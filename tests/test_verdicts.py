@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from fingerprint.config import load_settings
+from deepbrainprint.settings import load_settings
 from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.identity.calibration import (
     Thresholds,
     calibrate_cohort,
     fallback_thresholds,
-    load_thresholds,
     pair_similarities,
+    resolve_thresholds,
     save_thresholds,
     site_thresholds_path,
     thresholds_from_similarities,
@@ -204,12 +204,12 @@ def test_pair_similarities_split_same_and_different_subjects():
 
 def test_thresholds_saved_per_model_version_and_site_file_wins(tmp_path):
     settings = load_settings(home=tmp_path, index_dir=tmp_path / "idx")
-    assert load_thresholds(settings, "m1").source == "fallback"
-    save_thresholds(Thresholds("m1", 0.7, 0.5, 0.001, "calibrated"), site_thresholds_path(settings))
-    save_thresholds(Thresholds("m2", 0.9, 0.4, 0.001, "calibrated"), site_thresholds_path(settings))
-    assert load_thresholds(settings, "m1").match == 0.7
-    assert load_thresholds(settings, "m2").mismatch == 0.4
-    assert load_thresholds(settings, "m3").source == "fallback"
+    assert resolve_thresholds("m1", index_dir=settings.resolved_index_dir).source == "fallback"
+    save_thresholds(Thresholds("m1", 0.7, 0.5, 0.001, "calibrated"), site_thresholds_path(settings.resolved_index_dir))
+    save_thresholds(Thresholds("m2", 0.9, 0.4, 0.001, "calibrated"), site_thresholds_path(settings.resolved_index_dir))
+    assert resolve_thresholds("m1", index_dir=settings.resolved_index_dir).match == 0.7
+    assert resolve_thresholds("m2", index_dir=settings.resolved_index_dir).mismatch == 0.4
+    assert resolve_thresholds("m3", index_dir=settings.resolved_index_dir).source == "fallback"
 
 
 def test_calibrate_cohort_from_a_slice_cache(tmp_path):

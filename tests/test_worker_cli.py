@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fingerprint.cli.app import app
+from deepbrainprint.cli.app import app
 
 
 @pytest.fixture

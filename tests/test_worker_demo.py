@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.demo import COLIN27, DECUBITUS_2022, TRIO_2010, plan, run_demo
+from deepbrainprint.demo import COLIN27, DECUBITUS_2022, TRIO_2010, plan, run_demo
 
 
 def test_a_bare_machine_still_has_three_heads(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -15,7 +15,7 @@ def test_a_bare_machine_still_has_three_heads(monkeypatch: pytest.MonkeyPatch, t
     import numpy as np
     import SimpleITK as sitk
 
-    from worker import demo
+    from deepbrainprint import demo
 
     monkeypatch.setattr(demo, "SHARED_DATA", tmp_path / "absent")
     monkeypatch.setitem(sys.modules, "nilearn.datasets", None)  # nilearn not installed
@@ -54,7 +54,7 @@ def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type
     text = "\n".join(lines)
     assert "NO VERDICT" not in text and text.count("Planted #") == 2 and "4 series" in text
     assert len(results) == 4
-    from worker import demo
+    from deepbrainprint import demo
 
     if (demo.SHARED_DATA / demo.REAL_REPEAT).is_dir():  # real people: every verdict, planted or not, must be right
         assert [(r["expected"], r["verdict"]) for r in results if not r["found"]] == [], results

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dbp_orthanc import server, writeback
 
+from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scp import StorageNode
 from dicom_node.scu import send_instances
 from dicom_node.synthetic import mr_series
 from dicom_node.types import CompletedSeries
-from fingerprint.config import Settings, load_settings
-from orthanc import server, writeback
 from worker.dispatch import submit_completed_series
 from worker.embedded import EmbeddedWorker
 from worker.ledger import DONE, QUEUED, WRITEBACK_DONE, WRITEBACK_PENDING
@@ -75,8 +75,8 @@ def completed_folder(folder: Path, key: str) -> CompletedSeries:
 def test_series_sent_to_the_scp_ends_as_a_verdict_in_the_store(settings, write_head_series, tmp_path) -> None:  # type: ignore[no-untyped-def]
     files = write_head_series(tmp_path / "colin", "colin", "EMB-PATIENT-1")
     series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
-    worker = EmbeddedWorker(settings).start()
-    node = StorageNode(settings, lambda completed: submit_completed_series(settings, completed)).start()
+    worker = EmbeddedWorker(settings.worker_config()).start()
+    node = StorageNode(settings.node_config(), lambda completed: submit_completed_series(settings.worker_config(), completed)).start()
     try:
         assert send_instances(files, node.port, called_ae=settings.ae_title).all_ok
         assert wait_for(lambda: settled(worker.ctx.ledger, 1)), worker.ctx.ledger.all_jobs()
@@ -89,7 +89,7 @@ def test_series_sent_to_the_scp_ends_as_a_verdict_in_the_store(settings, write_h
         worker.stop()
     from fingerprint.identity.archive import Archive
 
-    with Archive(settings) as archive:
+    with Archive(settings.archive_config()) as archive:
         assert series_uid in archive.store.recorded_series_uids(job.verdict["model_version"])
     assert "EMB-PATIENT-1" not in str(job)  # the ledger holds no clear PatientID
 
@@ -97,9 +97,9 @@ def test_series_sent_to_the_scp_ends_as_a_verdict_in_the_store(settings, write_h
 def test_bad_series_is_a_rejected_verdict_not_a_retry(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "scout"
     save_series(mr_series(6, seed=7), folder)  # six 32x32 slices: no 3D brain volume
-    ctx = WorkerContext(settings)
+    ctx = WorkerContext(settings.worker_config())
     key, _ = submit_to_ledger(ctx, completed_folder(folder, "scout-key"), "test")
-    with EmbeddedWorker(settings) as worker:
+    with EmbeddedWorker(settings.worker_config()) as worker:
         assert wait_for(lambda: settled(worker.ctx.ledger, 1), 60)
     job = ctx.ledger.get(key)
     assert job.state == DONE, job.last_error
@@ -111,7 +111,7 @@ def test_bad_series_is_a_rejected_verdict_not_a_retry(settings, tmp_path) -> Non
 def test_identical_resend_is_processed_once(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "scout"
     save_series(mr_series(6, seed=8), folder)
-    ctx = WorkerContext(settings)
+    ctx = WorkerContext(settings.worker_config())
     first, is_new = submit_to_ledger(ctx, completed_folder(folder, "k"), "test")
     again, is_new_again = submit_to_ledger(ctx, completed_folder(folder, "k"), "test")
     assert first == again and is_new and not is_new_again
@@ -122,14 +122,14 @@ def test_identical_resend_is_processed_once(settings, tmp_path) -> None:  # type
 
 
 def test_embedded_restart_loses_nothing(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    ctx = WorkerContext(settings)
+    ctx = WorkerContext(settings.worker_config())
     keys = []
     for number in range(4):
         folder = tmp_path / f"series-{number}"
         save_series(mr_series(5, seed=20 + number), folder)
         keys.append(submit_to_ledger(ctx, completed_folder(folder, f"key-{number}"), "test")[0])
     # A first worker stops after its first verdict: the rest of the queue is left behind ...
-    first_worker = EmbeddedWorker(settings)
+    first_worker = EmbeddedWorker(settings.worker_config())
     first_worker.on_verdict = lambda job, verdict: first_worker.request_stop()
     first_worker.start()
     assert wait_for(lambda: settled(ctx.ledger, 1), 60)
@@ -139,7 +139,7 @@ def test_embedded_restart_loses_nothing(settings, tmp_path) -> None:  # type: ig
     # ... and a series was in hand when the process died (claimed, never finished).
     crashed = ctx.ledger.claim_next()
     assert crashed is not None and ctx.ledger.get(crashed.job_key).state == "running"
-    with EmbeddedWorker(settings) as second_worker:
+    with EmbeddedWorker(settings.worker_config()) as second_worker:
         assert wait_for(lambda: settled(second_worker.ctx.ledger, 4), 60)
     assert {ctx.ledger.get(k).state for k in keys} == {DONE}
     ctx.close()
@@ -163,10 +163,10 @@ def test_orthanc_down_during_writeback_keeps_the_verdict_and_retries(settings, t
     settings.orthanc_url, settings.orthanc_username, settings.orthanc_password = instance.url, "radiology", "pw-test"
     folder = tmp_path / "series"
     save_series(datasets, folder)
-    ctx = WorkerContext(settings)
+    ctx = WorkerContext(settings.worker_config())
     key, _ = submit_to_ledger(ctx, completed_folder(folder, "wb-key"), "test")
     try:
-        with EmbeddedWorker(settings, poll_interval_s=0.2) as worker:
+        with EmbeddedWorker(settings.worker_config(), poll_interval_s=0.2) as worker:
             assert wait_for(lambda: settled(worker.ctx.ledger, 1), 60)
             assert wait_for(lambda: worker.ctx.ledger.get(key).writeback_attempts >= 1, 30)
             job = worker.ctx.ledger.get(key)
@@ -183,10 +183,10 @@ def test_orthanc_down_during_writeback_keeps_the_verdict_and_retries(settings, t
 
 def test_serve_without_broker_starts_an_embedded_worker_on_first_series(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``deepbrainprint serve`` in embedded mode: the node's hand-on alone must get the series processed."""
-    node = StorageNode(settings, lambda completed: submit_completed_series(settings, completed)).start()
+    node = StorageNode(settings.node_config(), lambda completed: submit_completed_series(settings.worker_config(), completed)).start()
     try:
         assert send_instances(mr_series(6, seed=50), node.port, called_ae=settings.ae_title).all_ok
-        ctx = WorkerContext(settings)
+        ctx = WorkerContext(settings.worker_config())
         assert wait_for(lambda: settled(ctx.ledger, 1), 60)
         assert ctx.ledger.all_jobs()[0].verdict["verdict"] == "rejected"
         ctx.close()

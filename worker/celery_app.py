@@ -15,31 +15,31 @@ from __future__ import annotations
 
 from celery import Celery
 
-from fingerprint.config import Settings, load_settings
+from worker.config import WorkerConfig
 
 PROCESS_TASK = "dbp.process_series"
 WRITEBACK_TASK = "dbp.writeback"
 
 app = Celery("deepbrainprint", include=["worker.tasks"])
-_settings: Settings | None = None
+_config: WorkerConfig | None = None
 
 
-def fingerprint_queue(settings: Settings) -> str:
-    return f"{settings.queue_prefix}.fingerprint"
+def fingerprint_queue(config: WorkerConfig) -> str:
+    return f"{config.queue_prefix}.fingerprint"
 
 
-def writeback_queue(settings: Settings) -> str:
-    return f"{settings.queue_prefix}.writeback"
+def writeback_queue(config: WorkerConfig) -> str:
+    return f"{config.queue_prefix}.writeback"
 
 
-def configure(settings: Settings) -> Celery:
-    """Point the app at ``settings`` (broker, queues); tasks in this process use the same settings."""
-    global _settings
-    if not settings.broker_url:
+def configure(config: WorkerConfig) -> Celery:
+    """Point the app at ``config`` (broker, queues); tasks in this process use the same config."""
+    global _config
+    if not config.broker_url:
         raise ValueError("service mode needs broker_url (e.g. redis://127.0.0.1:6379/0)")
-    _settings = settings
+    _config = config
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=config.broker_url,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600},
         task_acks_late=True,
@@ -49,30 +49,30 @@ def configure(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         result_backend=None,
-        task_default_queue=fingerprint_queue(settings),
+        task_default_queue=fingerprint_queue(config),
         task_routes={
-            PROCESS_TASK: {"queue": fingerprint_queue(settings)},
-            WRITEBACK_TASK: {"queue": writeback_queue(settings)},
+            PROCESS_TASK: {"queue": fingerprint_queue(config)},
+            WRITEBACK_TASK: {"queue": writeback_queue(config)},
         },
         worker_hijack_root_logger=False,
     )
     return app
 
 
-def current_settings() -> Settings:
-    """The settings this worker process was configured with (from the environment when started by Celery itself)."""
-    if _settings is None:
-        configure(load_settings())
-    assert _settings is not None
-    return _settings
+def current_config() -> WorkerConfig:
+    """The config this worker process was configured with (``deepbrainprint worker`` configures it before the pool
+    forks, so every pool process has it)."""
+    if _config is None:
+        raise RuntimeError("the Celery app is not configured: start workers with `deepbrainprint worker`")
+    return _config
 
 
-def send_process_series(settings: Settings, job_key: str) -> None:
+def send_process_series(config: WorkerConfig, job_key: str) -> None:
     """Enqueue one series by job key (by name: the sending process never imports the task code or torch)."""
-    if _settings is None or _settings.broker_url != settings.broker_url:
-        configure(settings)
-    app.send_task(PROCESS_TASK, args=[job_key], queue=fingerprint_queue(settings))
+    if _config is None or _config.broker_url != config.broker_url:
+        configure(config)
+    app.send_task(PROCESS_TASK, args=[job_key], queue=fingerprint_queue(config))
 
 
-def send_writeback(settings: Settings, job_key: str, countdown_s: float = 0.0) -> None:
-    app.send_task(WRITEBACK_TASK, args=[job_key], queue=writeback_queue(settings), countdown=countdown_s or None)
+def send_writeback(config: WorkerConfig, job_key: str, countdown_s: float = 0.0) -> None:
+    app.send_task(WRITEBACK_TASK, args=[job_key], queue=writeback_queue(config), countdown=countdown_s or None)

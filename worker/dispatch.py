@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from dicom_node.types import CompletedSeries
-from fingerprint.config import Settings
+from worker.config import WorkerConfig
 from worker.ledger import DONE
 from worker.steps import WorkerContext, release_spool, submit_to_ledger
 
@@ -19,18 +19,18 @@ log = logging.getLogger(__name__)
 _contexts: dict[str, WorkerContext] = {}
 
 
-def _context(settings: Settings) -> WorkerContext:
-    key = settings.resolved_store_url
+def _context(config: WorkerConfig) -> WorkerContext:
+    key = config.ledger_url
     if key not in _contexts:
-        _contexts[key] = WorkerContext(settings)
+        _contexts[key] = WorkerContext(config)
     return _contexts[key]
 
 
-def submit_completed_series(settings: Settings, completed: CompletedSeries) -> str:
+def submit_completed_series(config: WorkerConfig, completed: CompletedSeries) -> str:
     """Queue one complete series for processing; returns its job key. Raises if it could not be queued durably
     (the node then keeps the series as complete and hands it on again later)."""
-    ctx = _context(settings)
-    via = "celery" if settings.broker_url else "embedded"
+    ctx = _context(config)
+    via = "celery" if config.broker_url else "embedded"
     job_key, is_new = submit_to_ledger(ctx, completed, via)
     if not is_new:
         job = ctx.ledger.get(job_key)
@@ -38,12 +38,12 @@ def submit_completed_series(settings: Settings, completed: CompletedSeries) -> s
             release_spool(ctx, completed)
             log.info("series %s: identical content already processed", completed.series_key)
             return job_key
-    if settings.broker_url:
+    if config.broker_url:
         from worker.celery_app import send_process_series
 
-        send_process_series(settings, job_key)
+        send_process_series(config, job_key)
     else:
         from worker.embedded import ensure_embedded_worker
 
-        ensure_embedded_worker(settings).wake()
+        ensure_embedded_worker(config).wake()
     return job_key

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fingerprint.config import Settings
+from worker.config import WorkerConfig
 from worker.ledger import QUEUED, RUNNING, WRITEBACK_PENDING, Job, backoff_s
 from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
 
@@ -37,12 +37,12 @@ class EmbeddedWorker:
 
     def __init__(
         self,
-        settings: Settings,
+        config: WorkerConfig,
         *,
         poll_interval_s: float = 0.5,
         on_verdict: Callable[[Job, dict[str, Any]], None] | None = None,
     ) -> None:
-        self.ctx = WorkerContext(settings)
+        self.ctx = WorkerContext(config)
         self.poll_interval_s = poll_interval_s
         self.on_verdict = on_verdict
         self._stop = threading.Event()
@@ -114,12 +114,12 @@ class EmbeddedWorker:
         return False  # write-back retries never count as "busy": they wait for their own due time
 
     def _process(self, job: Job) -> None:
-        settings = self.ctx.settings
+        config = self.ctx.config
         try:
             verdict = process_job(self.ctx, job)
         except Exception as error:  # noqa: BLE001 - transient or not, the row keeps the reason and retries are bounded
-            give_up = job.attempts >= settings.task_max_attempts or not isinstance(error, TRANSIENT_ERRORS)
-            retry_in = None if give_up else backoff_s(job.attempts, settings.retry_backoff_max_s)
+            give_up = job.attempts >= config.task_max_attempts or not isinstance(error, TRANSIENT_ERRORS)
+            retry_in = None if give_up else backoff_s(job.attempts, config.retry_backoff_max_s)
             self.ctx.ledger.fail_attempt(job.job_key, f"{type(error).__name__}: {error}", retry_in)
             log.warning("series %s: attempt %d failed (%s)%s", job.series_key, job.attempts,
                         type(error).__name__, "; given up" if give_up else f"; retry in {retry_in:.0f} s")
@@ -143,10 +143,10 @@ class EmbeddedWorker:
 __all__ = ["EmbeddedWorker", "ensure_embedded_worker", "wake_embedded_workers"]
 
 
-def ensure_embedded_worker(settings: Settings) -> EmbeddedWorker:
+def ensure_embedded_worker(config: WorkerConfig) -> EmbeddedWorker:
     """The running in-process worker for this archive, started on first need (``deepbrainprint serve`` without a
     broker gets one this way, the first time a series completes)."""
     for worker in _running_workers:
-        if worker.ctx.settings.resolved_store_url == settings.resolved_store_url:
+        if worker.ctx.config.ledger_url == config.ledger_url:
             return worker
-    return EmbeddedWorker(settings).start()
+    return EmbeddedWorker(config).start()

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from dbp_orthanc.writeback import WritebackUnavailable, make_client, write_verdict
 from sqlalchemy.exc import DBAPIError
 
 from dicom_node.types import CompletedSeries
-from fingerprint.config import Settings
 from fingerprint.errors import SeriesRejected
-from orthanc.writeback import WritebackUnavailable, make_client, write_verdict
+from worker.config import WorkerConfig
 from worker.ledger import (
     WRITEBACK_DONE,
     WRITEBACK_NONE,
@@ -81,9 +81,9 @@ def series_instance_uid_of(folder: Path) -> str:
 
 @dataclass
 class WorkerContext:
-    """What a worker process keeps between jobs: the settings, and lazily the ledger, archive and Orthanc client."""
+    """What a worker process keeps between jobs: the config, and lazily the ledger, archive and Orthanc client."""
 
-    settings: Settings
+    config: WorkerConfig
     _ledger: Ledger | None = field(default=None, repr=False)
     _archive: Any = field(default=None, repr=False)
     _orthanc: Any = field(default=None, repr=False)
@@ -91,23 +91,25 @@ class WorkerContext:
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self.settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)
-            self._ledger = Ledger(self.settings.resolved_store_url)
+            self.config.archive.index_dir.mkdir(parents=True, exist_ok=True)
+            self._ledger = Ledger(self.config.ledger_url)
         return self._ledger
 
     @property
     def archive(self) -> Any:
         if self._archive is None:
-            from fingerprint.identity.archive import Archive  # torch, FAISS: only in processes that fingerprint
+            from fingerprint.identity.archive import (
+                Archive,  # torch, FAISS: only in processes that fingerprint
+            )
 
-            self._archive = Archive(self.settings)
+            self._archive = Archive(self.config.archive)
         return self._archive
 
     @property
     def orthanc(self) -> Any:
-        if self._orthanc is None and self.settings.orthanc_url:
+        if self._orthanc is None and self.config.orthanc_url:
             self._orthanc = make_client(
-                self.settings.orthanc_url, self.settings.orthanc_username, self.settings.orthanc_password
+                self.config.orthanc_url, self.config.orthanc_username, self.config.orthanc_password
             )
         return self._orthanc
 
@@ -128,9 +130,9 @@ def submit_to_ledger(ctx: WorkerContext, completed: CompletedSeries, via: str) -
 
 def release_spool(ctx: WorkerContext, completed: CompletedSeries) -> None:
     """Tell the node's spool the series is finished (only for series that live in this spool)."""
-    from dicom_node.spool import open_spool
+    from dicom_node.spool import Spool
 
-    spool = open_spool(ctx.settings)
+    spool = Spool(ctx.config.spool_dir)
     if Path(completed.path).resolve() != spool.instances_dir(completed.series_key).resolve():
         return  # a folder handed on directly (tests, tools): no spool state to update
     spool.mark_done(completed.series_key, completed.generation)
@@ -151,7 +153,7 @@ def process_job(ctx: WorkerContext, job: Job) -> dict[str, Any]:
         verdict = {"verdict": "rejected", **rejected.as_json()}
     if not verdict.get("series_instance_uid"):
         verdict = {**verdict, "series_instance_uid": series_instance_uid_of(completed.path)}
-    writeback = WRITEBACK_PENDING if ctx.settings.orthanc_url and verdict["series_instance_uid"] else WRITEBACK_NONE
+    writeback = WRITEBACK_PENDING if ctx.config.orthanc_url and verdict["series_instance_uid"] else WRITEBACK_NONE
     ctx.ledger.finish(job.job_key, verdict, writeback)
     release_spool(ctx, completed)
     log.info("series %s: %s", completed.series_key, verdict.get("verdict"))
@@ -167,7 +169,7 @@ def writeback_job(ctx: WorkerContext, job_key: str) -> bool:
     try:
         report = write_verdict(ctx.orthanc, job.verdict["series_instance_uid"], job.verdict)
     except WritebackUnavailable as error:
-        delay = backoff_s(job.writeback_attempts + 1, ctx.settings.retry_backoff_max_s)
+        delay = backoff_s(job.writeback_attempts + 1, ctx.config.retry_backoff_max_s)
         ctx.ledger.set_writeback(job_key, WRITEBACK_PENDING, f"Orthanc unavailable: {error}", retry_in_s=delay)
         log.warning("write-back of %s deferred %.0f s: Orthanc unavailable (%s)", job.series_key, delay, error)
         return False

@@ -12,7 +12,13 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_shutdown, worker_ready
 
-from worker.celery_app import PROCESS_TASK, WRITEBACK_TASK, app, current_settings, send_writeback
+from worker.celery_app import (
+    PROCESS_TASK,
+    WRITEBACK_TASK,
+    app,
+    current_config,
+    send_writeback,
+)
 from worker.ledger import DONE, WRITEBACK_PENDING, backoff_s
 from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
 
@@ -25,7 +31,7 @@ def context() -> WorkerContext:
     """One context per worker process: the model and FAISS index are loaded once, not per series."""
     global _ctx
     if _ctx is None:
-        _ctx = WorkerContext(current_settings())
+        _ctx = WorkerContext(current_config())
     return _ctx
 
 
@@ -38,7 +44,7 @@ def _resubmit_pending_writebacks(**_: Any) -> None:
     except TRANSIENT_ERRORS:
         return
     for job in due:
-        send_writeback(context().settings, job.job_key)
+        send_writeback(context().config, job.job_key)
     if due:
         log.info("%d pending write-backs queued again", len(due))
 
@@ -55,7 +61,7 @@ def _close_context(**_: Any) -> None:
 @app.task(name=PROCESS_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
     ctx = context()
-    settings = ctx.settings
+    config = ctx.config
     try:
         job = ctx.ledger.start(job_key)
         if job is None:
@@ -66,8 +72,8 @@ def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
         verdict = process_job(ctx, job)
     except TRANSIENT_ERRORS as error:
         attempt = self.request.retries + 1
-        give_up = attempt >= settings.task_max_attempts
-        delay = backoff_s(attempt, settings.retry_backoff_max_s)
+        give_up = attempt >= config.task_max_attempts
+        delay = backoff_s(attempt, config.retry_backoff_max_s)
         try:
             ctx.ledger.fail_attempt(job_key, f"{type(error).__name__}: {error}", None if give_up else delay)
         except TRANSIENT_ERRORS:
@@ -80,7 +86,7 @@ def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
         log.exception("job %s failed", job_key)
         return {"job_key": job_key, "verdict": None, "error": type(error).__name__}
     if ctx.ledger.get(job_key).writeback_state == WRITEBACK_PENDING:
-        send_writeback(settings, job_key)
+        send_writeback(config, job_key)
     return {"job_key": job_key, "verdict": verdict.get("verdict")}
 
 
@@ -92,4 +98,4 @@ def writeback_task(self: Task, job_key: str) -> bool:
     if writeback_job(ctx, job_key):
         return True
     job = ctx.ledger.get(job_key)
-    raise self.retry(countdown=backoff_s(job.writeback_attempts, ctx.settings.retry_backoff_max_s))
+    raise self.retry(countdown=backoff_s(job.writeback_attempts, ctx.config.retry_backoff_max_s))

@@ -19,20 +19,15 @@ import hashlib
 import json
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 
-from fingerprint.config import Settings
 from fingerprint.errors import SeriesRejected
-from fingerprint.identity.calibration import (
-    Thresholds,
-    load_thresholds,
-    thresholds_from_json,
-)
+from fingerprint.identity.calibration import Thresholds, resolve_thresholds
 from fingerprint.identity.index import FingerprintIndex
 from fingerprint.identity.patient_ids import hash_patient_id, load_or_create_key
 from fingerprint.identity.store import (
@@ -54,17 +49,57 @@ SAVE_INDEX_EVERY = 200
 Source = Path | str | Sequence[pydicom.Dataset]
 
 
-class Archive:
-    """One identity archive (store + FAISS index + thresholds), as configured by ``settings``."""
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """Everything an archive needs to know, given explicitly (the application builds it from its settings).
 
-    def __init__(self, settings: Settings, model: Any = None, thresholds: Thresholds | None = None) -> None:
-        self.settings = settings
-        self.store = Store(settings.resolved_store_url)
-        if settings.faiss_threads > 0:  # process-wide: OpenMP start-up costs more than one query on a busy host
+    Example::
+
+        archive = Archive(ArchiveConfig.at(Path("/srv/dbp/index")))   # SQLite store and FAISS index in that folder
+        verdict = archive.process(Path("/incoming/series-folder"))
+    """
+
+    index_dir: Path
+    store_url: str  # sqlite:///... or postgresql+psycopg://...
+    model_path: Path | None = None  # None: the shipped weights
+    slice_method: str = "anatomical"  # or "middle" (the paper's protocol)
+    faiss_factory: str = "Flat"
+    faiss_search_params: str = ""
+    faiss_threads: int = 1
+    top_k: int = 5
+    patient_id_hash_key: str = ""  # empty: the key file in index_dir (created once)
+    keep_clear_patient_id: bool = False
+    verification: bool = True
+    verify_own_scans: int = 2
+    verify_other_patients: int = 3
+    evidence_pictures: bool = True
+
+    @classmethod
+    def at(cls, index_dir: Path, store_url: str | None = None, **options: Any) -> ArchiveConfig:
+        """An archive in ``index_dir``; its store defaults to SQLite there."""
+        index_dir = Path(index_dir)
+        return cls(index_dir, store_url or f"sqlite:///{index_dir / 'store.sqlite'}", **options)
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The folder of the configured weights (None: the shipped ones), where their thresholds file sits."""
+        if self.model_path is None:
+            return None
+        path = Path(self.model_path).expanduser()
+        return path if path.is_dir() else path.parent
+
+
+class Archive:
+    """One identity archive (store + FAISS index + thresholds), as ``config`` describes it."""
+
+    def __init__(self, config: ArchiveConfig, model: Any = None, thresholds: Thresholds | None = None) -> None:
+        self.config = config
+        self.store = Store(config.store_url)
+        if config.faiss_threads > 0:  # process-wide: OpenMP start-up costs more than one query on a busy host
             import faiss
 
-            faiss.omp_set_num_threads(settings.faiss_threads)
-        self._hash_key = load_or_create_key(settings)
+            faiss.omp_set_num_threads(config.faiss_threads)
+        self._hash_key = load_or_create_key(config.index_dir, config.patient_id_hash_key)
         self._model = model
         self._explicit_thresholds = thresholds
         self._indexes: dict[str, FingerprintIndex] = {}
@@ -79,7 +114,7 @@ class Archive:
         if self._model is None:
             from fingerprint.model.fingerprinter import load_model
 
-            self._model = load_model(self.settings.model_path)
+            self._model = load_model(self.config.model_path)
         return self._model
 
     @property
@@ -96,9 +131,12 @@ class Archive:
         """The site's calibration of a model or verification method version in the store, else the files (index
         folder, shipped), else the labelled fallback; read once per process."""
         if version not in self._thresholds:
-            stored = self.store.load_thresholds(version)
-            found = thresholds_from_json(stored, "store") if stored else load_thresholds(self.settings, version)
-            self._thresholds[version] = found
+            self._thresholds[version] = resolve_thresholds(
+                version,
+                stored=self.store.load_thresholds(version),
+                index_dir=self.config.index_dir,
+                model_dir=self.config.model_dir,
+            )
         return self._thresholds[version]
 
     def hash_patient_id(self, patient_id: str) -> str:
@@ -109,7 +147,7 @@ class Archive:
         """Read, slice and embed one series (heavy, lock-free). Raises :class:`SeriesRejected` for bad input."""
         from fingerprint.model.fingerprinter import fingerprint_series
 
-        return fingerprint_series(source, method=self.settings.slice_method, model=self.model)
+        return fingerprint_series(source, method=self.config.slice_method, model=self.model)
 
     def decide_and_record(
         self,
@@ -173,7 +211,7 @@ class Archive:
             verdict = decide(
                 patient_hash, own, neighbours, thresholds, verification_thresholds if verifier is not None else None
             )
-            verdict["neighbours"] = verdict["neighbours"][: max(1, int(self.settings.top_k))]
+            verdict["neighbours"] = verdict["neighbours"][: max(1, int(self.config.top_k))]
             row = {
                 **self._identity_columns(ids, patient_hash, model_version, source_info),
                 "status": STATUS_FINGERPRINTED,
@@ -204,7 +242,7 @@ class Archive:
         index = self._synced_index(conn, model_version)
         own_rows = self.store.own_scans(conn, model_version, patient_hash, series_uid)
         own = [_candidate(row, float(row["vector"] @ vector)) for row in own_rows]
-        hits = index.search(vector, max(1, int(self.settings.top_k)) + len(own) + 1)
+        hits = index.search(vector, max(1, int(self.config.top_k)) + len(own) + 1)
         summaries = self.store.summaries(conn, [h.row_id for h in hits])
         neighbours = [
             _candidate(summaries[h.row_id], h.similarity)
@@ -227,7 +265,7 @@ class Archive:
             if series_uid not in stored:
                 return None
             brain = brain_from_bytes(stored[series_uid])
-        return PairVerifier(self.store, brain, keep_pictures=self.settings.evidence_pictures)
+        return PairVerifier(self.store, brain, keep_pictures=self.config.evidence_pictures)
 
     def _verify(
         self,
@@ -240,7 +278,7 @@ class Archive:
         verification_thresholds: Thresholds,
     ) -> None:
         """Verify the own scans that decide, then, where still needed, the other PatientIDs that come near."""
-        picks = Picks(int(self.settings.verify_own_scans), int(self.settings.verify_other_patients))
+        picks = Picks(int(self.config.verify_own_scans), int(self.config.verify_other_patients))
         for _round in range(2):  # own scans first: their result says whether other PatientIDs are needed
             chosen = verifier.pick(own, neighbours, patient_hash, picks, thresholds, verification_thresholds)
             verifier.run(conn, chosen)
@@ -249,7 +287,7 @@ class Archive:
     def verification_thresholds(self) -> Thresholds | None:
         """The verification stage's calibrated thresholds (store, index folder, shipped), or None when the stage is
         switched off or nothing was calibrated for its method version (the fingerprint then decides alone)."""
-        if not self.settings.verification:
+        if not self.config.verification:
             return None
         found = self._calibrated(VERIFICATION_VERSION)
         return None if found.source == "fallback" else found
@@ -283,10 +321,10 @@ class Archive:
         index = self._indexes.get(model_version)
         if index is None:
             index = FingerprintIndex.open(
-                self.settings.resolved_index_dir,
+                self.config.index_dir,
                 model_version,
-                self.settings.faiss_factory,
-                self.settings.faiss_search_params,
+                self.config.faiss_factory,
+                self.config.faiss_search_params,
             )
             index.sync(self.store, conn, verify_count=True)
             self._indexes[model_version] = index
@@ -312,7 +350,7 @@ class Archive:
             "series_instance_uid": ids.series_instance_uid,
             "model_version": model_version,
             "patient_id_hash": patient_hash,
-            "patient_id": ids.patient_id if self.settings.keep_clear_patient_id else None,
+            "patient_id": ids.patient_id if self.config.keep_clear_patient_id else None,
             "study_instance_uid": ids.study_instance_uid,
             "sop_instance_uids": json.dumps(list(ids.sop_instance_uids)),
             "instance_count": len(ids.sop_instance_uids),

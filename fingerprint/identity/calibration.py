@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint.config import Settings
 from fingerprint.locations import SHIPPED_WEIGHTS_DIR
 from fingerprint.metrics import highest_allowed_negative, pair_scores, score_quantiles
 
@@ -105,8 +104,9 @@ def thresholds_from_similarities(
 
 
 # --- persistence ---------------------------------------------------------------------------------------------------
-def site_thresholds_path(settings: Settings) -> Path:
-    return settings.resolved_index_dir / THRESHOLDS_FILE
+def site_thresholds_path(index_dir: Path) -> Path:
+    """Where a site's own calibration is written beside its index (``calibrate`` also writes it to the store)."""
+    return Path(index_dir) / THRESHOLDS_FILE
 
 
 def save_thresholds(thresholds: Thresholds, path: Path) -> None:
@@ -123,17 +123,27 @@ def thresholds_from_json(entry: dict[str, Any], where: str) -> Thresholds:
     return Thresholds(**{**entry, "details": {**entry.get("details", {}), "from": where}})
 
 
-def load_thresholds(settings: Settings, model_version: str) -> Thresholds:
-    """The site's calibration file for this model version, else the shipped one, else the labelled fallback.
+def resolve_thresholds(
+    version: str, *, stored: dict[str, Any] | None = None, index_dir: Path | None = None, model_dir: Path | None = None
+) -> Thresholds:
+    """The thresholds of a model (or verification method) version, from the first place that has them.
 
-    (:class:`fingerprint.identity.archive.Archive` first looks in the store, where ``calibrate`` also writes.)
+    In order: ``stored`` (the site's calibration as the store keeps it), the site's file in ``index_dir``, the file
+    shipped beside the model's weights in ``model_dir`` (a custom model brings its own; ``None``: the shipped weights'
+    folder), else the labelled fallback. This is the one lookup: the archive, the CLI and the benchmarks all use it.
     """
-    for path in (site_thresholds_path(settings), SHIPPED_THRESHOLDS):
+    if stored:
+        return thresholds_from_json(stored, "store")
+    beside_model = Path(model_dir) / THRESHOLDS_FILE if model_dir is not None else SHIPPED_THRESHOLDS
+    candidates = ([site_thresholds_path(index_dir)] if index_dir is not None else []) + [beside_model]
+    if beside_model != SHIPPED_THRESHOLDS:
+        candidates.append(SHIPPED_THRESHOLDS)  # the verification method's thresholds do not depend on the model
+    for path in candidates:
         if path.exists():
-            entry = json.loads(path.read_text()).get(model_version)
+            entry = json.loads(path.read_text()).get(version)
             if entry:
                 return thresholds_from_json(entry, str(path))
-    return fallback_thresholds(model_version)
+    return fallback_thresholds(version)
 
 
 # --- calibration -------------------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ Why a *keyed* hash (HMAC-SHA256) and not a plain SHA-256: PatientIDs are short a
 so a plain hash is reversed by trying them all. With a secret site key nobody without the key can do that, yet the
 same PatientID always gives the same hash inside one site, which is all the verdicts need.
 
-The key comes from the settings (``patient_id_hash_key``, from the environment or the config file, never the command
-line); without one, a random key is created once in the index folder (mode 0600) and reused from then on. Losing that
+The key is given by the caller (the site's ``patient_id_hash_key`` setting, from the environment or the config file,
+never the command line); without one, a random key is created once in the index folder (mode 0600) and reused from then on. Losing that
 file means new hashes no longer link to old ones, so back it up with the store.
 """
 
@@ -17,18 +17,16 @@ import os
 import secrets
 from pathlib import Path
 
-from fingerprint.config import Settings
-
 KEY_FILE_NAME = "patient_id.key"
 #: Hashes are stored and shown with this prefix so nobody mistakes them for clear PatientIDs.
 HASH_PREFIX = "h:"
 
 
-def load_or_create_key(settings: Settings) -> bytes:
-    """The site's hash key: from the settings, else the key file in the index folder (created 0600 if absent)."""
-    if settings.patient_id_hash_key:
-        return settings.patient_id_hash_key.encode("utf-8")
-    index_dir = settings.resolved_index_dir
+def load_or_create_key(index_dir: Path, configured_key: str = "") -> bytes:
+    """The site's hash key: ``configured_key`` if given, else the key file in ``index_dir`` (created 0600 if absent)."""
+    if configured_key:
+        return configured_key.encode("utf-8")
+    index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     path = index_dir / KEY_FILE_NAME
     if not path.exists():

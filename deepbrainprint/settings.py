@@ -1,8 +1,11 @@
-"""Configuration, one place for every part of the product.
+"""Settings, one place for every part of the product; each part gets only its own, as an explicit config.
 
 Values come from (later wins): the defaults below, a TOML file (``--config`` or ``$DBP_CONFIG``), and environment
 variables ``DBP_<FIELD>`` (upper case). Secrets (the PatientID hash key, Orthanc password) are read from the
 environment or the file, never from command lines, so they do not leak into process listings.
+
+The parts never see this class: :meth:`Settings.node_config`, :meth:`Settings.archive_config` and
+:meth:`Settings.worker_config` build the plain configs the DICOM node, the fingerprint library and the worker take.
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dicom_node.config import NodeConfig
+    from fingerprint.identity.archive import ArchiveConfig
+    from worker.config import WorkerConfig
 
 
 def _default_home() -> Path:
@@ -78,6 +86,57 @@ class Settings:
     @property
     def resolved_spool_dir(self) -> Path:
         return Path(self.spool_dir) if self.spool_dir else self.home / "spool"
+
+    # --- what each part is given ---------------------------------------------------------------------------------
+    def archive_config(self) -> ArchiveConfig:
+        from fingerprint.identity.archive import ArchiveConfig
+
+        return ArchiveConfig(
+            index_dir=self.resolved_index_dir,
+            store_url=self.resolved_store_url,
+            model_path=self.model_path,
+            slice_method=self.slice_method,
+            faiss_factory=self.faiss_factory,
+            faiss_search_params=self.faiss_search_params,
+            faiss_threads=self.faiss_threads,
+            top_k=self.top_k,
+            patient_id_hash_key=self.patient_id_hash_key,
+            keep_clear_patient_id=self.keep_clear_patient_id,
+            verification=self.verification,
+            verify_own_scans=self.verify_own_scans,
+            verify_other_patients=self.verify_other_patients,
+            evidence_pictures=self.evidence_pictures,
+        )
+
+    def node_config(self) -> NodeConfig:
+        from dicom_node.config import NodeConfig
+
+        return NodeConfig(
+            spool_dir=self.resolved_spool_dir,
+            ae_title=self.ae_title,
+            port=int(self.port),
+            bind_address=self.bind_address,
+            allowed_calling_aes=self.allowed_calling_aes,
+            quiet_time_s=self.quiet_time_s,
+            open_quiet_time_s=self.open_quiet_time_s,
+            dicom_network_timeout_s=self.dicom_network_timeout_s,
+            spool_keep_done_s=self.spool_keep_done_s,
+        )
+
+    def worker_config(self) -> WorkerConfig:
+        from worker.config import WorkerConfig
+
+        return WorkerConfig(
+            archive=self.archive_config(),
+            spool_dir=self.resolved_spool_dir,
+            broker_url=self.broker_url,
+            queue_prefix=self.queue_prefix,
+            task_max_attempts=self.task_max_attempts,
+            retry_backoff_max_s=self.retry_backoff_max_s,
+            orthanc_url=self.orthanc_url,
+            orthanc_username=self.orthanc_username,
+            orthanc_password=self.orthanc_password,
+        )
 
 
 def _coerce(value: Any, current_type: Any) -> Any:

@@ -99,7 +99,11 @@ def warped_subject(head: Any, seed: int) -> Any:
     import numpy as np
     import SimpleITK as sitk
 
-    from fingerprint.cohort.deform import displacement_transform, scale_transform, smooth_noise_field
+    from fingerprint.cohort.deform import (
+        displacement_transform,
+        scale_transform,
+        smooth_noise_field,
+    )
 
     rng = np.random.default_rng(1000 + seed)
     scale = tuple(float(s) for s in 1.0 + rng.choice([-1, 1], 3) * rng.uniform(0.05, 0.08, 3))
@@ -189,12 +193,11 @@ def run_demo(
     """Run the demo; returns the exit status (0 when every series got a verdict). ``on_result`` receives one
     JSON-ready dict per series (what ``--json`` prints): the plan, the planted label and the verdict."""
     import pydicom
+    from dbp_orthanc.server import free_port
 
-    from dicom_node.scp import StorageNode
+    from deepbrainprint.settings import load_settings
+    from deepbrainprint.wiring import storage_node
     from dicom_node.scu import send_instances
-    from fingerprint.config import load_settings
-    from orthanc.server import free_port
-    from worker.dispatch import submit_completed_series
     from worker.embedded import EmbeddedWorker
 
     started = time.monotonic()
@@ -210,8 +213,8 @@ def run_demo(
     echo(f"Heads: {', '.join(heads)}. Sending {len(items)} series to the in-process SCP "
          f"({settings.ae_title} on port {settings.port}){where}\n")
     verdicts: queue.Queue[dict[str, Any]] = queue.Queue()
-    worker = EmbeddedWorker(settings, on_verdict=lambda job, verdict: verdicts.put(verdict)).start()
-    node = StorageNode(settings, lambda completed: submit_completed_series(settings, completed)).start()
+    worker = EmbeddedWorker(settings.worker_config(), on_verdict=lambda job, verdict: verdicts.put(verdict)).start()
+    node = storage_node(settings).start()
     rows = []
     try:
         for number, item in enumerate(items, 1):

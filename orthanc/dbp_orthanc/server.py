@@ -2,7 +2,7 @@
 
 Used by ``deepbrainprint up --with-orthanc`` and by the end-to-end tests. Each instance gets its own directory
 (storage, index, configuration, log) and its own ports, so tests and a running service never share state. The base
-configuration is ``orthanc/orthanc.json`` (remote access off, authentication on, the verdict metadata declared, the
+configuration is ``orthanc.json`` beside this module (remote access off, authentication on, the verdict metadata declared, the
 forwarding plugin loaded); this module fills in what differs per instance.
 """
 
@@ -22,7 +22,7 @@ import requests
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 BASE_CONFIG = PACKAGE_DIR / "orthanc.json"
-FORWARD_SCRIPT = PACKAGE_DIR / "forward_stable_series.py"
+FORWARD_SCRIPT = PACKAGE_DIR / "plugin" / "forward_stable_series.py"
 ORTHANC_BINARY = os.environ.get("DBP_ORTHANC_BINARY", shutil.which("Orthanc") or "/usr/sbin/Orthanc")
 PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 

@@ -174,7 +174,7 @@ def evaluate_cmd(
 
 def _real_head_benchmark(cohort: Path, model_path: Optional[Path], out: Path, shared: Optional[Path], workers: int) -> None:
     """The real-head benchmark (:mod:`fingerprint.evaluation.identity_benchmark`) with the shipped or given thresholds."""
-    from fingerprint.config import load_settings
+    from deepbrainprint.settings import load_settings
     from fingerprint.evaluation.identity_benchmark import run_identity_benchmark
     from fingerprint.evaluation.identity_data import (
         all_pairs,
@@ -182,7 +182,7 @@ def _real_head_benchmark(cohort: Path, model_path: Optional[Path], out: Path, sh
         score_pairs,
         shared_views,
     )
-    from fingerprint.identity.calibration import load_thresholds
+    from fingerprint.identity.calibration import resolve_thresholds
     from fingerprint.identity.verification import METHOD_VERSION
     from fingerprint.model.fingerprinter import load_model
 
@@ -192,12 +192,13 @@ def _real_head_benchmark(cohort: Path, model_path: Optional[Path], out: Path, sh
     if shared is not None:
         views = views + shared_views(shared, Path(out) / "shared-views", workers)
     pairs = score_pairs(views, all_pairs(views), workers, cache=Path(out) / "pair-cache")
-    verification = load_thresholds(settings, METHOD_VERSION)
+    archive_config = settings.archive_config()
+    verification = resolve_thresholds(METHOD_VERSION, index_dir=archive_config.index_dir, model_dir=archive_config.model_dir)
     run_identity_benchmark(
         views,
         pairs,
         fingerprinter.embed,
-        load_thresholds(settings, fingerprinter.model_version),
+        resolve_thresholds(fingerprinter.model_version, index_dir=archive_config.index_dir, model_dir=archive_config.model_dir),
         None if verification.source == "fallback" else verification,
         Path(out),
     )

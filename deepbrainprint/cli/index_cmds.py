@@ -110,7 +110,7 @@ def orthanc_sources(url: str, username: str, password: str) -> list[SeriesSource
 
 
 def _settings(config: Path | None, index: Path | None, **overrides: Any):
-    from fingerprint.config import load_settings
+    from deepbrainprint.settings import load_settings
 
     return load_settings(config, index_dir=index, **overrides)
 
@@ -181,7 +181,7 @@ def enroll(
         sources.extend(folder_sources(path))
     if orthanc:
         sources.extend(orthanc_sources(orthanc, settings.orthanc_username, settings.orthanc_password))
-    with Archive(settings) as archive:
+    with Archive(settings.archive_config()) as archive:
         done = archive.store.recorded_series_uids(archive.model_version)
         todo = [s for s in sources if not (s.series_instance_uid and s.series_instance_uid in done)]
         skipped = len(sources) - len(todo)
@@ -216,7 +216,7 @@ def query(
     if not sources:
         typer.echo(f"no DICOM found in {path}", err=True)
         raise typer.Exit(EXIT_NOTHING_FOUND)
-    with Archive(settings) as archive:
+    with Archive(settings.archive_config()) as archive:
         verdicts, errors = _run_series(archive, sources, record, as_json, None)
         if not as_json:
             _print_neighbours_hint(verdicts)
@@ -268,7 +268,7 @@ def calibrate(
         calibrated = list(calibrate_real_cohort(cohort, fingerprinter, rate, split, workers))
     else:
         calibrated = [calibrate_cohort(cohort, fingerprinter.embed, fingerprinter.model_version, rate, split)]
-    target = SHIPPED_THRESHOLDS if ship else site_thresholds_path(settings)
+    target = SHIPPED_THRESHOLDS if ship else site_thresholds_path(settings.resolved_index_dir)
     for thresholds in calibrated:
         _keep_thresholds(thresholds, target, settings, in_store=not ship)
         d = thresholds.details
@@ -316,7 +316,7 @@ def reindex(
     from fingerprint.identity.archive import Archive, reindex_archive
 
     settings = _settings(config, index, model_path=model)
-    with Archive(settings) as archive:
+    with Archive(settings.archive_config()) as archive:
         target = archive.model_version
         versions = {v: n for v, n in archive.store.model_versions().items() if v != target}
         source = from_version or (max(versions, key=versions.get) if versions else None)

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fingerprint.config import Settings
+from deepbrainprint.settings import Settings
 
-CLI = [sys.executable, "-m", "fingerprint.cli.app"]
+CLI = [sys.executable, "-m", "deepbrainprint.cli.app"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def pin_shared_settings(settings: Settings) -> None:
     from fingerprint.identity.patient_ids import load_or_create_key
 
     settings.store_url = settings.resolved_store_url
-    settings.patient_id_hash_key = load_or_create_key(settings).decode("utf-8")
+    settings.patient_id_hash_key = load_or_create_key(settings.resolved_index_dir, settings.patient_id_hash_key).decode("utf-8")
 
 
 def spawn(layout: ServiceLayout, name: str, argv: list[str], env: dict[str, str]) -> int:
@@ -119,8 +119,8 @@ def up(
     orthanc_stable_age_s: int = 5,
 ) -> dict[str, int]:
     """Start the service on this host; returns {name: pid}. Refuses when a previous ``up`` is still running."""
-    from orthanc import server as orthanc_server
-    from orthanc.server import free_port
+    from dbp_orthanc import server as orthanc_server
+    from dbp_orthanc.server import free_port
 
     layout = ServiceLayout.for_settings(settings)
     if layout.running():

@@ -31,7 +31,7 @@ def worker(
     config: Path = typer.Option(None, help="TOML settings file (also $DBP_CONFIG)."),
 ) -> None:
     """Run a Celery worker that fingerprints series and writes verdicts back (service and scaled-out modes)."""
-    from fingerprint.config import load_settings
+    from deepbrainprint.settings import load_settings
     from worker.celery_app import configure, fingerprint_queue, writeback_queue
 
     settings = load_settings(config, broker_url=broker)
@@ -43,8 +43,9 @@ def worker(
     if unknown:
         typer.echo(f"unknown queues: {', '.join(sorted(unknown))} (known: {', '.join(QUEUE_NAMES)})", err=True)
         raise typer.Exit(2)
-    names = {"fingerprint": fingerprint_queue(settings), "writeback": writeback_queue(settings)}
-    app = configure(settings)
+    config = settings.worker_config()
+    names = {"fingerprint": fingerprint_queue(config), "writeback": writeback_queue(config)}
+    app = configure(config)
     import worker.tasks  # noqa: F401 - registers the tasks
 
     argv = ["worker", "-Q", ",".join(names[q] for q in chosen), "-c", str(concurrency), "-P", pool,
@@ -68,8 +69,8 @@ def up(
     config: Path = typer.Option(None, help="TOML settings file (also $DBP_CONFIG)."),
 ) -> None:
     """Start the service on this host in the background: SCP + Celery workers (+ Orthanc). Stop with `down`."""
-    from fingerprint.config import load_settings
-    from worker import service
+    from deepbrainprint import supervisor as service
+    from deepbrainprint.settings import load_settings
 
     settings = load_settings(config, broker_url=broker, port=port)
     settings.broker_url = settings.broker_url or "redis://127.0.0.1:6379/0"
@@ -93,8 +94,8 @@ def up(
 
 def down(config: Path = typer.Option(None, help="TOML settings file (also $DBP_CONFIG).")) -> None:
     """Stop what `up` started (workers finish the series in hand; nothing queued is lost)."""
-    from fingerprint.config import load_settings
-    from worker import service
+    from deepbrainprint import supervisor as service
+    from deepbrainprint.settings import load_settings
 
     stopped = service.down(load_settings(config))
     typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
@@ -112,7 +113,7 @@ def demo(
     print the verdicts, including a planted duplicate and a planted identity mismatch."""
     import json
 
-    from worker.demo import run_demo
+    from deepbrainprint.demo import run_demo
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

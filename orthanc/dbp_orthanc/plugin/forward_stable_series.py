@@ -132,4 +132,21 @@ def on_change(change_type, level, resource_id):
             _wakeup.notify_all()
 
 
+def on_status(output, uri, **request):
+    """GET /deepbrainprint/forwarding: how many series wait to be forwarded, and which ``orthanc`` module this script
+    runs against (Orthanc's own, built into the plugin, has no file; a package of that name on sys.path would)."""
+    if request.get("method", "GET") != "GET":
+        output.SendMethodNotAllowed("GET")
+        return
+    with _wakeup:
+        pending = len(_unsent)
+    status = {
+        "pending": pending,
+        "target_modality": TARGET_MODALITY,
+        "orthanc_module": getattr(orthanc, "__file__", None) or "built-in",
+    }
+    output.AnswerBuffer(json.dumps(status), "application/json")
+
+
 orthanc.RegisterOnChangeCallback(on_change)
+orthanc.RegisterRestCallback("/deepbrainprint/forwarding", on_status)

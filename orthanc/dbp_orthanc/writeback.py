@@ -1,6 +1,6 @@
 """Write a verdict back where radiology IT looks: metadata (and labels, on Orthanc 1.12+) on the series and study.
 
-Through ``orthanc-api-client``. The metadata names are declared in ``orthanc/orthanc.json`` (``UserMetadata``):
+Through ``orthanc-api-client``. The metadata names are declared in ``orthanc.json`` (this package) (``UserMetadata``):
 Orthanc refuses undeclared names. Labels arrived in Orthanc 1.12; the version is read from ``/system`` and labels
 are skipped, with the reason in the returned report, on older servers (Debian's 1.10.1 among them).
 

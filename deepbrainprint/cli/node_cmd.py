@@ -29,9 +29,8 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stored instance (hashed ids only)."),
 ) -> None:
     """Run the DICOM storage SCP until Ctrl-C or SIGTERM; complete series go to the worker."""
-    from fingerprint.config import load_settings
-
-    from .scp import StorageNode, make_series_callback
+    from deepbrainprint.settings import load_settings
+    from deepbrainprint.wiring import storage_node
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -51,7 +50,7 @@ def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        node = StorageNode(settings, make_series_callback(settings)).start()
+        node = storage_node(settings).start()
     except (ValueError, OSError) as exc:
         typer.echo(f"cannot start the storage SCP: {exc}", err=True)
         raise typer.Exit(2) from exc
