@@ -59,6 +59,11 @@ def series_key_for(series_instance_uid: str) -> str:
     return uid_key(series_instance_uid, "series")
 
 
+def series_files(folder: Path) -> list[Path]:
+    """The files of a series folder in a stable order, without the hidden temporary files of writes in progress."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -258,7 +263,7 @@ class Spool:
         folder = self.instances_dir(series_key)
         if not folder.is_dir():
             return []
-        return sorted(p for p in folder.iterdir() if p.suffix == INSTANCE_SUFFIX and not p.name.startswith("."))
+        return [p for p in series_files(folder) if p.suffix == INSTANCE_SUFFIX]
 
     def instance_count(self, series_key: str) -> int:
         return len(self.instance_paths(series_key))

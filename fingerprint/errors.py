@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from fingerprint.types import SeriesIdentifiers
+
 
 class RejectReason(str, Enum):
     """Why a series is not a usable 3D T1 brain volume. Values are the stable codes stored and printed."""
@@ -25,12 +27,17 @@ class RejectReason(str, Enum):
 
 
 class SeriesRejected(Exception):
-    """Raised by the pipeline when a series cannot be used; carries a :class:`RejectReason` and a detail."""
+    """Raised by the pipeline when a series cannot be used; carries a :class:`RejectReason` and a detail.
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    ``identifiers`` are the series' identifiers as the reader found them in its headers (None when nothing readable
+    was there), so whoever records the rejection never reads the files a second time.
+    """
+
+    def __init__(self, reason: RejectReason, detail: str, identifiers: SeriesIdentifiers | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.identifiers = identifiers
 
     def as_json(self) -> dict[str, str]:
         return {"rejected": self.reason.value, "detail": self.detail}

@@ -122,6 +122,12 @@ def test_reason_is_reached_with_a_phi_free_detail(reason: RejectReason, small_he
     assert len(detail) > 10
     assert PATIENT_ID not in detail and "Doe" not in detail
     assert caught.value.as_json() == {"rejected": reason.value, "detail": detail}
+    # Whose series it was travels with the rejection (read once, with the headers), except where nothing was DICOM.
+    if reason is RejectReason.NO_DICOM:
+        assert caught.value.identifiers is None
+    else:
+        assert caught.value.identifiers is not None and caught.value.identifiers.patient_id == PATIENT_ID
+        assert caught.value.identifiers.series_instance_uid
 
 
 def test_a_good_series_written_the_same_way_is_accepted(small_head: sitk.Image, tmp_path: Path) -> None:

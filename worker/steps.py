@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from dbp_orthanc.writeback import WritebackUnavailable, make_client, write_verdict
 from sqlalchemy.exc import DBAPIError
 
+from dicom_node.spool import series_files
 from dicom_node.types import CompletedSeries
 from fingerprint.errors import SeriesRejected
 from worker.config import WorkerConfig
@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Errors that say "try again later", not "this series is bad": the store or the spool's file system unreachable.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, ConnectionError, TimeoutError)
-
-
-def series_files(folder: Path) -> list[Path]:
-    """The spooled instances of a series, in a stable order (hidden temporary files excluded)."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def content_hash(folder: Path) -> str:
@@ -66,17 +61,6 @@ def job_key_for(completed: CompletedSeries) -> str:
 def source_info_for(completed: CompletedSeries, via: str) -> dict[str, Any]:
     """What the archive stores about where a series came from (no PHI: hashed key, AE title, times)."""
     return {**completed.as_json(), "via": via}
-
-
-def series_instance_uid_of(folder: Path) -> str:
-    """SeriesInstanceUID from the first readable instance (to find the series in Orthanc)."""
-    for path in series_files(folder):
-        try:
-            return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-                       .SeriesInstanceUID)
-        except Exception:  # noqa: BLE001 - an unreadable file is the pipeline's to reject, not ours
-            continue
-    return ""
 
 
 @dataclass
@@ -151,9 +135,7 @@ def process_job(ctx: WorkerContext, job: Job) -> dict[str, Any]:
         verdict = ctx.archive.process(completed.path, job.source_info)
     except SeriesRejected as rejected:  # the archive records rejections itself; this is the belt to its braces
         verdict = {"verdict": "rejected", **rejected.as_json()}
-    if not verdict.get("series_instance_uid"):
-        verdict = {**verdict, "series_instance_uid": series_instance_uid_of(completed.path)}
-    writeback = WRITEBACK_PENDING if ctx.config.orthanc_url and verdict["series_instance_uid"] else WRITEBACK_NONE
+    writeback = WRITEBACK_PENDING if ctx.config.orthanc_url and verdict.get("series_instance_uid") else WRITEBACK_NONE
     ctx.ledger.finish(job.job_key, verdict, writeback)
     release_spool(ctx, completed)
     log.info("series %s: %s", completed.series_key, verdict.get("verdict"))

@@ -179,7 +179,7 @@ class Archive:
         try:
             result = self.fingerprint(source)
         except SeriesRejected as rejection:
-            ids = _identifiers_of_unusable_source(source, source_info)
+            ids = _identifiers_of_unusable_source(rejection, source_info)
             return self.decide_and_record(rejection, source_info, identifiers=ids, record=record)
         return self.decide_and_record(result, source_info, record=record)
 
@@ -451,36 +451,20 @@ def _identifiers_from_source_info(source_info: dict[str, Any]) -> SeriesIdentifi
     )
 
 
-def _identifiers_of_unusable_source(source: Source, source_info: dict[str, Any]) -> SeriesIdentifiers:
-    """Who a rejected series belongs to, from the first readable DICOM header (the pipeline refused the rest)."""
+def _identifiers_of_unusable_source(rejection: SeriesRejected, source_info: dict[str, Any]) -> SeriesIdentifiers:
+    """Who a rejected series belongs to: what the caller knew, else what the reader found in its headers."""
     given = _identifiers_from_source_info(source_info)
-    if given.series_instance_uid:
+    if given.series_instance_uid or rejection.identifiers is None:
         return given
-    header = _first_header(source)
-    if header is None:
-        return given
+    found = rejection.identifiers
     return SeriesIdentifiers(
-        patient_id=str(header.get("PatientID", "") or ""),
-        study_instance_uid=str(header.get("StudyInstanceUID", "") or ""),
-        series_instance_uid=str(header.get("SeriesInstanceUID", "") or ""),
-        study_date=str(header.get("StudyDate", "") or ""),
-        modality=str(header.get("Modality", "") or ""),
-        series_description=str(header.get("SeriesDescription", "") or ""),
+        patient_id=found.patient_id,
+        study_instance_uid=found.study_instance_uid,
+        series_instance_uid=found.series_instance_uid,
+        study_date=found.study_date,
+        modality=found.modality,
+        series_description=found.series_description,
     )
-
-
-def _first_header(source: Source) -> pydicom.Dataset | None:
-    if not isinstance(source, (str, Path)):
-        return next(iter(source), None)
-    from fingerprint.imaging.dicom_read import iter_files, read_dicom_file
-
-    for count, candidate in enumerate(iter_files(Path(source))):
-        if count >= 50:
-            break
-        header = read_dicom_file(candidate, stop_before_pixels=True)
-        if header is not None:
-            return header
-    return None
 
 
 def reindex_archive(archive: Archive, source_version: str, batch_size: int = 64, progress: Any = None) -> dict:

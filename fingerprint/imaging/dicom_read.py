@@ -147,6 +147,16 @@ def read_series(source: Path | str | Sequence[Dataset]) -> LoadedSeries:
     datasets = _load_datasets(source)
     if not datasets:
         raise SeriesRejected(RejectReason.NO_DICOM, "no DICOM object found in the input")
+    try:
+        return _volume_of(datasets)
+    except SeriesRejected as rejection:  # say whose series it was: the headers are read now, not again later
+        if rejection.identifiers is None:
+            images = [ds for ds in datasets if _has_pixels(ds)]
+            rejection.identifiers = identifiers_of(images or datasets)
+        raise
+
+
+def _volume_of(datasets: list[Dataset]) -> LoadedSeries:
     images = [ds for ds in datasets if _has_pixels(ds)]
     if not images:
         kinds = sorted({_sop_class_name(ds) for ds in datasets})

@@ -49,7 +49,11 @@ def slice_series(
     started = time.perf_counter()
     loaded = read_series(source)
     read_s = time.perf_counter() - started
-    pixels, geometry, brain = canonical_views(loaded.image, method=method, with_brain=with_brain)
+    try:
+        pixels, geometry, brain = canonical_views(loaded.image, method=method, with_brain=with_brain)
+    except SeriesRejected as rejection:  # a volume, but not a usable brain: still say whose it was
+        rejection.identifiers = rejection.identifiers or loaded.identifiers
+        raise
     geometry["input"].update(loaded.info)
     geometry["timings_s"]["read"] = round(read_s, 3)
     return SliceResult(pixels=pixels, identifiers=loaded.identifiers, geometry=geometry, method=method, brain=brain)
