@@ -5,47 +5,33 @@ recognisable, so the slice may only be moved and turned, never scaled. Why the *
 scales along the reference axes free, then only the rotation and the place of the canonical plane's centre kept, see
 :func:`rigid_part`): a head whose proportions differ from the template's drifts to a tilted pose under a rigid fit,
 even when started at the truth, because tilting is the only way a rigid fit can match a shorter or longer brain.
-Measured on the full held-out benchmark (200 subjects, 599 volumes sliced), raw-pixel recall@1 on the Siemens-Trio
-subjects rose from 0.73 (rigid search) to 0.90, Colin27 subjects stayed at 0.997; volumes that were 13-27 degrees
-off came within 2-4 degrees. Scaled fits outside PLAUSIBLE_SCALE are not trusted and that start is searched rigidly.
-Starting the scaled search at the typical proportion 0.9 (then 1.0) and accepting short heads down to 0.65 removed
-most of the rigid fallbacks left: shipped-model recall@1 on the full benchmark 0.958 -> 0.997, TPR at 0.1 % false
-alarms 0.913 -> 0.978 (see SCALED_START_PROPORTIONS and PLAUSIBLE_SCALE).
+Scaled fits outside ``PLAUSIBLE_SCALE`` are not trusted and that start is searched rigidly.
+
 Why mutual information (Mattes): series come from different scanners and sequences (MPRAGE, spin echo,
 post-contrast), so intensities do not match the template's; MI only asks that they be predictable from each other.
 The reference is brain-only; the metric is evaluated inside its dilated brain mask, so neck, shoulders and the field
 of view do not pull the alignment.
 
-Speed (about 2 s CPU per series on one core, median 2.1 s on the real series; bench/bench_slice.py): the volume is
-block-averaged to about 2 mm, the start comes from the head itself (the vertex and the centroid of the top of the
-head, robust to how much neck the field of view holds), the (scaled) registration runs on three resolutions (8, 4, 2
-mm) sampling 100 / 30 / 10 % of the dilated brain mask, then is polished at 2 mm with the metric inside the brain
-mask itself (30 % sampled). Why so dense at 8 mm: the mask has only ~3,300 voxels there, and the 5 % used before
-(~170 samples) made the coarse level a noisy search that stopped in a different basin from one head position to the
-next; measured on 30 held-out benchmark subjects (90 volumes), dense sampling cut the worst within-subject tilt
-between visits from 18 to 5 degrees (on those 30; the full benchmark later showed the rest of the drift, which the
-scaled search removes, most of it).
+How it stays fast: the volume is block-averaged to about 2 mm, the start comes from the head itself (the vertex and
+the centroid of the top of the head, robust to how much neck the field of view holds), the scaled registration runs
+on three resolutions (8, 4, 2 mm, densely sampled at the coarse level so the search lands in the same basin from one
+head position to the next), then is polished at 2 mm inside the brain mask itself.
 
 Repeatable: sampling uses a fixed seed and each registration runs on one thread (``REGISTRATION_THREADS``), so a
-volume gives the same transform, bit for bit, on any machine and in any worker, whatever its core count (with
-several threads ITK splits the samples per thread and the sums, hence the result, depended on the thread count).
+volume gives the same transform, bit for bit, on any machine and in any worker, whatever its core count.
 
 Coil shading: a series whose scaled fits all leave the plausible range is searched once more on its N4
-bias-corrected copy before the rigid fallback is accepted (:func:`_align`, :func:`correct_bias`); a receive coil's
-shading had thrown the 2 mm Prisma series' start and fit (13.5 degrees off rigid, 1.9 corrected). The slice itself is
-still cut from the series as it is: the encoder was trained with bias fields. Tried and not kept: searching the
-pose with the head's size held at a typical proportion (0.92) instead of the rigid fallback. On 12 Prisma-head
-calibration volumes it cut the median error from 19 to 2.8 degrees, but on the held-out benchmark it changed 11
-volumes, made two of them 10-12 degrees worse than the rigid fallback and lowered shipped-model TPR at 0.1 % from
-0.980 to 0.972: it fitted a training head, not the unseen ones.
+bias-corrected copy before the rigid fallback is accepted (:func:`correct_bias`). The slice itself is still cut from
+the series as it is: the encoder was trained with bias fields.
 
 Guarding against failure: the DICOM patient frame is trusted for the start (scanners write patient coordinates, so
 prone and decubitus series already arrive head-up). If the metric stays poor, other start rotations are tried and
 one replaces the first only when clearly better; if it stays poor the series is refused as ``NOT_T1_BRAIN``, and so
-is a volume that holds too little of the brain after alignment (a slab can score well anywhere). Measured limit: on
-real scans MI against the template does not reliably prefer the true pose over a 180-degree one at coarse
-resolution, so a series whose patient position was entered wrongly is not rescued; that is why only outright
-failures trigger the other starts.
+is a volume that holds too little of the brain after alignment (a slab can score well anywhere), or one whose pose
+turns too far from its own patient frame. A series whose patient position was entered wrongly is not rescued.
+
+The measurements behind each of these choices are in the model card (fingerprint/weights/MODEL_CARD.md, "Why the
+pipeline is built as it is"); the speed is measured by bench/bench_slice.py.
 """
 
 from __future__ import annotations

@@ -5,35 +5,29 @@ the lateral ventricles, the caudate heads and thalami and a full ring of cortex,
 slice of ADNI volumes shows and the part of the brain with the most individual shape (ventricles, sulci), while
 staying clear of the skull base where field-of-view cuts and susceptibility artefacts live.
 
-Grid: SLICE_SIZE x SLICE_SIZE pixels of SLICE_SPACING_MM (128 x 1.5 mm = 192 mm), centred on the reference brain in
-the plane, with rows running anterior -> posterior and columns patient right -> left (radiological display). In LPS
-coordinates that is simply x (right->left) along columns and y (anterior->posterior) along rows, so the output grid
-has an identity direction.
+Grid: SLICE_SIZE x SLICE_SIZE pixels of SLICE_SPACING_MM, centred on the reference brain in the plane, with rows
+running anterior -> posterior and columns patient right -> left (radiological display). In LPS coordinates that is
+simply x (right->left) along columns and y (anterior->posterior) along rows, so the output grid has an identity
+direction.
 
-Interpolation is linear: for thick-sliced acquisitions (4-5 mm sagittal) this blurs across slices, which is the
-honest thing to show. Pixels outside the reference brain mask dilated by MASK_DILATION_MM are set to 0 so scalp,
-neck and field-of-view edges never reach the encoder.
+Interpolation is linear: for thick-sliced acquisitions this blurs across slices, which is the honest thing to show.
+Pixels outside the reference brain mask dilated by MASK_DILATION_MM are set to 0 so scalp, neck and field-of-view
+edges never reach the encoder. Intensities are normalised by robust percentiles inside the mask (P1 -> 0, P99 -> 1),
+which makes scanners, sequences and rescale slopes comparable.
 
 A field of view that cuts off part of one hemisphere in the plane (a series planned off-centre, a patient lying on
 one side) leaves a hole where the other scans of that person have brain. The hole is filled with its mirror image
 across the midline (MNI x = 0), where that lies inside the field of view: brains are nearly symmetric at this level,
-and mirrored tissue is much closer to the truth than the black that would otherwise dominate the fingerprint.
-Measured on the one real repeat group (one man, four decubitus positions): the left-side series misses 16 % of the
-plane's brain; zero-filled it ranked another man second (0.967) and its own scans at 0.966-0.972, mirror-filled its
-own three scans come first (0.986-0.988). The filled fraction is reported (``mirrored_fraction``); pixels whose
-mirror is outside the field of view too stay 0. Intensities are normalised by robust
-percentiles inside the mask (P1 -> 0, P99 -> 1), which makes scanners, sequences and rescale slopes comparable.
+and mirrored tissue is much closer to the truth than the black that would otherwise dominate the fingerprint. The
+filled fraction is reported (``mirrored_fraction``); pixels whose mirror is outside the field of view too stay 0.
 
 The outermost layer of voxels of a series is not trusted (:func:`trusted_interior`): the edge slices of a 2D
-multi-slice stack come out brighter than their neighbours (no saturation from a neighbouring slice's excitation; the
-left-side decubitus series' last sagittal slice is 18 % brighter), and linear interpolation stretches that edge
-slice half a voxel beyond its centre (2.4 mm at 4.8 mm spacing). Where the field of view cuts the brain, that bright
-band sat right at the seam of the mirror fill. Measured on the decubitus repeats: dropping the outer layer took the
-left-side series from 0.986-0.988 to 0.990-0.992 against the man's other three positions (above the Siemens Trio
-man, 0.988), and left the fully covered 1 mm series' slices unchanged.
+multi-slice stack come out brighter than their neighbours (no saturation from a neighbouring slice's excitation),
+and linear interpolation stretches that edge slice half a voxel beyond its centre; where the field of view cuts the
+brain, that bright band would sit right at the seam of the mirror fill.
 
-:func:`sample_canonical_slice` is pure and fast (about 10 ms): the cohort generator calls it with its own composed
-transforms (deformations, perturbations).
+:func:`sample_canonical_slice` is pure and fast: the cohort generator calls it with its own composed transforms
+(deformations, perturbations). The measurements behind these choices are in the model card.
 """
 
 from __future__ import annotations

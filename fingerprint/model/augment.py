@@ -4,11 +4,9 @@ The public DeepBrainPrint code draws, per image: negative (p 0.4), rotation Â±3Â
 (p 0.4), bias field (degree 3, coefficients 0..0.1, p 0.3), three 10x10 patches of random values (p 0.4) and an
 elastic deformation (control points every 30 px, magnitude 1-2 px, p 0.3). Same list, same probabilities here.
 
-Why not TorchIO per sample: measured on this 2-core CPU (``/tmp`` script, 128x128 slices, one thread), TorchIO
-costs ~1.0 ms (rotation), ~2.4 ms (bias field) and ~4.3 ms (elastic) per image, ~0.4 s for the 128 views of one
-batch-64 step, against ~0.7 s for the step itself: +55 % training time on a machine where time is the budget. The
-batched versions below do one ``grid_sample`` for rotation + elastic together and vectorised polynomials for the
-bias field: ~70 ms per batch of 64 on one thread. Each keeps the TorchIO/MONAI semantics (see each function).
+Why not TorchIO per sample: per-image transforms on the CPU cost about half a training step again for the views of
+one batch (measured in the model card); the batched versions below do one ``grid_sample`` for rotation + elastic
+together and vectorised polynomials for the bias field. Each keeps the TorchIO/MONAI semantics (see each function).
 
 Identity must not leak through the background: the slices are zero outside the head, and a network could learn
 "which augmentation left which background" only if the background changed with the image content. So intensity
