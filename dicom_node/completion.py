@@ -175,10 +175,6 @@ class CompletionTracker:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def pending_count(self) -> int:
-        with self._lock:
-            return len(self._series)
-
     def _run(self) -> None:
         interval = min(0.25, max(0.02, self.quiet_time_s / 4))
         while not self._stop.is_set():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +129,3 @@ def echo(port: int, *, host: str = "127.0.0.1", called_ae: str = "DEEPBRAINPRINT
     finally:
         assoc.release()
 
-
-def dicom_files(folder: Path) -> Sequence[Path]:
-    """The files of a folder that look like DICOM (``*.dcm``, ``*.dcm.gz``, or extension-less), sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and (p.suffix in ("", ".dcm", ".gz", ".ima")))

@@ -56,11 +56,7 @@ def test_nt_xent_prefers_embeddings_that_group_patients() -> None:
     centres = torch.randn(4, 32, generator=g)
     grouped = centres[labels] + 0.05 * torch.randn(8, 32, generator=g)
     shuffled = centres[torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])] + 0.05 * torch.randn(8, 32, generator=g)
-    for mining in ("semihard", "all"):
-        good = supervised_nt_xent(grouped, labels, mining=mining)
-        bad = supervised_nt_xent(shuffled, labels, mining=mining)
-        assert good < bad, mining
-    assert supervised_nt_xent(grouped, labels, mining="all") < 0.05
+    assert supervised_nt_xent(grouped, labels) < supervised_nt_xent(shuffled, labels)
 
 
 def test_nt_xent_value_for_one_pair() -> None:
@@ -68,7 +64,7 @@ def test_nt_xent_value_for_one_pair() -> None:
     emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0, 1, 1])
     expected = math.log(1 + math.exp(-1 / 0.07))
-    assert supervised_nt_xent(emb, labels, mining="all").item() == pytest.approx(expected, abs=1e-6)
+    assert supervised_nt_xent(emb, labels).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_nt_xent_without_positives_is_zero_but_differentiable() -> None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from worker.config import WorkerConfig
-from worker.ledger import QUEUED, RUNNING, WRITEBACK_PENDING, Job, backoff_s
+from worker.ledger import WRITEBACK_PENDING, Job, backoff_s
 from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
 
 log = logging.getLogger(__name__)
@@ -128,16 +127,6 @@ class EmbeddedWorker:
             writeback_job(self.ctx, job.job_key)
         if self.on_verdict is not None:
             self.on_verdict(job, verdict)
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Block until no series is queued or running (write-backs excluded). False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            counts = self.ctx.ledger.counts()
-            if counts[QUEUED] == 0 and counts[RUNNING] == 0 and not self._busy.is_set():
-                return True
-            time.sleep(0.2)
-        return False
 
 
 __all__ = ["EmbeddedWorker", "ensure_embedded_worker", "wake_embedded_workers"]

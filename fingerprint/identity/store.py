@@ -154,11 +154,6 @@ def slice_from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(SLICE_SIZE, SLICE_SIZE)
 
 
-def describe_url(url: str) -> str:
-    """The store URL without password, for logs and JSON output."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 class Store:
     """The series table on one database URL. Thread-compatible; one instance per process is enough."""
 
@@ -384,12 +379,6 @@ class Store:
                 select(series_table.c.series_instance_uid).where(series_table.c.model_version == model_version)
             )
             return {r[0] for r in rows}
-
-    def recorded_sources(self, model_version: str) -> set[str]:
-        """Source keys (``source.key``) already recorded for a model version, for inputs with no readable UID."""
-        with self.reading() as conn:
-            rows = conn.execute(select(series_table.c.source).where(series_table.c.model_version == model_version))
-            return {json.loads(r[0]).get("key", "") for r in rows} - {""}
 
     def iter_vectors(self, conn: Connection, model_version: str, batch: int = 10_000) -> Iterator[StoredVector]:
         """Every fingerprint of a model version, in id order, streamed in batches: what an index rebuild reads."""

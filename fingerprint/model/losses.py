@@ -62,33 +62,18 @@ def semi_hard_pairs(similarity: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     return anchors, positive[anchors], negative[anchors]
 
 
-def supervised_nt_xent(
-    embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = NCE_TEMPERATURE, mining: str = "semihard"
-) -> torch.Tensor:
-    """Supervised NT-Xent over cosine similarities. ``mining="semihard"`` (public code) or ``"all"`` (every positive
-    against every negative of its anchor, SupCon-like; kept as an option for comparison)."""
+def supervised_nt_xent(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = NCE_TEMPERATURE) -> torch.Tensor:
+    """Supervised NT-Xent over cosine similarities, each usable anchor with its easiest positive and its semi-hard
+    negative (:func:`semi_hard_pairs`, as the public code mines them)."""
     z = F.normalize(embeddings.float(), dim=1)
     similarity = z @ z.T
     logits = similarity / temperature
-    if mining == "semihard":
-        anchors, positives, negatives = semi_hard_pairs(similarity.detach(), labels)
-        if anchors.numel() == 0:
-            return embeddings.sum() * 0.0
-        pos = logits[anchors, positives]
-        neg = logits[anchors, negatives]
-        return (torch.logsumexp(torch.stack([pos, neg], dim=1), dim=1) - pos).mean()
-    if mining != "all":
-        raise ValueError(f"unknown mining {mining!r}")
-    n = z.shape[0]
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(n, dtype=torch.bool, device=z.device)
-    positive_mask = same & ~eye
-    if not positive_mask.any():
+    anchors, positives, negatives = semi_hard_pairs(similarity.detach(), labels)
+    if anchors.numel() == 0:
         return embeddings.sum() * 0.0
-    negative_logits = torch.where(~same, logits, torch.finfo(logits.dtype).min)
-    negative_lse = torch.logsumexp(negative_logits, dim=1, keepdim=True)  # (N,1)
-    pair_loss = torch.logaddexp(logits, negative_lse) - logits
-    return pair_loss[positive_mask].mean()
+    pos = logits[anchors, positives]
+    neg = logits[anchors, negatives]
+    return (torch.logsumexp(torch.stack([pos, neg], dim=1), dim=1) - pos).mean()
 
 
 def beta_at(progress: float, schedule: str = "linear", switch: float = 0.5, constant: float = 0.5) -> float:
