@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,26 +43,14 @@ class ServiceLayout:
 
     def running(self) -> dict[str, int]:
         """Processes recorded by pid files that are still alive."""
+        from dbp_orthanc.server import process_alive
+
         alive = {}
         for pid_file in sorted(self.run_dir.glob("*.pid")):
             pid = int(pid_file.read_text().strip() or 0)
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 alive[pid_file.stem] = pid
         return alive
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        return finished == 0
-    except ChildProcessError:
-        return True
 
 
 def check_redis(url: str, timeout_s: float = 2.0) -> None:
@@ -159,21 +145,11 @@ def up(
 def down(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Stop everything ``up`` started (SIGTERM: Celery finishes the series in hand; SIGKILL after ``timeout_s``).
     An interrupted series is not lost: its message was not acknowledged and goes back to the queue."""
+    from dbp_orthanc.server import stop_processes
+
     layout = ServiceLayout.for_settings(settings)
-    stopped = []
-    for name, pid in layout.running().items():
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        stopped.append(name)
-    deadline = time.monotonic() + timeout_s
-    for name in stopped:
-        pid = int(layout.pid_file(name).read_text())
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    running = layout.running()
+    stop_processes(list(running.values()), timeout_s)
     for pid_file in layout.run_dir.glob("*.pid"):
         pid_file.unlink()
-    return stopped
+    return list(running)

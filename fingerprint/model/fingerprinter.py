@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -20,6 +20,7 @@ from fingerprint.types import SLICE_SIZE, FingerprintResult
 
 if TYPE_CHECKING:
     import pydicom
+    import torch
     from torch import nn
 
 DEFAULT_BATCH_SIZE = 64
@@ -66,7 +67,6 @@ class Fingerprinter:
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """Fingerprints of a stack of canonical slices: (N,128,128) -> (N,512) float32, each row of unit length."""
-        import torch
 
         stack = np.asarray(pixels, dtype=np.float32)
         if stack.ndim == 2:
@@ -75,13 +75,40 @@ class Fingerprinter:
             raise ValueError(f"expected slices of shape (N, {SLICE_SIZE}, {SLICE_SIZE}), got {stack.shape}")
         if not np.isfinite(stack).all():
             raise ValueError("slices contain NaN or infinite values")
-        out = np.empty((stack.shape[0], 512), dtype=np.float32)
-        with self._lock, _torch_threads(self.num_threads), torch.inference_mode():
-            for start in range(0, stack.shape[0], self.batch_size):
-                batch = torch.from_numpy(stack[start : start + self.batch_size]).unsqueeze(1).to(self.device)
-                features = torch.nn.functional.normalize(self.encoder(batch).float(), dim=1)
+        with self._lock, _torch_threads(self.num_threads):
+            return embed_batches(self.encoder, stack, batch_size=self.batch_size, device=self.device)
+
+
+def embed_batches(
+    encoder: "nn.Module",
+    slices: np.ndarray,
+    *,
+    batch_size: int,
+    device: "str | torch.device" = "cpu",
+    autocast_dtype: "torch.dtype | None" = None,
+) -> np.ndarray:
+    """The encoder's forward pass over slices, the one every fingerprint goes through (:meth:`Fingerprinter.embed`
+    and the validation during training): (N,128,128) -> (N,512) float32 rows of unit length, in batches, with the
+    encoder in eval mode (its mode restored afterwards). Slices may be float16 (converted a batch at a time);
+    ``autocast_dtype`` (e.g. bfloat16, training only) runs the network under autocast, else in float32."""
+    import torch
+
+    from fingerprint.model.encoder import EMBEDDING_DIM
+
+    device = torch.device(device)
+    out = np.empty((len(slices), EMBEDDING_DIM), dtype=np.float32)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(slices), batch_size):
+                batch = torch.from_numpy(np.asarray(slices[start : start + batch_size], dtype=np.float32))
+                features = torch.nn.functional.normalize(encoder(batch.unsqueeze(1).to(device)).float(), dim=1)
                 out[start : start + len(batch)] = features.cpu().numpy()
-        return out
+    finally:
+        encoder.train(was_training)
+    return out
 
 
 def _resolve(path: Path | None) -> Path | None:

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,25 +143,44 @@ def start(instance: OrthancInstance, timeout_s: float = 30.0) -> subprocess.Pope
     raise RuntimeError(f"Orthanc did not answer within {timeout_s:.0f} s; see {instance.log_path}")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a child of ours that has exited is reaped here and counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not alive
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:  # not our child: it answered the signal above, so it runs
+        return True
+
+
+def stop_processes(pids: Sequence[int], timeout_s: float) -> None:
+    """SIGTERM every process (each can finish cleanly), wait up to ``timeout_s`` for all of them together, then
+    SIGKILL those still running. The one way processes are stopped: one Orthanc here, the whole service in
+    ``deepbrainprint down``."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
     """Stop one Orthanc by pid: SIGTERM (Orthanc flushes its index), SIGKILL only if it hangs."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)
-            if finished == pid:
-                return
-        except ChildProcessError:  # not our child: poll for its disappearance instead
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+    stop_processes([pid], timeout_s)
 
 
 def stop(instance: OrthancInstance) -> None:

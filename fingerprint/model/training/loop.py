@@ -33,6 +33,7 @@ import torch
 from fingerprint.metrics import all_metrics
 from fingerprint.model.augment import AugmentConfig, augment_batch, slicer_region
 from fingerprint.model.encoder import TrainingNet, save_encoder
+from fingerprint.model.fingerprinter import embed_batches
 from fingerprint.model.losses import beta_at, branch_beta, deepbrainprint_loss
 from fingerprint.model.training.checkpoint import load_checkpoint, save_checkpoint
 from fingerprint.model.training.data import (
@@ -48,6 +49,7 @@ from fingerprint.types import SLICE_SIZE, SLICE_SPACING_MM
 
 EXPORT_DIR = "model"
 MAX_VALIDATION_SCANS = 600
+VALIDATION_BATCH = 128  # slices per forward pass when validating
 
 
 @dataclass
@@ -142,22 +144,8 @@ class ThreadTuner:
             self.current = min(medians, key=medians.get)
 
 
-def embed_slices(encoder: torch.nn.Module, slices: np.ndarray, device: torch.device, autocast_dtype, batch: int = 128):
-    """Unit-length fingerprints of un-augmented slices with the encoder in eval mode (restored afterwards)."""
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                                enabled=autocast_dtype is not None):
-        for start in range(0, len(slices), batch):
-            x = torch.from_numpy(slices[start : start + batch].astype(np.float32)).unsqueeze(1).to(device)
-            out.append(torch.nn.functional.normalize(encoder(x).float(), dim=1).cpu().numpy())
-    encoder.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 512), np.float32)
-
-
 def validate(encoder, val: SliceSet, device, autocast_dtype) -> dict[str, Any]:
-    vectors = embed_slices(encoder, val.slices, device, autocast_dtype)
+    vectors = embed_batches(encoder, val.slices, batch_size=VALIDATION_BATCH, device=device, autocast_dtype=autocast_dtype)
     metrics = all_metrics(vectors, val.labels)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
