@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test check install bench clean
 
 $(STAMP): pyproject.toml deploy/install-system.sh
 	bash deploy/install-system.sh
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The quick tier for the edit-test loop: unit tests and one end-to-end series (tests/conftest.py, QUICK_MODULES).
+check: $(STAMP)
+	$(PY) -m pytest -q -m quick tests
 
 # Speed and memory figures: each script writes bench/results/<name>.json and .md (long: the index bench builds 1M).
 bench: $(STAMP)

@@ -145,3 +145,41 @@ def colin27():
     import SimpleITK as sitk
 
     return sitk.ReadImage(str(COLIN27_PATH), sitk.sitkFloat32)
+
+
+@pytest.fixture(scope="session")
+def real_slice():
+    """``real_slice(folder)``: the anatomical :class:`~fingerprint.types.SliceResult` (slice and canonical brain) of a
+    real series, computed once per test run and shared by every test that asks (aligning a real series takes
+    seconds; several model-quality and alignment checks look at the same nine series)."""
+    from fingerprint.imaging.pipeline import slice_series
+
+    cache: dict[Path, object] = {}
+
+    def slice_of(folder: Path):
+        folder = Path(folder).resolve()
+        if folder not in cache:
+            cache[folder] = slice_series(folder)
+        return cache[folder]
+
+    return slice_of
+
+
+# --- the quick tier (`make check`) -------------------------------------------------------------------------------------
+#: Modules whose tests are all unit tests (seconds each), and the one end-to-end series of the quick tier: a real head
+#: sent over a DICOM association to the SCP, fingerprinted by the embedded worker, its verdict in the store.
+QUICK_MODULES = {
+    "test_architecture", "test_augment", "test_dicom_series", "test_dicom_writer", "test_evaluation", "test_index",
+    "test_losses", "test_model", "test_modes_deploy", "test_spool", "test_store", "test_verdicts", "test_worker_cli",
+    "test_worker_ledger",
+}
+QUICK_TESTS = {"test_worker_embedded.py::test_series_sent_to_the_scp_ends_as_a_verdict_in_the_store"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest hook
+    """Mark the quick tier (``-m quick``): the modules and test above, less anything marked ``slow``."""
+    for item in items:
+        module = item.path.stem
+        in_tier = module in QUICK_MODULES or f"{item.path.name}::{item.originalname}" in QUICK_TESTS
+        if in_tier and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.quick)

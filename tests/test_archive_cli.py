@@ -32,6 +32,7 @@ from fingerprint.identity.calibration import (
 )
 from fingerprint.identity.store import Store
 from fingerprint.imaging.dicom_read import iter_files, read_dicom_file
+from fingerprint.types import FingerprintResult
 
 torch.set_num_threads(1)
 PERSON_A = "repeats/decubitus-HFS-t1-2d"  # a real man (35 sagittal slices: the quickest real series to slice)
@@ -68,17 +69,17 @@ def patient_id_of(folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def real_pair(shared_data, tmp_path_factory):
+def real_pair(shared_data, tmp_path_factory, real_slice):
     """Two real people and thresholds calibrated on their real fingerprints with the model in use."""
     work = tmp_path_factory.mktemp("real")
     settings = load_settings(home=work, index_dir=work / "probe")
     with Archive(settings.archive_config()) as probe:
-        a = probe.fingerprint(shared_data / PERSON_A)
-        b = probe.fingerprint(shared_data / PERSON_B)
-    similarity = float(a.vector @ b.vector)
+        model = probe.model
+    a, b = model.embed(np.stack([real_slice(shared_data / PERSON_A).pixels, real_slice(shared_data / PERSON_B).pixels]))
+    similarity = float(a @ b)
     mid = (similarity + 1.0) / 2
     assert mid < 1.0 - 1e-7, "two different people gave identical fingerprints"
-    thresholds = Thresholds(a.model_version, mid, mid, 0.001, "calibrated", {"set": "two real series (test)"})
+    thresholds = Thresholds(model.model_version, mid, mid, 0.001, "calibrated", {"set": "two real series (test)"})
     return {"a": shared_data / PERSON_A, "b": shared_data / PERSON_B, "thresholds": thresholds}
 
 
@@ -256,21 +257,27 @@ def test_enroll_from_orthanc_over_its_rest_api(real_pair, shared_data, orthanc_s
 
 
 @pytest.fixture(scope="module")
-def real_people_enrolled(shared_data, tmp_path_factory):
+def real_people_enrolled(shared_data, tmp_path_factory, real_slice):
     """All real series (the decubitus man's four scans, then the five people of ``t1/``) enrolled with the shipped
-    weights, their calibrated thresholds and the verification stage: ``{folder name: verdict line}``."""
+    weights, their calibrated thresholds and the verification stage: ``{folder name: verdict}``.
+
+    Recorded through the archive (decide and record, verification included) from the run's shared slices and brains,
+    which other model-quality tests use too; enrolling through the CLI is tested above on two of these series."""
     home = tmp_path_factory.mktemp("real-people")
     settings = load_settings(home=home, index_dir=home / "archive")
+    repeats = sorted((shared_data / "repeats").iterdir())
+    people = sorted((shared_data / "t1").iterdir())
+    lines = {}
     with Archive(settings.archive_config()) as arch:
         thresholds = arch.thresholds(arch.model_version)
         if arch.model_version.startswith("untrained") or thresholds.source == "fallback":
             pytest.skip(f"model {arch.model_version} has no calibrated thresholds: identity cannot be asked of it")
         assert arch.verification_thresholds() is not None, "the verification thresholds ship with the weights"
-    repeats = sorted((shared_data / "repeats").iterdir())
-    people = sorted((shared_data / "t1").iterdir())
-    code, lines, err = cli("enroll", *repeats, *people, "--index", home / "archive", "--json", "--no-progress")
-    assert len(lines) == len(repeats) + len(people), err
-    return {"repeats": repeats, "people": people, "home": home, "lines": {Path(l["series_dir"]).name: l for l in lines}}
+        for folder in [*repeats, *people]:
+            sliced = real_slice(folder)
+            result = FingerprintResult(arch.model.embed(sliced.pixels[None])[0], arch.model_version, sliced)
+            lines[folder.name] = arch.decide_and_record(result, {"folder": str(folder)})
+    return {"repeats": repeats, "people": people, "home": home, "lines": lines}
 
 
 @pytest.mark.slow

@@ -295,13 +295,13 @@ def test_alignment_is_the_same_whatever_the_thread_count(colin_2mm: sitk.Image) 
 
 
 @pytest.mark.slow
-def test_four_decubitus_positions_land_in_the_same_canonical_orientation(shared_data: Path) -> None:
+def test_four_decubitus_positions_land_in_the_same_canonical_orientation(shared_data: Path, real_slice) -> None:
     """One man scanned supine, prone, on his left and right side: after alignment the slices agree, far better than
     the array-middle slices do. (HFDL's field of view cuts part of one hemisphere, so it agrees less.)"""
     folders = {p.name.split("-")[1]: p for p in sorted((shared_data / "repeats").iterdir())}
     anatomical, middle = {}, {}
     for position, folder in folders.items():
-        result = slice_series(folder)
+        result = real_slice(folder)
         rotation = np.array(result.geometry["alignment"]["rotation_deg"])
         assert np.abs(rotation).max() < 30, position  # the patient frame was right: no flipped pose
         anatomical[position] = result.pixels
@@ -316,7 +316,7 @@ def test_four_decubitus_positions_land_in_the_same_canonical_orientation(shared_
 
 
 @pytest.mark.slow
-def test_every_real_t1_series_gives_a_ventricle_level_slice(shared_data: Path) -> None:
+def test_every_real_t1_series_gives_a_ventricle_level_slice(shared_data: Path, real_slice) -> None:
     """Each real T1 series: a full brain slice; on average the slices resemble the reference's plane more than the
     paper's array-middle slices do.
 
@@ -333,7 +333,7 @@ def test_every_real_t1_series_gives_a_ventricle_level_slice(shared_data: Path) -
     mask = canonical_mask()
     scores, baseline = [], []
     for folder in sorted((shared_data / "t1").iterdir()):
-        result = slice_series(folder)
+        result = real_slice(folder)
         json.dumps(result.geometry)  # JSON-ready
         assert (result.pixels[mask] > 0.05).mean() > 0.8, folder.name  # brain fills the mask
         if folder.name == "siemens-prisma-xa30-enhanced-2mm":
