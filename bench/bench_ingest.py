@@ -44,8 +44,8 @@ from deepbrainprint.settings import Settings  # noqa: E402
 from dicom_node.scp import STORAGE_SOP_CLASSES, StorageNode, accepted_transfer_syntaxes  # noqa: E402
 from dicom_node.scu import send_instances  # noqa: E402
 from dicom_node.spool import Spool  # noqa: E402
-from dicom_node.synthetic import mr_series  # noqa: E402
 from dicom_node.transport import tune_receiver  # noqa: E402
+from fingerprint.imaging.dicom_write import noise_series  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECEIVERS = ("bare", "node", "node_nofsync", "bare_stock")
@@ -97,7 +97,7 @@ def write_payload(folder: Path, count: int, size: int, series: int = 1) -> list[
     groups = []
     for group in range(series):
         paths = []
-        for index, ds in enumerate(mr_series(count // series, size=size, seed=size + group)):
+        for index, ds in enumerate(noise_series(count // series, size=size, seed=size + group)):
             path = folder / f"{group:02d}-{index:05d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)

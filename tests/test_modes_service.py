@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from deepbrainprint import supervisor as service
 from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scu import send_instances
-from dicom_node.synthetic import mr_series
+from fingerprint.imaging.dicom_write import noise_series
 from worker.ledger import DONE, Ledger
 
 TIMEOUT_S = 240.0
@@ -81,7 +81,7 @@ def test_series_stored_in_orthanc_ends_as_verdict_in_its_metadata(  # type: igno
         wait_workers_ready(settings, ["worker-1"])
         client = writeback.make_client(settings.orthanc_url, settings.orthanc_username, settings.orthanc_password)
         head = [pydicom.dcmread(p) for p in write_head_series(tmp_path / "head", "colin", "SVC-PATIENT-1")]
-        scout = mr_series(6, seed=31, patient_id="SVC-PATIENT-2")
+        scout = noise_series(6, seed=31, patient_id="SVC-PATIENT-2")
         upload(client, head)
         upload(client, scout)
 
@@ -118,7 +118,7 @@ def test_two_workers_one_redis_one_postgres_keep_the_index_consistent(  # type: 
         folder = tmp_path / f"scout-{number}"
         folder.mkdir()
         paths = []
-        for index, ds in enumerate(mr_series(6, seed=40 + number, patient_id=f"SCALE-S{number}")):
+        for index, ds in enumerate(noise_series(6, seed=40 + number, patient_id=f"SCALE-S{number}")):
             paths.append(folder / f"{index}.dcm")
             ds.save_as(paths[-1], enforce_file_format=True)
         series.append(paths)
@@ -171,7 +171,7 @@ def test_celery_writeback_retries_while_orthanc_is_down(tmp_path, redis_url, cle
     )
     server.start(instance)
     client = writeback.make_client(instance.url, instance.username, instance.password)
-    scout = mr_series(6, seed=60, patient_id="SVC-WB-1")
+    scout = noise_series(6, seed=60, patient_id="SVC-WB-1")
     upload(client, scout)
     server.stop(instance)  # down before the verdict exists
     settings = service_settings(tmp_path / "home", redis_url, orthanc_url=instance.url,

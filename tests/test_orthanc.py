@@ -13,7 +13,7 @@ import pytest
 import requests
 from dbp_orthanc import server, writeback
 
-from dicom_node.synthetic import mr_series
+from fingerprint.imaging.dicom_write import noise_series
 
 pytestmark = pytest.mark.skipif(not Path(server.ORTHANC_BINARY).exists(), reason="Orthanc is not installed")
 
@@ -100,7 +100,7 @@ def test_stable_mr_series_is_forwarded_to_the_scp(orthanc_factory) -> None:  # t
     try:
         instance = orthanc_factory(scp_port=scp.port)
         client = writeback.make_client(instance.url, instance.username, instance.password)
-        series = mr_series(4, seed=1)
+        series = noise_series(4, seed=1)
         for ds in series:
             client.upload(encode(ds))
         assert wait_for(lambda: len(scp.received) == 4, timeout_s=20), "series was not forwarded"
@@ -114,8 +114,8 @@ def test_non_mr_series_is_not_forwarded(orthanc_factory) -> None:  # type: ignor
     try:
         instance = orthanc_factory(scp_port=scp.port)
         client = writeback.make_client(instance.url, instance.username, instance.password)
-        mr = mr_series(2, seed=2)
-        ct = mr_series(2, seed=3)
+        mr = noise_series(2, seed=2)
+        ct = noise_series(2, seed=3)
         for ds in ct:
             ds.Modality = "CT"
         for ds in ct + mr:
@@ -131,7 +131,7 @@ def test_forwarding_retries_until_the_scp_answers(orthanc_factory) -> None:  # t
     scp_port = server.free_port()
     instance = orthanc_factory(scp_port=scp_port, forward_retry_delays_s=[1, 1, 1, 1, 1, 1, 1, 1])
     client = writeback.make_client(instance.url, instance.username, instance.password)
-    series = mr_series(3, seed=4)
+    series = noise_series(3, seed=4)
     for ds in series:
         client.upload(encode(ds))
     time.sleep(3.5)  # stable after 1 s, first attempt fails (nothing listens), retries every second
@@ -146,7 +146,7 @@ def test_forwarding_retries_until_the_scp_answers(orthanc_factory) -> None:  # t
 def test_verdict_written_back_as_series_and_study_metadata(orthanc_factory) -> None:  # type: ignore[no-untyped-def]
     instance = orthanc_factory(scp_port=server.free_port())
     client = writeback.make_client(instance.url, instance.username, instance.password)
-    series = mr_series(2, seed=5, patient_id="SECRET-PID-42")
+    series = noise_series(2, seed=5, patient_id="SECRET-PID-42")
     for ds in series:
         client.upload(encode(ds))
     verdict = {
@@ -190,7 +190,7 @@ def test_series_not_yet_forwarded_survive_an_orthanc_restart(orthanc_factory) ->
     scp_port = server.free_port()
     instance = orthanc_factory(scp_port=scp_port, forward_retry_delays_s=[600])  # no retry within this test
     client = writeback.make_client(instance.url, instance.username, instance.password)
-    series = mr_series(3, seed=11)
+    series = noise_series(3, seed=11)
     for ds in series:
         client.upload(encode(ds))
     assert wait_for(lambda: "retry 1 in 600" in instance.log_path.read_text(), timeout_s=20)

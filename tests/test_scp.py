@@ -23,8 +23,8 @@ from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scp import StorageNode, accepted_transfer_syntaxes
 from dicom_node.scu import AssociationFailed, echo, send_instances
 from dicom_node.spool import Spool, series_key_for
-from dicom_node.synthetic import mr_series
 from dicom_node.types import CompletedSeries
+from fingerprint.imaging.dicom_write import noise_series
 
 QUIET_S = 0.3
 PATIENT_ID = "SYNTH-PATIENT-0001"
@@ -176,7 +176,7 @@ def test_compressed_transfer_syntaxes_are_accepted_and_stored_bit_identical(
 
 
 def test_duplicate_sop_instances_are_stored_once(start_node: NodeFactory) -> None:
-    series = mr_series(3, size=8)
+    series = noise_series(3, size=8)
     node, collector = start_node()
     assert send_instances(series + series, node.port).all_ok  # the same three twice in one association
     assert send_instances(series[:1], node.port).all_ok  # and one again in another
@@ -189,7 +189,7 @@ def test_duplicate_sop_instances_are_stored_once(start_node: NodeFactory) -> Non
 
 
 def test_series_waits_for_release_then_quiet_time_and_reopens_for_late_instances(start_node: NodeFactory) -> None:
-    series = mr_series(5, size=8)
+    series = noise_series(5, size=8)
     key = series_key_for(series[0].SeriesInstanceUID)
     node, collector = start_node()
     assoc = _open_association(node.port)
@@ -221,7 +221,7 @@ def _open_association(port: int):  # type: ignore[no-untyped-def]
 
 
 def test_series_sent_over_two_concurrent_associations_waits_for_both(start_node: NodeFactory) -> None:
-    series = mr_series(2, size=8)
+    series = noise_series(2, size=8)
     node, collector = start_node()
     first, second = _open_association(node.port), _open_association(node.port)
     assert first.send_c_store(series[0]).Status == 0
@@ -237,7 +237,7 @@ def test_series_sent_over_two_concurrent_associations_waits_for_both(start_node:
 
 def test_series_on_an_association_kept_open_is_handed_on_after_the_open_quiet_time(start_node: NodeFactory) -> None:
     """A sender that keeps its association open (series after series) must not hold finished series back."""
-    first, second = mr_series(2, size=8), mr_series(1, size=8, seed=2)
+    first, second = noise_series(2, size=8), noise_series(1, size=8, seed=2)
     node, collector = start_node(open_quiet_time_s=1.0)
     assoc = _open_association(node.port)
     for ds in first:
@@ -254,7 +254,7 @@ def test_series_on_an_association_kept_open_is_handed_on_after_the_open_quiet_ti
 
 
 def test_aborted_association_keeps_what_was_stored(start_node: NodeFactory) -> None:
-    series = mr_series(5, size=8)
+    series = noise_series(5, size=8)
     node, collector = start_node()
     result = send_instances(series, node.port, abort_after=3)
     assert result.statuses == [0, 0, 0]
@@ -263,7 +263,7 @@ def test_aborted_association_keeps_what_was_stored(start_node: NodeFactory) -> N
 
 
 def test_two_series_in_one_association_are_handed_on_separately(start_node: NodeFactory) -> None:
-    first, second = mr_series(2, size=8), mr_series(3, size=8, seed=1)
+    first, second = noise_series(2, size=8), noise_series(3, size=8, seed=1)
     node, collector = start_node()
     assert send_instances(first + second, node.port).all_ok
     completed = collector.wait(2)
@@ -273,7 +273,7 @@ def test_two_series_in_one_association_are_handed_on_separately(start_node: Node
 def test_unwritable_spool_answers_out_of_resources_and_recovers(start_node: NodeFactory) -> None:
     """Real failure: the spool's series folder is replaced by a file, so every write fails with ENOTDIR/EEXIST."""
     node, collector = start_node()
-    series = mr_series(2, size=8)
+    series = noise_series(2, size=8)
     shutil.rmtree(node.spool.series_root)
     node.spool.series_root.write_text("the disk went away")
     assert send_instances(series, node.port).statuses == [0xA700, 0xA700]
@@ -295,8 +295,8 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
     node = None
     try:
         node, collector = start_node(spool_dir=mount_point / "spool")
-        series = mr_series(10, size=64)  # ~8 KiB of pixels each: about 80 KiB + state files; 128 KiB fills up
-        statuses = send_instances(series + mr_series(20, size=64, seed=3), node.port).statuses
+        series = noise_series(10, size=64)  # ~8 KiB of pixels each: about 80 KiB + state files; 128 KiB fills up
+        statuses = send_instances(series + noise_series(20, size=64, seed=3), node.port).statuses
         assert statuses[0] == 0 and 0xA700 in statuses, statuses
         assert set(statuses) <= {0, 0xA700}
         stored = sum(node.spool.instance_count(k) for k in node.spool.series_keys())
@@ -316,7 +316,7 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
 def test_restart_hands_on_again_what_was_not_finished(start_node: NodeFactory, tmp_path: Path) -> None:
     """Received-but-not-complete and queued-but-not-done series are handed on again; done ones are not."""
     spool_dir = tmp_path / "spool"
-    receiving, queued, finished = (mr_series(2, size=8, seed=seed) for seed in range(3))
+    receiving, queued, finished = (noise_series(2, size=8, seed=seed) for seed in range(3))
     node, collector = start_node(spool_dir=spool_dir)
     assert send_instances(finished, node.port).all_ok
     assert send_instances(queued, node.port).all_ok
@@ -338,7 +338,7 @@ def test_restart_hands_on_again_what_was_not_finished(start_node: NodeFactory, t
 
 def test_failed_hand_on_is_retried_and_series_marked_queued_only_after_success(start_node: NodeFactory) -> None:
     node, collector = start_node(collector=Collector(failures=1))
-    series = mr_series(2, size=8)
+    series = noise_series(2, size=8)
     key = series_key_for(series[0].SeriesInstanceUID)
     assert send_instances(series, node.port).all_ok
     deadline = time.monotonic() + 5
@@ -368,7 +368,7 @@ def test_scu_associates_again_when_a_response_does_not_come(tmp_path: Path) -> N
     ae.add_supported_context(MRImageStorage)
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_first)])
     try:
-        series = mr_series(3, size=8)
+        series = noise_series(3, size=8)
         result = send_instances(series, server.server_address[1], response_timeout_s=0.5)
         assert result.statuses == [0, 0, 0]
         assert received[0] == received[1] == series[0].SOPInstanceUID, "the unanswered instance is sent again"
@@ -383,7 +383,7 @@ def test_calling_ae_allow_list_and_called_ae_are_enforced(start_node: NodeFactor
     with pytest.raises(AssociationFailed):
         echo(node.port, calling_ae="INTRUDER")
     with pytest.raises(AssociationFailed):
-        send_instances(mr_series(1, size=8), node.port, calling_ae="INTRUDER")
+        send_instances(noise_series(1, size=8), node.port, calling_ae="INTRUDER")
     with pytest.raises(AssociationFailed):
         echo(node.port, calling_ae="PACS1", called_ae="SOMEONE_ELSE")
     assert not list(node.spool.series_root.iterdir())
@@ -399,9 +399,9 @@ def test_listening_beyond_loopback_requires_an_allow_list(tmp_path: Path) -> Non
 
 def test_instance_without_series_uid_is_refused_and_kept(start_node: NodeFactory) -> None:
     node, collector = start_node()
-    (ds,) = mr_series(1, size=8)
+    (ds,) = noise_series(1, size=8)
     del ds.SeriesInstanceUID
-    good = mr_series(2, size=8, seed=4)
+    good = noise_series(2, size=8, seed=4)
     assert send_instances([good[0], ds, good[1]], node.port).statuses == [0, 0xC000, 0], "the others go on"
     (completed,) = collector.wait(1)
     assert completed.instance_count == 2
@@ -413,15 +413,15 @@ def test_instance_without_series_uid_is_refused_and_kept(start_node: NodeFactory
 def test_no_patient_data_in_logs_paths_or_state(start_node: NodeFactory, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # everything, pynetdicom's own loggers included
     node, collector = start_node()
-    series = mr_series(3, size=8, patient_id=PATIENT_ID)
+    series = noise_series(3, size=8, patient_id=PATIENT_ID)
     assert send_instances(series, node.port).all_ok
     (completed,) = collector.wait(1)
-    (bad,) = mr_series(1, size=8, patient_id=PATIENT_ID)
+    (bad,) = noise_series(1, size=8, patient_id=PATIENT_ID)
     del bad.SeriesInstanceUID
     send_instances([bad], node.port)
     shutil.rmtree(node.spool.series_root)
     node.spool.series_root.write_text("broken")
-    assert send_instances(mr_series(1, size=8, patient_id=PATIENT_ID), node.port).statuses == [0xA700]
+    assert send_instances(noise_series(1, size=8, patient_id=PATIENT_ID), node.port).statuses == [0xA700]
     node.spool.series_root.unlink()
     text = caplog.text
     assert "stored instance" in text and "NOT stored" in text and "rejected" in text  # the logs did run

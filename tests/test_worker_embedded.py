@@ -15,8 +15,8 @@ from dbp_orthanc import server, writeback
 from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scp import StorageNode
 from dicom_node.scu import send_instances
-from dicom_node.synthetic import mr_series
 from dicom_node.types import CompletedSeries
+from fingerprint.imaging.dicom_write import noise_series
 from worker.dispatch import submit_completed_series
 from worker.embedded import EmbeddedWorker
 from worker.ledger import DONE, QUEUED, WRITEBACK_DONE, WRITEBACK_PENDING
@@ -96,7 +96,7 @@ def test_series_sent_to_the_scp_ends_as_a_verdict_in_the_store(settings, write_h
 
 def test_bad_series_is_a_rejected_verdict_not_a_retry(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "scout"
-    save_series(mr_series(6, seed=7), folder)  # six 32x32 slices: no 3D brain volume
+    save_series(noise_series(6, seed=7), folder)  # six 32x32 slices: no 3D brain volume
     ctx = WorkerContext(settings.worker_config())
     key, _ = submit_to_ledger(ctx, completed_folder(folder, "scout-key"), "test")
     with EmbeddedWorker(settings.worker_config()) as worker:
@@ -110,12 +110,12 @@ def test_bad_series_is_a_rejected_verdict_not_a_retry(settings, tmp_path) -> Non
 
 def test_identical_resend_is_processed_once(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "scout"
-    save_series(mr_series(6, seed=8), folder)
+    save_series(noise_series(6, seed=8), folder)
     ctx = WorkerContext(settings.worker_config())
     first, is_new = submit_to_ledger(ctx, completed_folder(folder, "k"), "test")
     again, is_new_again = submit_to_ledger(ctx, completed_folder(folder, "k"), "test")
     assert first == again and is_new and not is_new_again
-    save_series(mr_series(7, seed=8), folder)  # more instances arrived: new content, new job
+    save_series(noise_series(7, seed=8), folder)  # more instances arrived: new content, new job
     third, is_new_third = submit_to_ledger(ctx, completed_folder(folder, "k"), "test")
     assert third != first and is_new_third
     ctx.close()
@@ -126,7 +126,7 @@ def test_embedded_restart_loses_nothing(settings, tmp_path) -> None:  # type: ig
     keys = []
     for number in range(4):
         folder = tmp_path / f"series-{number}"
-        save_series(mr_series(5, seed=20 + number), folder)
+        save_series(noise_series(5, seed=20 + number), folder)
         keys.append(submit_to_ledger(ctx, completed_folder(folder, f"key-{number}"), "test")[0])
     # A first worker stops after its first verdict: the rest of the queue is left behind ...
     first_worker = EmbeddedWorker(settings.worker_config())
@@ -153,7 +153,7 @@ def test_orthanc_down_during_writeback_keeps_the_verdict_and_retries(settings, t
         dicom_port=server.free_port(), scp_ae_title=settings.ae_title, scp_port=server.free_port(), stable_age_s=60,
     )
     server.start(instance)
-    datasets = mr_series(6, seed=9)
+    datasets = noise_series(6, seed=9)
     client = writeback.make_client(instance.url, instance.username, instance.password)
     for ds in datasets:
         buffer = io.BytesIO()
@@ -185,7 +185,7 @@ def test_serve_without_broker_starts_an_embedded_worker_on_first_series(settings
     """``deepbrainprint serve`` in embedded mode: the node's hand-on alone must get the series processed."""
     node = StorageNode(settings.node_config(), lambda completed: submit_completed_series(settings.worker_config(), completed)).start()
     try:
-        assert send_instances(mr_series(6, seed=50), node.port, called_ae=settings.ae_title).all_ok
+        assert send_instances(noise_series(6, seed=50), node.port, called_ae=settings.ae_title).all_ok
         ctx = WorkerContext(settings.worker_config())
         assert wait_for(lambda: settled(ctx.ledger, 1), 60)
         assert ctx.ledger.all_jobs()[0].verdict["verdict"] == "rejected"

@@ -1,4 +1,5 @@
-"""Any volume -> a realistic MR Image Storage series on disk (tests, the cohort generator, the demo).
+"""Any volume -> a realistic MR Image Storage series, on disk or in memory (tests, the cohort generator, the demo,
+the benchmarks; :func:`noise_series` makes the small noise series the DICOM tests send).
 
 Real series differ in acquisition plane, obliquity, slice thickness, bit depth and transfer syntax; the pipeline
 must give the same slice for all of them. This writer re-samples a volume (a NIfTI head, a synthetic subject) on the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -62,9 +64,21 @@ def encodable_transfer_syntaxes() -> list[UID]:
     return found
 
 
-def write_series(
+def write_series(image: sitk.Image, out_dir: Path | str, **options: Any) -> list[Path]:
+    """Write ``image`` as one MR series in ``out_dir`` (created) and return the file paths, one per slice
+    (``0001.dcm`` ...). ``options`` are those of :func:`series_datasets` (``patient_id`` is required)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, ds in enumerate(series_datasets(image, **options)):
+        path = out / f"{k + 1:04d}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def series_datasets(
     image: sitk.Image,
-    out_dir: Path | str,
     *,
     patient_id: str,
     orientation: str | Sequence[float] = "axial",
@@ -83,16 +97,14 @@ def write_series(
     magnetic_field_strength: float = 3.0,
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "M", "NONE"),
     modality: str = "MR",
-) -> list[Path]:
-    """Write ``image`` as one MR series in ``out_dir`` (created) and return the file paths, one per slice.
+) -> list[Dataset]:
+    """``image`` as one MR series in memory: one dataset per slice, in ``transfer_syntax`` (file meta included).
 
     ``orientation``: "axial", "sagittal", "coronal" or a 9-value direction matrix (row-major, columns = row
     direction, column direction, slice normal) for oblique acquisitions. ``slice_thickness_mm`` defaults to the
     in-plane spacing (isotropic); slices are contiguous (gap = thickness). ``pixel_spacing_mm`` defaults to the
     finest spacing of ``image``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     direction = _direction(orientation)
     in_plane = float(pixel_spacing_mm or min(image.GetSpacing()))
     thickness = float(slice_thickness_mm or in_plane)
@@ -105,7 +117,7 @@ def write_series(
     series_uid = series_uid or generate_uid()
     frame_uid = generate_uid()
     normal = np.array(direction).reshape(3, 3)[:, 2]
-    paths = []
+    datasets = []
     now = dt.datetime.now()
     for k in range(stored.shape[0]):
         position = volume.TransformIndexToPhysicalPoint((0, 0, k))
@@ -135,10 +147,23 @@ def write_series(
             slope=slope,
             intercept=low,
         )
-        path = out / f"{k + 1:04d}.dcm"
-        _save(ds, path, UID(transfer_syntax))
-        paths.append(path)
-    return paths
+        _encode(ds, UID(transfer_syntax))
+        datasets.append(ds)
+    return datasets
+
+
+def noise_series(
+    count: int, *, patient_id: str = "SYNTH-PATIENT-0001", series_uid: str | None = None, size: int = 32, seed: int = 0
+) -> list[Dataset]:
+    """``count`` axial slices of ``size`` x ``size`` seeded noise, 1 mm apart, as one MR series in memory (fresh UIDs,
+    explicit little endian): small valid MR Image Storage objects for the tests and the ingest benchmark. The fake
+    PatientID, patient name (``Synthetic^<id>``) and birth date are there on purpose, so tests can assert that patient
+    data never show up in logs or spool paths."""
+    pixels = np.random.default_rng(seed).integers(0, 4000, (count, size, size), dtype=np.uint16)
+    return series_datasets(
+        sitk.GetImageFromArray(pixels), patient_id=patient_id, series_uid=series_uid,
+        patient_name=f"Synthetic^{patient_id}", patient_birth_date="19700101", series_description="T1 MPRAGE synthetic",
+    )  # fmt: skip
 
 
 def _direction(orientation: str | Sequence[float]) -> tuple[float, ...]:
@@ -248,7 +273,8 @@ def _slice_dataset(pixels: np.ndarray, **a) -> Dataset:  # noqa: ANN003 - privat
     return ds
 
 
-def _save(ds: Dataset, path: Path, transfer_syntax: UID) -> None:
+def _encode(ds: Dataset, transfer_syntax: UID) -> None:
+    """Give ``ds`` its file meta and encode its pixels in ``transfer_syntax`` (compressing where it asks for it)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -258,4 +284,3 @@ def _save(ds: Dataset, path: Path, transfer_syntax: UID) -> None:
         ds.compress(transfer_syntax, generate_instance_uid=False)
     else:
         meta.TransferSyntaxUID = transfer_syntax
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
