@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DBP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 REAL_T1 = "t1/siemens-trio-3t-sag"
@@ -63,9 +62,9 @@ def load_heads() -> dict[str, Any]:
     (2022). Without: Colin27, MNI152 and warped copies of Colin27."""
     import SimpleITK as sitk
 
-    if not COLIN27.exists():
-        raise FileNotFoundError(f"{COLIN27} is missing: install the mricron-data package (deploy/install-system.sh)")
-    heads: dict[str, Any] = {"Colin27": sitk.ReadImage(str(COLIN27))}
+    from fingerprint.imaging.reference import load_colin27, load_mni152
+
+    heads: dict[str, Any] = {"Colin27": load_colin27()}
     people = [SHARED_DATA / p for p in REAL_PEOPLE]
     if all(p.exists() for p in people) and (SHARED_DATA / REAL_T1).is_dir() and (SHARED_DATA / REAL_REPEAT).is_dir():
         for number, path in enumerate(people, 1):
@@ -74,13 +73,7 @@ def load_heads() -> dict[str, Any]:
         heads[DECUBITUS_2022] = SHARED_DATA / REAL_REPEAT
         return heads
     try:
-        import nibabel as nib
-        from nilearn.datasets import load_mni152_template
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "mni152.nii.gz"
-            nib.save(load_mni152_template(resolution=1), path)
-            heads["MNI152"] = sitk.ReadImage(str(path))
+        heads["MNI152"] = load_mni152(resolution=1)
     except ImportError:
         pass
     real = SHARED_DATA / REAL_T1

@@ -11,6 +11,9 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
 SHIPPED_WEIGHTS_DIR = PACKAGE_DIR / "weights"
+#: Colin27 (Debian package mricron-data): a held-out real head, the fixed image of the base heads' careful alignment,
+#: the demo's first person. Read it with :func:`fingerprint.imaging.reference.load_colin27`.
+COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 
 def shared_data_dir() -> Path:

@@ -105,9 +105,10 @@ def test_volume_cohort_is_sliced_once_and_extended(tmp_path) -> None:
 
     import SimpleITK as sitk
 
+    from fingerprint.imaging.reference import load_colin27
     from fingerprint.model.training.data import load_volume_cohort
 
-    head = sitk.ReadImage("/usr/share/mricron/templates/ch2.nii.gz")
+    head = load_colin27()
     head = sitk.Shrink(head, [2, 2, 2])  # 2 mm: fast, still a head the pipeline aligns
     (tmp_path / "volumes").mkdir()
     rows = []
@@ -140,9 +141,10 @@ def test_volume_cohort_sliced_on_two_workers_equals_one(tmp_path) -> None:
 
     import SimpleITK as sitk
 
+    from fingerprint.imaging.reference import load_colin27
     from fingerprint.model.training.data import load_volume_cohort
 
-    head = sitk.Shrink(sitk.ReadImage("/usr/share/mricron/templates/ch2.nii.gz", sitk.sitkFloat32), [2, 2, 2])
+    head = sitk.Shrink(load_colin27(sitk.sitkFloat32), [2, 2, 2])
     turn = sitk.Euler3DTransform((0.0, -18.0, 18.0), 0.12, 0.0, 0.05, (4.0, -3.0, 6.0))
     (tmp_path / "volumes").mkdir()
     rows = []

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from deepbrainprint.demo import COLIN27, DECUBITUS_2022, TRIO_2010, plan, run_demo
+from deepbrainprint.demo import DECUBITUS_2022, TRIO_2010, plan, run_demo
+from fingerprint.locations import COLIN27_PATH
 
 
 def test_a_bare_machine_still_has_three_heads(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    if not COLIN27.exists():
+    if not COLIN27_PATH.exists():
         pytest.skip("Colin27 (mricron-data) is not installed")
     import sys
 
@@ -43,7 +44,7 @@ def test_plan_plants_a_duplicate_and_a_mismatch() -> None:
 
 @pytest.mark.slow
 def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    if not COLIN27.exists():
+    if not COLIN27_PATH.exists():
         pytest.skip("Colin27 (mricron-data) is not installed")
     import torch
 

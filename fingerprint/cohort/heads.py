@@ -31,7 +31,6 @@ heads too, prepared in exactly the same way as the DICOM heads (same alignment, 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from fingerprint.locations import shared_data_dir
+from fingerprint.imaging.reference import load_colin27, load_mni152
+from fingerprint.locations import COLIN27_PATH, shared_data_dir
 
 #: Bump when the way heads are prepared changes: old caches are then ignored, not reused.
 HEAD_CACHE_VERSION = "v3"
-COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
 #: A pipeline refinement of a base head's careful alignment that turns it more than this is rejected as a failure.
 MAX_REFINEMENT_DEG = 12.0
 SHARED_DATA = shared_data_dir()
@@ -148,17 +147,7 @@ def cache_dir() -> Path:
 @lru_cache(maxsize=1)
 def reference_grid() -> sitk.Image:
     """The 1 mm reference box (nilearn's MNI152 grid, LPS physical coordinates as SimpleITK reads NIfTI)."""
-    return sitk.Cast(_mni152_image(), sitk.sitkFloat32)
-
-
-def _mni152_image() -> sitk.Image:
-    from nilearn.datasets import load_mni152_template
-
-    template = load_mni152_template(resolution=1)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "mni152.nii.gz"
-        template.to_filename(path)
-        return sitk.ReadImage(str(path), sitk.sitkFloat32)
+    return load_mni152(resolution=1, pixel_type=sitk.sitkFloat32)
 
 
 def _dicom_head(folder: Path) -> sitk.Image:
@@ -203,7 +192,7 @@ def careful_rigid_alignment(image: sitk.Image) -> sitk.Euler3DTransform:
     Slower and more thorough than the pipeline's 2 s alignment on purpose: it fixes each base head's place in
     reference space once for every subject built from it; the pipeline's own alignment error is modelled apart.
     """
-    fixed = sitk.ReadImage(str(COLIN27_PATH), sitk.sitkFloat32)
+    fixed = load_colin27(sitk.sitkFloat32)
     moving = sitk.BinShrink(image, [max(1, int(round(1.0 / s))) for s in image.GetSpacing()])
     fixed_top, moving_top = _head_top_centroid(fixed), _head_top_centroid(moving)
     transform = sitk.Euler3DTransform()

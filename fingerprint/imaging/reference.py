@@ -1,4 +1,6 @@
-"""The reference head: the shipped 2 mm template and brain mask, its landmarks, and the canonical plane's place.
+"""The reference head: the shipped 2 mm template and brain mask, its landmarks, and the canonical plane's place; and
+the two other template heads, each read by one loader: Colin27 (:func:`load_colin27`) and nilearn's MNI152
+(:func:`load_mni152`).
 
 Alignment (``canonical``), slicing (``slicing``) and the canonical brain (``brain``) all work in this reference's
 space; keeping it in its own module lets each of them import it without importing one another.
@@ -6,13 +8,15 @@ space; keeping it in its own module lets each of them import it without importin
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from fingerprint.locations import ASSETS_DIR
+from fingerprint.locations import ASSETS_DIR, COLIN27_PATH
 
 REFERENCE_T1 = ASSETS_DIR / "reference_t1_2mm.nii.gz"
 REFERENCE_MASK = ASSETS_DIR / "reference_brain_mask_2mm.nii.gz"
@@ -59,6 +63,26 @@ def load_reference() -> Reference:
         brain_top_z=top_z,
         brain_top_centroid=tuple(float(v) for v in top.mean(axis=0)),
     )
+
+
+def load_colin27(pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
+    """Colin27 (one real man, the MNI average of 27 scans of him) at its native 1 mm, in its stored pixel type unless
+    ``pixel_type`` is given. FileNotFoundError, saying what to install, where it is missing."""
+    if not COLIN27_PATH.exists():
+        raise FileNotFoundError(f"{COLIN27_PATH} is missing: install the mricron-data package (deploy/install-system.sh)")
+    return sitk.ReadImage(str(COLIN27_PATH), pixel_type)
+
+
+def load_mni152(resolution: int = 1, pixel_type: int = sitk.sitkUnknown) -> sitk.Image:
+    """nilearn's MNI152 2009 template at ``resolution`` mm, as SimpleITK reads its NIfTI (LPS physical coordinates),
+    in its stored pixel type unless ``pixel_type`` is given. ImportError where nilearn is not installed."""
+    from nilearn.datasets import load_mni152_template
+
+    template = load_mni152_template(resolution=resolution)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mni152.nii.gz"
+        template.to_filename(path)
+        return sitk.ReadImage(str(path), pixel_type)
 
 
 def foreground_points(mask: sitk.Image, threshold: float) -> np.ndarray:
