@@ -15,7 +15,6 @@ archive lives in a fresh temporary folder unless ``--home`` is given.
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import tempfile
@@ -25,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DBP_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from fingerprint.locations import shared_data_dir
+
+SHARED_DATA = shared_data_dir()
 REAL_T1 = "t1/siemens-trio-3t-sag"
 #: The same man as REAL_T1, twelve years later (shared/data/README.md): the demo's real planted duplicate.
 REAL_REPEAT = "repeats/decubitus-HFS-t1-2d"

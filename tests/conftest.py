@@ -92,7 +92,7 @@ def synthetic_fingerprint():
 
 
 # --- worker / modes tests (helper "worker") ---------------------------------------------------------------------------
-COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
+from fingerprint.locations import COLIN27_PATH  # noqa: E402 - after the helpers above, used by the fixtures below
 
 
 @pytest.fixture(scope="session")
@@ -108,16 +108,11 @@ def small_heads() -> dict:
         return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0),
                              image.GetDirection(), 0.0, sitk.sitkFloat32)
 
-    heads = {"colin": at_2mm(sitk.ReadImage(str(COLIN27_PATH)))}
+    from fingerprint.imaging.reference import load_colin27, load_mni152
+
+    heads = {"colin": at_2mm(load_colin27())}
     try:
-        import tempfile
-
-        import nibabel as nib
-        from nilearn.datasets import load_mni152_template
-
-        with tempfile.TemporaryDirectory() as tmp:
-            nib.save(load_mni152_template(resolution=2), f"{tmp}/mni.nii.gz")
-            heads["mni"] = sitk.Cast(sitk.ReadImage(f"{tmp}/mni.nii.gz"), sitk.sitkFloat32)
+        heads["mni"] = load_mni152(resolution=2, pixel_type=sitk.sitkFloat32)
     except ImportError:
         pass
     return heads
@@ -144,7 +139,9 @@ def colin27():
         pytest.skip(f"Colin27 not found at {COLIN27_PATH} (install the Debian package mricron-data)")
     import SimpleITK as sitk
 
-    return sitk.ReadImage(str(COLIN27_PATH), sitk.sitkFloat32)
+    from fingerprint.imaging.reference import load_colin27
+
+    return load_colin27(sitk.sitkFloat32)
 
 
 @pytest.fixture(scope="session")

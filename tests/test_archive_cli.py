@@ -35,7 +35,7 @@ from fingerprint.imaging.dicom_read import iter_files, read_dicom_file
 from fingerprint.types import FingerprintResult
 
 torch.set_num_threads(1)
-PERSON_A = "repeats/decubitus-HFS-t1-2d"  # a real man (35 sagittal slices: the quickest real series to slice)
+PERSON_A = "t1/siemens-avanto-1.5t-axial-postcontrast"  # a real person (2D axial, post-contrast: quick to align)
 PERSON_B = "t1/philips-elition-3t-sag-gz"  # another real man (3D MPRAGE, gzip-wrapped files)
 
 

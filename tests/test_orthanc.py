@@ -121,7 +121,14 @@ def test_non_mr_series_is_not_forwarded(orthanc_factory) -> None:  # type: ignor
         for ds in ct + mr:
             client.upload(encode(ds))
         assert wait_for(lambda: len(scp.received) >= 2, timeout_s=20)
-        time.sleep(2.0)  # both series are stable by now; only the MR one may arrive
+
+        def both_stable_and_none_pending() -> bool:  # the plugin has seen both series and dropped the CT one
+            series = requests.get(f"{instance.url}/series?expand", auth=auth, timeout=5).json()
+            status = requests.get(f"{instance.url}/deepbrainprint/forwarding", auth=auth, timeout=5).json()
+            return len(series) == 2 and all(s["IsStable"] for s in series) and status["pending"] == 0
+
+        auth = (instance.username, instance.password)
+        assert wait_for(both_stable_and_none_pending, timeout_s=20)
         assert sorted(scp.received) == sorted(str(ds.SOPInstanceUID) for ds in mr)
     finally:
         scp.stop()
@@ -134,8 +141,8 @@ def test_forwarding_retries_until_the_scp_answers(orthanc_factory) -> None:  # t
     series = noise_series(3, seed=4)
     for ds in series:
         client.upload(encode(ds))
-    time.sleep(3.5)  # stable after 1 s, first attempt fails (nothing listens), retries every second
-    assert "retry" in instance.log_path.read_text()
+    # stable after 1 s, the first attempt fails (nothing listens), then it retries every second
+    assert wait_for(lambda: "retry" in instance.log_path.read_text(), timeout_s=20)
     scp = RecordingSCP(scp_port)
     try:
         assert wait_for(lambda: len(scp.received) == 3, timeout_s=20), "series was never forwarded after the SCP came up"
