@@ -45,6 +45,7 @@ class Settings:
     top_k: int = 5
     faiss_search_params: str = ""  # approximate indexes: e.g. "efSearch=64" (HNSW), "nprobe=16" (IVF); "" = defaults
     calibration_far: float = 0.001  # false-alarm rate `calibrate` picks thresholds for (0.1%)
+    site_name: str = ""  # named in calibrations from the archive and their plots; empty: the index folder's name
     faiss_threads: int = 1  # FAISS OpenMP threads; one query at a time: 2 threads made decide 7x slower here
     verification: bool = True  # the 3D verification stage decides where it can (fingerprint.identity.verification)
     verify_own_scans: int = 2  # earlier scans of the same PatientID verified (the most similar fingerprints)

@@ -229,7 +229,17 @@ def _print_neighbours_hint(verdicts: Counter) -> None:
 
 
 def calibrate(
-    cohort: Annotated[Path, typer.Option("--cohort", help="Labelled set: cohort.csv + slices.npz or volumes.")],
+    cohort: Annotated[
+        Optional[Path], typer.Option("--cohort", help="Labelled set: cohort.csv + slices.npz or volumes.")
+    ] = None,
+    from_archive: Annotated[
+        bool,
+        typer.Option(
+            "--from-archive",
+            help="Calibrate on the archive itself: series that share a PatientID as the same person, the others as "
+            "different people, label errors set aside (the site's own scanners and patients).",
+        ),
+    ] = False,
     far: Annotated[Optional[float], typer.Option("--far", help="False-alarm rate (default 0.001 = 0.1%).")] = None,
     split: Annotated[str, typer.Option("--split", help="Rows of this split, if the cohort has it.")] = "calibration",
     ship: Annotated[bool, typer.Option("--ship", help="Write next to the shipped weights, not in the index.")] = False,
@@ -247,9 +257,11 @@ def calibrate(
     workers: Annotated[int, typer.Option("--workers", help="Processes for slicing and pair checks.")] = 1,
     as_json: JsonOption = False,
 ) -> None:
-    """Measure same-person and different-person similarities on a labelled cohort and store the verdict thresholds
-    for the model version in use (and, with --real-heads, for the verification method) in the archive's store and
-    index folder, or with --ship in fingerprint/weights/thresholds.json, shipped with the weights."""
+    """Measure same-person and different-person similarities on a labelled cohort, or with --from-archive on the
+    archive's own series, and store the verdict thresholds for the model version in use (and, with --real-heads or
+    --from-archive, for the verification method) in the archive's store and index folder, or with --ship in
+    fingerprint/weights/thresholds.json, shipped with the weights. Exit codes: 0 calibrated; 2 bad arguments; 6 the
+    archive holds too few repeat patients for the rate asked (the message says how many more it needs)."""
     from fingerprint.identity.calibration import (
         SHIPPED_THRESHOLDS,
         calibrate_cohort,
@@ -257,9 +269,14 @@ def calibrate(
     )
     from fingerprint.model.fingerprinter import load_model
 
-    if not (cohort / "cohort.csv").exists():
-        raise typer.BadParameter(f"{cohort}/cohort.csv not found")
     settings = _settings(config, index, model_path=model)
+    if from_archive:
+        if cohort is not None or ship:
+            raise typer.BadParameter("--from-archive calibrates the archive in --index: no --cohort, no --ship")
+        _calibrate_archive(settings, far if far is not None else settings.calibration_far, workers, as_json)
+        return
+    if cohort is None or not (cohort / "cohort.csv").exists():
+        raise typer.BadParameter(f"{cohort}/cohort.csv not found (or use --from-archive)")
     fingerprinter = load_model(settings.model_path)
     rate = far if far is not None else settings.calibration_far
     if real_heads:
@@ -269,19 +286,70 @@ def calibrate(
     else:
         calibrated = [calibrate_cohort(cohort, fingerprinter.embed, fingerprinter.model_version, rate, split)]
     target = SHIPPED_THRESHOLDS if ship else site_thresholds_path(settings.resolved_index_dir)
+
+    def line(t: Any) -> str:
+        d = t.details
+        return (
+            f"{t.model_version}: match >= {t.match:.4f}, mismatch < {t.mismatch:.4f} (far {rate:g}; {d['same_pairs']} "
+            f"same-person / {d['different_pairs']} different-person pairs; same person below match: "
+            f"{d['same_below_match']:.2%}) -> {target}"
+        )
+
+    _keep_and_report(calibrated, target, settings, not ship, as_json, line)
+
+
+def _keep_and_report(
+    calibrated: list[Any], target: Path, settings: Any, in_store: bool, as_json: bool, line: Any
+) -> None:
+    """Keep each calibration (file, and the store for a site's own) and print it: JSON, or ``line(thresholds)``."""
     for thresholds in calibrated:
-        _keep_thresholds(thresholds, target, settings, in_store=not ship)
-        d = thresholds.details
+        _keep_thresholds(thresholds, target, settings, in_store=in_store)
         if as_json:
             typer.echo(json.dumps({**thresholds.as_json(), "file": str(target)}))
-            continue
-        typer.echo(
-            f"{thresholds.model_version}: match >= {thresholds.match:.4f}, mismatch < {thresholds.mismatch:.4f} "
-            f"(far {rate:g}; {d['same_pairs']} same-person / {d['different_pairs']} different-person pairs; "
-            f"same person below match: {d['same_below_match']:.2%}) -> {target}"
+        else:
+            typer.echo(line(thresholds))
+        if "warning" in thresholds.details:
+            typer.echo(f"warning: {thresholds.details['warning']}", err=True)
+
+
+def _calibrate_archive(settings: Any, far: float, workers: int, as_json: bool) -> None:
+    """``calibrate --from-archive``: fit both thresholds on the archive, keep them, their report and their plot."""
+    from fingerprint.identity.archive import Archive
+    from fingerprint.identity.calibration import site_thresholds_path
+    from fingerprint.identity.site_calibration import NotEnoughRepeats, calibrate_from_archive
+    from fingerprint.identity.verification import METHOD_VERSION
+
+    config = settings.archive_config()
+    site = settings.site_name or config.index_dir.name
+    with Archive(config) as archive:
+        try:
+            result = calibrate_from_archive(
+                archive.store, archive.model_version, far, METHOD_VERSION if config.verification else None,
+                workers, site,
+            )
+        except NotEnoughRepeats as refusal:
+            if as_json:
+                typer.echo(json.dumps({"calibrated": False, "reason": str(refusal), "needed_pairs": refusal.needed_pairs,
+                                       "counted_pairs": refusal.counted_pairs, "more_patients": refusal.more_patients}))
+            typer.echo(str(refusal), err=True)
+            raise typer.Exit(6) from None
+    plot = config.index_dir / f"calibration-{result.fingerprint.model_version}.png"
+    plot.write_bytes(result.plot_png)
+    target = site_thresholds_path(config.index_dir)
+    calibrated = [t for t in (result.fingerprint, result.verification) if t is not None]
+    for thresholds in calibrated:
+        thresholds.details["plot"] = str(plot)
+
+    def line(t: Any) -> str:
+        d = t.details
+        return (
+            f"{t.model_version} ({d['score']}, site {site}): match >= {t.match:.4f}, mismatch < {t.mismatch:.4f} "
+            f"(far {far:g}; {d['same_pairs']} same-PatientID / {d['different_pairs']} different-PatientID pairs; "
+            f"{d.get('same_label_pairs_set_aside', 0)} same-PatientID pairs set aside as label errors) -> store and "
+            f"{target}; plot {plot}"
         )
-        if "warning" in d:
-            typer.echo(f"warning: {d['warning']}", err=True)
+
+    _keep_and_report(calibrated, target, settings, True, as_json, line)
 
 
 def _keep_thresholds(thresholds: Any, target: Path, settings: Any, in_store: bool) -> None:

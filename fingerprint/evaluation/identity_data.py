@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fingerprint.identity.verification import METHOD_VERSION, prepare, verify
+from fingerprint.identity.verification import METHOD_VERSION, score_brain_pairs
 from fingerprint.parallel import ordered_map
 
 #: The person each real shared series shows (folder -> person), named like the base head made from that person's
@@ -193,12 +193,9 @@ def score_pairs(
         p: known[(ids[p[0]], ids[p[1]])] for p in pairs if (ids[p[0]], ids[p[1]]) in known
     }
     todo = [p for p in pairs if p not in results]
-    chunks = [todo[k :: max(1, workers)] for k in range(max(1, workers))]
     brains = [s.brain for s in views.scans]
-    for chunk, scored in ordered_map(_score_chunk, [c for c in chunks if c], (brains,), workers):
-        results.update(zip(chunk, scored))
-        if progress:
-            progress(len(chunk))
+    for pair, (score, seconds) in zip(todo, score_brain_pairs(brains, todo, workers, progress)):
+        results[pair] = (np.nan if score is None else score, seconds)
     if cache is not None and todo:
         known.update({(ids[a], ids[b]): value for (a, b), value in results.items()})
         _write_pair_cache(cache, known)
@@ -232,16 +229,3 @@ def _write_pair_cache(cache: Path, known: dict[tuple[str, str], tuple[float, flo
     partial = _pair_cache_file(cache).with_suffix(".partial")
     partial.write_text(json.dumps(entries))
     partial.replace(_pair_cache_file(cache))
-
-
-def _score_chunk(chunk: list[tuple[int, int]], brains: list[np.ndarray]) -> list[tuple[float, float]]:
-    prepared: dict[int, Any] = {}
-    out = []
-    for a, b in chunk:
-        for k in (a, b):
-            if k not in prepared:
-                prepared[k] = prepare(brains[k])
-        started = time.process_time()  # the pair alone: the archive prepares the new brain once per series
-        result = verify(prepared[a], prepared[b])
-        out.append((np.nan if result.score is None else result.score, time.process_time() - started))
-    return out

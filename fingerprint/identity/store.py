@@ -400,6 +400,41 @@ class Store:
                 yield StoredVector(int(row_id), int(seq), vector_from_bytes(vector))
             last = int(rows[-1].id)
 
+    def calibration_rows(self, conn: Connection, model_version: str) -> list[tuple[str, str, np.ndarray]]:
+        """``(SeriesInstanceUID, PatientID hash, fingerprint)`` of every fingerprinted series of a model version, in
+        id order: what a calibration from the archive reads."""
+        c = series_table.c
+        rows = conn.execute(
+            select(c.series_instance_uid, c.patient_id_hash, c.vector)
+            .where(c.model_version == model_version, c.status == STATUS_FINGERPRINTED)
+            .order_by(c.id)
+        ).all()
+        return [(str(uid), str(patient), vector_from_bytes(vector)) for uid, patient, vector in rows]
+
+    def verification_scores(
+        self, conn: Connection, pairs: set[tuple[str, str]], method_version: str
+    ) -> dict[tuple[str, str], float]:
+        """Stored verification scores of these pairs of SeriesInstanceUIDs, whichever way round they were verified
+        (the newest where both were); pairs never verified, or without a score, are absent."""
+        if not pairs:
+            return {}
+        c = verifications_table.c
+        uids = sorted({uid for pair in pairs for uid in pair})
+        found: dict[tuple[str, str], float] = {}
+        for start in range(0, len(uids), 500):
+            rows = conn.execute(
+                select(c.series_instance_uid, c.candidate_series_instance_uid, c.score)
+                .where(c.method_version == method_version, c.series_instance_uid.in_(uids[start : start + 500]))
+                .order_by(c.id)
+            ).all()
+            for series, candidate, score in rows:
+                if score is None:
+                    continue
+                for key in ((series, candidate), (candidate, series)):
+                    if key in pairs:
+                        found[key] = float(score)
+        return found
+
     def iter_for_reindex(self, source_version: str, batch: int = 256) -> Iterator[dict[str, Any]]:
         """Full rows (with the float16 slice) of one model version, in id order: what ``reindex`` re-embeds."""
         last = 0

@@ -189,7 +189,20 @@ def _deciding(own_scans: list[Candidate]) -> Candidate:
 
 
 def _thresholds_json(t: Thresholds) -> dict[str, Any]:
-    return {"match": t.match, "mismatch": t.mismatch, "far": t.far, "source": t.source, "model_version": t.model_version}
+    """The thresholds a verdict was decided with, and which calibration they are: what they were fitted on (a cohort,
+    the site's own archive), for which site, when, and where they were read from (the store or a file)."""
+    d = t.details
+    return {
+        "match": t.match,
+        "mismatch": t.mismatch,
+        "far": t.far,
+        "source": t.source,
+        "model_version": t.model_version,
+        "calibrated_on": d.get("source") or d.get("cohort") or d.get("set"),
+        "site": d.get("site"),
+        "calibrated_at": d.get("calibrated_at"),
+        "read_from": d.get("from"),
+    }
 
 
 def rejected_verdict(rejection: SeriesRejected) -> dict[str, Any]:

@@ -33,6 +33,8 @@ Example::
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +122,43 @@ def verify(fixed: PreparedBrain, moving: PreparedBrain, keep_registered: bool = 
     score = _correlation(fixed.detail[shared], moved_detail[shared]) if shared_fraction >= MIN_SHARED_FRACTION else None
     registered = _moved(moving.brain.astype(np.float32), transform, sitk.sitkLinear) if keep_registered else None
     return VerificationResult(score, shared_fraction, rotation, shift, used, registered)
+
+
+def score_brain_pairs(
+    brains: dict[int, np.ndarray] | list[np.ndarray],
+    pairs: list[tuple[int, int]],
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[float | None, float]]:
+    """``(score, CPU seconds)`` of each pair of canonical brains (the first fixed, the second registered onto it), on
+    ``workers`` processes, in the order given. Each brain is prepared once per process."""
+    from fingerprint.parallel import ordered_map
+
+    pairs = list(pairs)
+    lanes = max(1, workers)
+    chunks = [pairs[k::lanes] for k in range(lanes)]
+    chunks = [c for c in chunks if c]
+    results: dict[tuple[int, int], tuple[float | None, float]] = {}
+    for chunk, scored in ordered_map(_score_chunk, chunks, (brains,), workers):
+        results.update(zip(chunk, scored))
+        if progress:
+            progress(len(chunk))
+    return [results[p] for p in pairs]
+
+
+def _score_chunk(
+    chunk: list[tuple[int, int]], brains: dict[int, np.ndarray] | list[np.ndarray]
+) -> list[tuple[float | None, float]]:
+    prepared: dict[int, PreparedBrain] = {}
+    out = []
+    for a, b in chunk:
+        for k in (a, b):
+            if k not in prepared:
+                prepared[k] = prepare(brains[k])
+        started = time.process_time()  # the pair alone: the archive prepares the new brain once per series
+        result = verify(prepared[a], prepared[b])
+        out.append((result.score, time.process_time() - started))
+    return out
 
 
 def _register(fixed: PreparedBrain, moving: PreparedBrain, metric_mask: np.ndarray) -> sitk.Euler3DTransform:
