@@ -63,6 +63,14 @@ def generate(
                      "spread + 5% larger errors, as measured for the current pipeline. coarse-sampling: the earlier pipeline's "
                      "(10% failures of ~10 deg). first: 1.5 deg / 1.5 mm per visit only."),
     ] = "measured",
+    thick_2d_share: Annotated[
+        float,
+        typer.Option(
+            "--thick-2d-share",
+            help="real kinds only: share of visits acquired as thick (4-5 mm) 2D series, the site's scanner settings "
+            "(default 0.25).",
+        ),
+    ] = 0.25,
 ) -> None:
     """Generate a cohort: subjects (smooth deformations of real heads, or real people as they are for the real-*
     kinds) and their visits (ageing, scanner, position).
@@ -91,7 +99,11 @@ def generate(
         raise typer.BadParameter(f"--heads must be one of {', '.join(visit_plans.TRAIN_HEAD_SETS)}")
     if head_set != visit_plans.DEFAULT_HEAD_SET and kind != "train":
         raise typer.BadParameter("--heads is for --kind train only")
-    plans = visit_plans.plan_subjects(kind, n_subjects, seed_value, head_set)
+    if not 0.0 <= thick_2d_share <= 1.0:
+        raise typer.BadParameter("--thick-2d-share must be between 0 and 1")
+    if thick_2d_share != visit_plans.THICK_2D_SHARE and kind not in visit_plans.REAL_KINDS:
+        raise typer.BadParameter("--thick-2d-share is for the real kinds only")
+    plans = visit_plans.plan_subjects(kind, n_subjects, seed_value, head_set, thick_2d_share)
     n_subjects = len(plans)  # real kinds: at most one subject per head
     _require_heads(sorted({p.base_head for p in plans}))
     started = time.perf_counter()
@@ -119,6 +131,7 @@ def generate(
             **({"head_set": head_set} if head_set != visit_plans.DEFAULT_HEAD_SET else {}),
             "held_out_heads": list(heads.HELD_OUT_HEADS),
             **(_real_manifest(kind) if kind in visit_plans.REAL_KINDS else {}),
+            **({"thick_2d_share": thick_2d_share} if kind in visit_plans.REAL_KINDS else {}),
             "head_cache_version": heads.HEAD_CACHE_VERSION,
             # The residual alignment error is only simulated on the fast path; volumes go through the real pipeline.
             "residual_model": {"name": residual, **dataclasses.asdict(visit_plans.RESIDUAL_MODELS[residual])} if fmt == "slices" else None,

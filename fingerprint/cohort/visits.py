@@ -112,6 +112,7 @@ class SubjectPlan:
     split: str
     seed_entropy: tuple[int, ...]
     real_person: bool = False  # True: the base head as it is (no warp), for the real-head kinds
+    thick_2d_share: float = THICK_2D_SHARE  # real-head kinds: share of visits acquired as a thick 2D series
 
     def anatomy(self) -> SubjectAnatomy:
         """This subject's anatomy (deterministic: drawn from the subject's own seed)."""
@@ -144,10 +145,13 @@ class VisitPlan:
         return np.random.default_rng(np.random.SeedSequence([*self.seed_entropy, 7]))
 
 
-def plan_subjects(kind: str, subjects: int, seed: int, head_set: str = DEFAULT_HEAD_SET) -> list[SubjectPlan]:
+def plan_subjects(
+    kind: str, subjects: int, seed: int, head_set: str = DEFAULT_HEAD_SET, thick_2d_share: float = THICK_2D_SHARE
+) -> list[SubjectPlan]:
     """The subjects of a cohort of ``kind`` (see :data:`KIND_CODES`), in index order; a real-head kind has at most
     one subject per real head, so ``subjects`` is capped there. ``head_set`` (train only, see
-    :data:`TRAIN_HEAD_SETS`) picks the base heads the training subjects are warps of."""
+    :data:`TRAIN_HEAD_SETS`) picks the base heads the training subjects are warps of; ``thick_2d_share`` (real-head
+    kinds) how many visits the site acquires as thick 2D series (another site's scanner settings)."""
     if kind not in KIND_CODES:
         raise ValueError(f"unknown cohort kind {kind!r}; use one of {', '.join(KIND_CODES)}")
     if head_set not in TRAIN_HEAD_SETS:
@@ -155,7 +159,7 @@ def plan_subjects(kind: str, subjects: int, seed: int, head_set: str = DEFAULT_H
     if head_set != DEFAULT_HEAD_SET and kind != "train":
         raise ValueError(f"head set {head_set!r} is for the train kind only, not {kind!r}")
     if kind in REAL_KINDS:
-        return _real_subjects(kind, subjects, seed)
+        return _real_subjects(kind, subjects, seed, thick_2d_share)
     if kind == "train":
         prefix, code, heads = TRAIN_HEAD_SETS[head_set]
     else:
@@ -171,11 +175,11 @@ def plan_subjects(kind: str, subjects: int, seed: int, head_set: str = DEFAULT_H
     return plans
 
 
-def _real_subjects(kind: str, subjects: int, seed: int) -> list[SubjectPlan]:
+def _real_subjects(kind: str, subjects: int, seed: int, thick_2d_share: float = THICK_2D_SHARE) -> list[SubjectPlan]:
     """One subject per real head of a real-head kind, its id naming the person (the same person under any seed)."""
     prefix, split, heads = REAL_KINDS[kind]
     return [
-        SubjectPlan(f"{prefix}-{head}", k, head, split, (seed, KIND_CODES[kind], k), real_person=True)
+        SubjectPlan(f"{prefix}-{head}", k, head, split, (seed, KIND_CODES[kind], k), True, thick_2d_share)
         for k, head in enumerate(heads[:subjects])
     ]
 
@@ -197,14 +201,14 @@ def plan_visits(subject: SubjectPlan, visits: int, residual: ResidualModel = MEA
         entropy = (*subject.seed_entropy, 1 + v)
         visit = _visit(subject.subject_id, v, baseline, days, np.random.default_rng(np.random.SeedSequence(list(entropy))), entropy, residual)
         visit = _with_residual_offsets(visit, residual, subject_offset)
-        plans.append(_with_real_protocol(visit) if subject.real_person else visit)
+        plans.append(_with_real_protocol(visit, subject.thick_2d_share) if subject.real_person else visit)
     return plans
 
 
-def _with_real_protocol(visit: VisitPlan) -> VisitPlan:
-    """Now and then (THICK_2D_SHARE) turn a real head's visit into a thick 2D series, from its own seed stream."""
+def _with_real_protocol(visit: VisitPlan, share: float = THICK_2D_SHARE) -> VisitPlan:
+    """Now and then (``share``) turn a real head's visit into a thick 2D series, from its own seed stream."""
     rng = np.random.default_rng(np.random.SeedSequence([*visit.seed_entropy, PROTOCOL_STREAM]))
-    return thick_2d_protocol(visit, rng) if rng.random() < THICK_2D_SHARE else visit
+    return thick_2d_protocol(visit, rng) if rng.random() < share else visit
 
 
 def thick_2d_protocol(visit: VisitPlan, rng: np.random.Generator) -> VisitPlan:
