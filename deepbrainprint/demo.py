@@ -221,6 +221,8 @@ def run_demo(
             echo(_row(number, item, verdict, len(files)))
             if on_result is not None:
                 on_result(_result(number, item, verdict))
+        echo("")
+        echo(calibrate_own_archive(settings))
     finally:
         node.stop()
         worker.stop()
@@ -230,6 +232,28 @@ def run_demo(
             shutil.rmtree(work, ignore_errors=True)
     _summary(rows, echo, time.monotonic() - started)
     return 0 if all(v is not None for _, _, v, _ in rows) else 1
+
+
+def calibrate_own_archive(settings: Any) -> str:
+    """Calibrate the demo's archive from its own PatientIDs once it holds enough repeat patients (as a site would
+    with ``calibrate --from-archive``); until then say how many more it needs. Returns the line to print."""
+    from fingerprint.identity.archive import Archive
+    from fingerprint.identity.site_calibration import NotEnoughRepeats, calibrate_from_archive
+    from fingerprint.identity.verification import METHOD_VERSION
+
+    with Archive(settings.archive_config()) as archive:
+        try:
+            site = calibrate_from_archive(archive.store, archive.model_version, settings.calibration_far,
+                                          METHOD_VERSION, site="demo")
+        except NotEnoughRepeats as refusal:
+            return (f"Site calibration: not yet ({refusal.counted_pairs} same-PatientID pairs, "
+                    f"{refusal.needed_pairs} needed at {settings.calibration_far:g}); the shipped thresholds decide.")
+        for thresholds in (site.fingerprint, site.verification):
+            if thresholds is not None:
+                archive.store.save_thresholds(thresholds.model_version, thresholds.as_json())
+    v = site.verification
+    return (f"Site calibration from this archive: verification match >= {v.match:.3f}, mismatch < {v.mismatch:.3f}"
+            if v is not None else "Site calibration from this archive: fingerprint thresholds only (no brains)")
 
 
 def _wait_for(verdicts: queue.Queue[dict[str, Any]], series_uid: str) -> dict[str, Any] | None:

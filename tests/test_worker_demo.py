@@ -54,6 +54,8 @@ def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type
     assert run_demo(home=tmp_path / "home", quick=True, echo=lines.append, on_result=results.append) == 0
     text = "\n".join(lines)
     assert "NO VERDICT" not in text and text.count("Planted #") == 2 and "4 series" in text
+    # Four series are far too few repeat patients to calibrate the site: the demo says so and keeps the shipped ones.
+    assert "Site calibration: not yet (" in text and "52 needed at 0.001" in text
     assert len(results) == 4
     from deepbrainprint import demo
 
