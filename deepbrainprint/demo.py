@@ -223,6 +223,7 @@ def run_demo(
                 on_result(_result(number, item, verdict))
         echo("")
         echo(calibrate_own_archive(settings))
+        echo(write_reports(settings, home / "reports" if keep_archive else None))
     finally:
         node.stop()
         worker.stop()
@@ -232,6 +233,23 @@ def run_demo(
             shutil.rmtree(work, ignore_errors=True)
     _summary(rows, echo, time.monotonic() - started)
     return 0 if all(v is not None for _, _, v, _ in rows) else 1
+
+
+def write_reports(settings: Any, out_dir: Path | None) -> str:
+    """The flags report of the demo's archive (HTML with the evidence pictures, CSV, JSON); kept after the demo
+    (in ``out_dir``, else a new temporary folder). Returns the line to print."""
+    from fingerprint.identity.store import Store
+    from fingerprint.reports.flags import collect_flags
+    from fingerprint.reports.render import summary_line, write_flags_report
+
+    out_dir = out_dir or Path(tempfile.mkdtemp(prefix="deepbrainprint-demo-report-"))
+    store = Store(settings.resolved_store_url)
+    try:
+        flags = collect_flags(store)
+    finally:
+        store.close()
+    paths = write_flags_report(flags, out_dir, title="DeepBrainPrint demo: flags")
+    return f"Flags report: {summary_line(flags)} -> {paths['html']} (+ flags.csv, flags.json)"
 
 
 def calibrate_own_archive(settings: Any) -> str:

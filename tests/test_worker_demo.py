@@ -56,6 +56,9 @@ def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type
     assert "NO VERDICT" not in text and text.count("Planted #") == 2 and "4 series" in text
     # Four series are far too few repeat patients to calibrate the site: the demo says so and keeps the shipped ones.
     assert "Site calibration: not yet (" in text and "52 needed at 0.001" in text
+    # It ends with the flags report of its archive, pictures inline (with real people: the two planted cases only).
+    page = (tmp_path / "home" / "reports" / "flags.html").read_text()
+    assert "Flags report: " in text and "data:image/png;base64," in page
     assert len(results) == 4
     from deepbrainprint import demo
 
@@ -63,5 +66,6 @@ def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type
         assert [(r["expected"], r["verdict"]) for r in results if not r["found"]] == [], results
         duplicate = next(r for r in results if r["expected"] == "possible_duplicate")
         assert duplicate["head"] == DECUBITUS_2022 and duplicate["decided_by"] == "verification"
+        assert "Flags report: 2 flags" in text and page.count("<section class='flag") == 2
     else:  # a bare machine: warped copies of one head; the planted duplicate at least is found
         assert any(r["expected"] == r["verdict"] == "possible_duplicate" for r in results), results

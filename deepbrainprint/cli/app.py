@@ -1,8 +1,8 @@
 """``deepbrainprint``: the one console command. Each command module registers its subcommands on the one Typer app.
 
 Library commands (no server needed): ``slice_cmd`` (slice), ``model_cmds`` (fingerprint, train, evaluate),
-``cohort_cmd`` (cohort), ``index_cmds`` (enroll, query, calibrate, reindex). Service commands: ``node_cmd`` (serve)
-and ``service_cmds`` (worker, up, down, demo). Heavy imports (torch, SimpleITK, pynetdicom) happen inside the
+``cohort_cmd`` (cohort), ``index_cmds`` (enroll, query, calibrate, reindex), ``report_cmds`` (report). Service
+commands: ``node_cmd`` (serve) and ``service_cmds`` (worker, up, down, demo). Heavy imports (torch, SimpleITK, pynetdicom) happen inside the
 commands so ``--help`` stays fast.
 """
 
@@ -15,6 +15,7 @@ from deepbrainprint.cli import (
     index_cmds,
     model_cmds,
     node_cmd,
+    report_cmds,
     service_cmds,
     slice_cmd,
 )
@@ -27,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (slice_cmd, model_cmds, cohort_cmd, index_cmds, node_cmd, service_cmds):
+for _module in (slice_cmd, model_cmds, cohort_cmd, index_cmds, report_cmds, node_cmd, service_cmds):
     _module.register(app)
 
 

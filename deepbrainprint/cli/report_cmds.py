@@ -1,0 +1,104 @@
+"""``deepbrainprint report flags | ack | audit``: the mislabeled-study report, acknowledging flags, the audit log."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+report_app = typer.Typer(help="Reports: the flags of the archive with their evidence; acknowledging them.",
+                         no_args_is_help=True)
+
+IndexOption = Annotated[Optional[Path], typer.Option("--index", help="Archive folder (default: settings index_dir).")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (also $DBP_CONFIG).")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``report`` and its subcommands to the app."""
+    app.add_typer(report_app, name="report")
+
+
+def _store(config: Path | None, index: Path | None):  # noqa: ANN202 - a Store, imported lazily
+    from deepbrainprint.settings import load_settings
+    from fingerprint.identity.store import Store
+
+    return Store(load_settings(config, index_dir=index).resolved_store_url)
+
+
+@report_app.command("flags")
+def flags(
+    out: Annotated[Path, typer.Option("--out", help="Folder for flags.html, flags.csv and flags.json.")] = Path("reports"),
+    since: Annotated[Optional[str], typer.Option("--since", help="Only flags recorded on or after this day (YYYY-MM-DD, UTC).")] = None,
+    state: Annotated[Optional[str], typer.Option("--state", help="Only flags in this review state: open, resolved, false_alarm.")] = None,
+    index: IndexOption = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the flags as JSON lines (no pictures) too.")] = False,
+) -> None:
+    """Every identity_mismatch, possible_duplicate and needs_review verdict, newest first: study identifiers, the
+    PatientIDs involved (hashed unless the site keeps clear IDs), scores, evidence pictures, what to do next, and
+    the review state. Writes a self-contained HTML page plus CSV and JSON, and prints a summary line."""
+    from fingerprint.identity.reviews import STATES, record_event
+    from fingerprint.reports.flags import collect_flags
+    from fingerprint.reports.render import summary_line, write_flags_report
+
+    if state is not None and state not in STATES:
+        raise typer.BadParameter(f"--state must be one of {', '.join(STATES)}")
+    try:
+        day = date.fromisoformat(since) if since else None
+    except ValueError:
+        raise typer.BadParameter("--since must be a day, YYYY-MM-DD") from None
+    store = _store(config, index)
+    try:
+        found = collect_flags(store, since=day, state=state)
+        paths = write_flags_report(found, out)
+        record_event(store, "cli", "report: flags", "report", {"flags": len(found), "since": since, "state": state})
+    finally:
+        store.close()
+    if as_json:
+        for flag in found:
+            typer.echo(json.dumps(flag.as_json()))
+    typer.echo(f"{summary_line(found)} -> {paths['html']} (+ .csv, .json)", err=as_json)
+
+
+@report_app.command("ack")
+def ack(
+    flag: Annotated[str, typer.Argument(help="The flag, as the report names it (F<number>).")],
+    state: Annotated[str, typer.Option("--state", help="resolved, false_alarm, or open (to reopen).")],
+    by: Annotated[str, typer.Option("--by", help="Who decided (kept in the audit log).")],
+    comment: Annotated[str, typer.Option("--comment", help="What was found or done.")] = "",
+    index: IndexOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge a flag: resolved (the records were fixed), false_alarm (nothing was wrong), or open again. The
+    state is stored and shown in the report; every change goes to the audit log. Exit 2 for an unknown flag."""
+    from fingerprint.identity.reviews import set_review
+
+    store = _store(config, index)
+    try:
+        review = set_review(store, flag, state, comment, by)
+    except (ValueError, KeyError) as error:
+        typer.echo(str(error).strip("'\""), err=True)
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    typer.echo(json.dumps(review))
+
+
+@report_app.command("audit")
+def audit(
+    flag: Annotated[Optional[str], typer.Option("--flag", help="Only this flag's entries.")] = None,
+    index: IndexOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """The audit log, oldest first, one JSON object per line: who acknowledged which flag when, reports written."""
+    from fingerprint.identity.reviews import audit_log
+
+    store = _store(config, index)
+    try:
+        for entry in audit_log(store, flag):
+            typer.echo(json.dumps(entry))
+    finally:
+        store.close()
