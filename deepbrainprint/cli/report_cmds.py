@@ -102,3 +102,36 @@ def audit(
             typer.echo(json.dumps(entry))
     finally:
         store.close()
+
+
+@report_app.command("deid-qa")
+def deid_qa_command(
+    export: Annotated[Path, typer.Argument(help="Folder of the de-identified export (searched recursively).")],
+    against: Annotated[Path, typer.Option("--against", help="Index folder of the identified archive.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for deid-qa.html, .csv and .json.")] = Path("reports"),
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per export series too.")] = False,
+) -> None:
+    """De-identification QA of an export against the identified archive: identifying headers left in (DICOM PS3.15
+    basic profile) and claims the data contradicts, series whose brain links back to an archive patient, and faces
+    left in the pixels. Writes a self-contained HTML report plus CSV and JSON and prints a summary line. Exit codes:
+    0 nothing found; 4 something identifying was found; 5 no DICOM series in the export."""
+    from deepbrainprint.settings import load_settings
+    from fingerprint.identity.archive import Archive
+    from fingerprint.identity.reviews import record_event
+    from fingerprint.reports.deid_qa import deid_qa, deid_summary, write_deid_report
+
+    if not export.is_dir():
+        raise typer.BadParameter(f"{export} is not a folder")
+    with Archive(load_settings(config, index_dir=against).archive_config()) as archive:
+        rows = deid_qa(export, archive)
+        paths = write_deid_report(rows, out)
+        record_event(archive.store, "cli", "report: deid-qa", "report", {"series": len(rows)})
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row.as_json()))
+    typer.echo(f"{deid_summary(rows)} -> {paths['html']} (+ .csv, .json)", err=as_json)
+    if not rows:
+        raise typer.Exit(5)
+    found = any(r.reidentifiable or r.headers or (r.face or {}).get("face_present") for r in rows)
+    raise typer.Exit(4 if found else 0)

@@ -26,6 +26,7 @@ from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.imaging.brain import METHOD_VERSION as BRAIN_VERSION
 from fingerprint.imaging.brain import brain_grid, extract_brain
 from fingerprint.imaging.canonical import align
+from fingerprint.imaging.face import face_check
 from fingerprint.imaging.dicom_read import read_series
 from fingerprint.imaging.slicing import (
     DEFAULT_LEVEL_MM,
@@ -42,15 +43,16 @@ MIN_PLANE_COVERAGE = 0.7
 
 
 def slice_series(
-    source: Path | str | Sequence[Dataset], method: str = "anatomical", with_brain: bool = True
+    source: Path | str | Sequence[Dataset], method: str = "anatomical", with_brain: bool = True, with_face: bool = False
 ) -> SliceResult:
     """Read one series (folder, file or datasets) and return its canonical slice and, for the anatomical method, its
-    canonical brain (what :mod:`fingerprint.identity.verification` compares). Raises ``SeriesRejected``."""
+    canonical brain (what :mod:`fingerprint.identity.verification` compares) and, ``with_face``, whether the face is
+    still in the pixels (``geometry["face"]``, :mod:`fingerprint.imaging.face`). Raises ``SeriesRejected``."""
     started = time.perf_counter()
     loaded = read_series(source)
     read_s = time.perf_counter() - started
     try:
-        pixels, geometry, brain = canonical_views(loaded.image, method=method, with_brain=with_brain)
+        pixels, geometry, brain = canonical_views(loaded.image, method=method, with_brain=with_brain, with_face=with_face)
     except SeriesRejected as rejection:  # a volume, but not a usable brain: still say whose it was
         rejection.identifiers = rejection.identifiers or loaded.identifiers
         raise
@@ -66,10 +68,11 @@ def slice_volume(image: sitk.Image, method: str = "anatomical") -> tuple[np.ndar
 
 
 def canonical_views(
-    image: sitk.Image, method: str = "anatomical", with_brain: bool = True
+    image: sitk.Image, method: str = "anatomical", with_brain: bool = True, with_face: bool = False
 ) -> tuple[np.ndarray, dict[str, Any], np.ndarray | None]:
     """The canonical slice, the geometry dict and (anatomical method, ``with_brain``) the canonical brain, from one
-    alignment: the brain costs one extra resample of the volume into the reference's 2 mm brain box."""
+    alignment: the brain costs one extra resample of the volume into the reference's 2 mm brain box. ``with_face``
+    adds the face check (``geometry["face"]``) from the same alignment."""
     if method not in METHODS:
         raise ValueError(f"unknown slice method {method!r}; use one of {', '.join(METHODS)}")
     geometry: dict[str, Any] = {"input": describe_volume(image), "timings_s": {}}
@@ -105,6 +108,8 @@ def canonical_views(
                 "seen_fraction": round(float((brain > 0).sum() / brain_grid().stored.sum()), 3),
             }
             geometry["timings_s"]["brain"] = round(time.perf_counter() - sliced, 3)
+        if with_face:
+            geometry["face"] = face_check(image, alignment.transform)
     else:
         pixels, level = middle_slice(image)
         geometry["level"] = level

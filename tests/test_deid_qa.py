@@ -1,0 +1,145 @@
+"""De-identification QA on real heads: headers, brains that link back, faces (removed here by the test itself).
+
+The identified archive holds a real person (a shared-data IXI head) under a named PatientID. The export holds three
+series: that person again under a pseudonym with a clean header but the face kept while claiming 113102 (clean
+recognizable visual features); the same person defaced but with a leftover PatientName under a basic-profile claim;
+and another real person, defaced and clean, whom the archive does not hold. The report must find exactly the planted
+problems.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+from typer.testing import CliRunner
+
+from deepbrainprint.cli.app import app
+from deepbrainprint.settings import load_settings
+from fingerprint.identity.archive import Archive
+from fingerprint.imaging.canonical import align
+from fingerprint.imaging.dicom_write import write_series
+from fingerprint.imaging.face import face_check
+from fingerprint.reports.deid_headers import header_findings
+
+NAMED_ID = "DBP-NAMED-0042"
+
+
+def deface(head: sitk.Image) -> sitk.Image:
+    """Zero everything in front of the forehead and below it (a quickshear-like cut made in reference space: MNI
+    RAS y > 65 mm and z < 25 mm), mapped into the head through its alignment."""
+    transform = align(head).transform
+    box = sitk.Image([90, 40, 70], sitk.sitkUInt8) + 1
+    box.SetSpacing((2.0, 2.0, 2.0))
+    box.SetOrigin((-90.0, -145.0, -115.0))  # LPS: x -90..90, y -145..-65 (RAS 65..145), z -115..25
+    mask = sitk.Resample(box, head, transform.GetInverse(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    pixels = sitk.GetArrayFromImage(head).astype(np.float32)
+    pixels[sitk.GetArrayFromImage(mask) > 0] = 0.0
+    out = sitk.GetImageFromArray(pixels)
+    out.CopyInformation(head)
+    return out
+
+
+def claim(folder: Path, codes: list[str], remove_name: bool = True) -> None:
+    """Make a folder's instances say they were de-identified (PatientIdentityRemoved, method codes)."""
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.PatientIdentityRemoved = "YES"
+        items = []
+        for code in codes:
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", f"method {code}"
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        if remove_name:
+            del ds.PatientName
+        ds.save_as(path, enforce_file_format=True)
+
+
+PEOPLE = ("people/ixi-2mm/IXI012-HH-1211-T1_ds.nii.gz", "people/ixi-2mm/IXI013-HH-1212-T1_ds.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def heads(shared_data):
+    """Two real people, whole heads with their faces (the shared data's IXI heads, 2 mm)."""
+    return {name: sitk.ReadImage(str(shared_data / path), sitk.sitkFloat32) for name, path in zip("ab", PEOPLE)}
+
+
+def test_the_face_check_tells_a_face_from_a_defaced_head(heads, colin27) -> None:
+    for head in heads.values():
+        transform = align(head).transform
+        assert face_check(head, transform)["face_present"]
+        assert not face_check(deface(head), transform)["face_present"]
+    # Colin27 as distributed is cut to the MNI box (y up to +91 mm): no face in front of the eyes to find.
+    colin = sitk.BinShrink(colin27, [2, 2, 2])
+    assert not face_check(colin, align(colin).transform)["face_present"]
+
+
+def test_header_findings_name_what_is_left_and_the_contradicted_claims() -> None:
+    ds = Dataset()
+    ds.PatientName, ds.StudyDate, ds.DeviceSerialNumber = "Doe^Jane", "20240101", "SN-7"
+    ds.PatientIdentityRemoved = "YES"
+    item = Dataset()
+    item.CodeValue = "113100"
+    ds.DeidentificationMethodCodeSequence = Sequence([item])
+    ds.add_new(0x00091001, "LO", "private note")
+    found = {(f.kind, f.attribute) for f in header_findings(ds, face_present=True)}
+    assert {("name", "PatientName"), ("date", "StudyDate"), ("device", "DeviceSerialNumber")} <= found
+    assert ("private tag", "1 private tags") in found
+    assert sum(1 for kind, _ in found if kind == "claim") == 2  # identity removed, basic profile
+    assert all("Doe" not in f.detail and "SN-7" not in f.detail for f in header_findings(ds))
+    # Options the export claims allow what they name: modified dates (113107) and device identity (113109).
+    for code in ("113107", "113109"):
+        extra = Dataset()
+        extra.CodeValue = code
+        ds.DeidentificationMethodCodeSequence.append(extra)
+    kept = {f.attribute for f in header_findings(ds)}
+    assert "StudyDate" not in kept and "DeviceSerialNumber" not in kept and "PatientName" in kept
+
+
+def test_deid_qa_finds_the_planted_problems_and_nothing_else(heads, tmp_path) -> None:
+    index = tmp_path / "identified"
+    write_series(heads["a"], tmp_path / "named", patient_id=NAMED_ID, patient_name="Named^Patient")
+    with Archive(load_settings(index_dir=index, home=tmp_path).archive_config()) as archive:
+        assert archive.process(tmp_path / "named")["verdict"] == "new_patient"
+    export = tmp_path / "export"
+    write_series(heads["a"], export / "a-face-kept", patient_id="ANON-1", study_uid=generate_uid())
+    claim(export / "a-face-kept", ["113100", "113102", "113107"])
+    write_series(deface(heads["a"]), export / "b-name-left", patient_id="ANON-2", patient_name="Doe^Jane")
+    claim(export / "b-name-left", ["113100", "113107"], remove_name=False)
+    write_series(deface(heads["b"]), export / "c-clean", patient_id="ANON-3")
+    claim(export / "c-clean", ["113100", "113102", "113107"])
+
+    result = CliRunner().invoke(app, ["report", "deid-qa", str(export), "--against", str(index),
+                                      "--out", str(tmp_path / "report"), "--json"])
+    assert result.exit_code == 4, result.output
+    a, b, c = _by_content(result.stdout)
+    assert a["reidentifiable"] and b["reidentifiable"] and not c["reidentifiable"]
+    assert a["linked_patient"] == b["linked_patient"] and a["linked_patient"].startswith("h:")
+    assert a["face"]["face_present"] and not b["face"]["face_present"] and not c["face"]["face_present"]
+    assert [f["attribute"] for f in a["header_findings"]] == ["DeidentificationMethodCodeSequence"]  # 113102 vs face
+    assert {f["attribute"] for f in b["header_findings"]} == {"PatientName", "PatientIdentityRemoved",
+                                                              "DeidentificationMethodCodeSequence"}
+    assert c["header_findings"] == []
+    assert "3 series: 2 with identifying headers, 2 re-identifiable by brain (67%), 1 with a face (1 of them " \
+           "claiming 113102)" in result.stderr
+    page = (tmp_path / "report" / "deid-qa.html").read_text()
+    assert "Doe" not in page and NAMED_ID not in page and page.count("data:image/png;base64,") == 3
+
+
+def _by_content(stdout: str) -> tuple[dict, dict, dict]:
+    """The three export series' rows, told apart by their instance claims and findings (their folders differ only
+    in the export's own naming, which the QA reports as the export folder with the series UID)."""
+    rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 3
+    a = next(r for r in rows if r["face"] and r["face"]["face_present"])
+    b = next(r for r in rows if any(f["attribute"] == "PatientName" for f in r["header_findings"]))
+    c = next(r for r in rows if r is not a and r is not b)
+    return a, b, c
