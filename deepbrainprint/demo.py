@@ -243,9 +243,11 @@ def write_reports(settings: Any, out_dir: Path | None) -> str:
     from fingerprint.reports.render import summary_line, write_flags_report
 
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix="deepbrainprint-demo-report-"))
+    from fingerprint.model.fingerprinter import load_model
+
     store = Store(settings.resolved_store_url)
     try:
-        flags = collect_flags(store)
+        flags = collect_flags(store, model=load_model(settings.model_path))
     finally:
         store.close()
     paths = write_flags_report(flags, out_dir, title="DeepBrainPrint demo: flags")

@@ -115,3 +115,34 @@ def test_report_cli_writes_the_files_acknowledges_and_refuses_unknown_flags(flag
     result = runner.invoke(app, ["report", "audit", "--index", index])
     actions = [json.loads(line)["action"] for line in result.stdout.splitlines()]
     assert actions == ["report: flags", "review: resolved"]
+
+
+def test_flags_show_what_the_fingerprint_looked_at_with_the_model_that_made_them(flagged_archive) -> None:
+    from fingerprint.model.encoder import seeded_encoder
+    from fingerprint.model.fingerprinter import Fingerprinter
+
+    store, _ = flagged_archive
+    mismatch, duplicate = collect_flags(store, model=Fingerprinter(seeded_encoder(seed=1), "test-model"))
+    assert [p.caption.startswith("what the fingerprint looked at") for p in mismatch.pictures] == [
+        False, False, False, True]
+    assert len(duplicate.pictures) == 3
+    other_model = Fingerprinter(seeded_encoder(seed=1), "another-model")  # not the flags' model: no saliency
+    assert len(collect_flags(store, model=other_model)[0].pictures) == 3
+
+
+def test_saliency_of_a_real_match_lies_on_the_brain(shared_data, real_slice) -> None:
+    """The shipped model comparing the Siemens Trio man (2010) with his own decubitus scan (2022): most of the
+    gradient falls inside the canonical brain mask (a map spread evenly would put 60 % there)."""
+    from fingerprint.imaging.slicing import canonical_mask
+    from fingerprint.model.fingerprinter import load_model
+    from fingerprint.model.saliency import saliency_map, saliency_png
+
+    model = load_model()
+    if model.model_version.startswith("untrained"):
+        pytest.skip("no shipped weights")
+    new = real_slice(shared_data / "t1" / "siemens-trio-3t-sag").pixels
+    earlier = real_slice(shared_data / "repeats" / "decubitus-HFS-t1-2d").pixels
+    heat = saliency_map(model, new, model.embed(earlier[None])[0])
+    mask = canonical_mask()
+    assert heat.max() == pytest.approx(1.0) and heat[mask].sum() / heat.sum() > 0.8
+    assert saliency_png(new, heat)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -50,9 +50,13 @@ def flags(
         day = date.fromisoformat(since) if since else None
     except ValueError:
         raise typer.BadParameter("--since must be a day, YYYY-MM-DD") from None
+    from deepbrainprint.settings import load_settings
+    from fingerprint.model.fingerprinter import load_model
+
+    model = load_model(load_settings(config, index_dir=index).model_path)  # for the saliency maps
     store = _store(config, index)
     try:
-        found = collect_flags(store, since=day, state=state)
+        found = collect_flags(store, since=day, state=state, model=model)
         paths = write_flags_report(found, out)
         record_event(store, "cli", "report: flags", "report", {"flags": len(found), "since": since, "state": state})
     finally:

@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import select
 
 from fingerprint.identity.reviews import OPEN, STATES, flag_id, reviews
-from fingerprint.identity.store import Store, series_table, slice_from_bytes
+from fingerprint.identity.store import Store, series_table, slice_from_bytes, vector_from_bytes
 from fingerprint.identity.verdicts import ALARMS, IDENTITY_MISMATCH, NEEDS_REVIEW, POSSIBLE_DUPLICATE
 
 NEXT_STEPS = {
@@ -83,9 +83,11 @@ def collect_flags(
     since: date | None = None,
     state: str | None = None,
     pictures: bool = True,
+    model: Any = None,
 ) -> list[Flag]:
     """Every alarm recorded on or after ``since`` (a calendar day, UTC), newest first, optionally only those in
-    review ``state``; ``pictures`` adds the evidence pictures (slices from the store, verification checkerboards)."""
+    review ``state``; ``pictures`` adds the evidence pictures (slices from the store, verification checkerboards),
+    and with the ``model`` that made the flags' fingerprints, a saliency map of what the fingerprint looked at."""
     if state is not None and state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
     c = series_table.c
@@ -100,11 +102,11 @@ def collect_flags(
         review = states.get(int(row["id"]), {"state": OPEN})
         if state is not None and review["state"] != state:
             continue
-        flags.append(_flag(store, row, review, pictures))
+        flags.append(_flag(store, row, review, pictures, model))
     return flags
 
 
-def _flag(store: Store, row: dict[str, Any], review: dict[str, Any], with_pictures: bool) -> Flag:
+def _flag(store: Store, row: dict[str, Any], review: dict[str, Any], with_pictures: bool, model: Any = None) -> Flag:
     evidence = json.loads(row["evidence"] or "{}")
     verification_score = next(
         (v.get("verification") for v in evidence.get("verified", [])
@@ -133,7 +135,7 @@ def _flag(store: Store, row: dict[str, Any], review: dict[str, Any], with_pictur
         reviewed_at=review.get("updated_at"),
     )
     if with_pictures:
-        flag.pictures = _pictures(store, row, evidence)
+        flag.pictures = _pictures(store, row, evidence, model)
     return flag
 
 
@@ -150,8 +152,9 @@ def _deciding_uid(evidence: dict[str, Any], row: dict[str, Any]) -> str | None:
     return own or best.get("series_instance_uid")
 
 
-def _pictures(store: Store, row: dict[str, Any], evidence: dict[str, Any]) -> list[Picture]:
-    """The new scan's slice, the slices it was compared with, and the verification checkerboards."""
+def _pictures(store: Store, row: dict[str, Any], evidence: dict[str, Any], model: Any = None) -> list[Picture]:
+    """The new scan's slice, the slices it was compared with, the verification checkerboards, and (with the model
+    that made the fingerprints) where the fingerprint looked when it compared the new scan with the deciding one."""
     compared: list[tuple[str, str]] = []
     own = evidence.get("own_scans", {}).get("deciding_series_instance_uid")
     if own:
@@ -165,7 +168,8 @@ def _pictures(store: Store, row: dict[str, Any], evidence: dict[str, Any]) -> li
     pictures = []
     if row["slice_f16"] is not None:
         pictures.append(Picture("the new scan's canonical slice", slice_png(slice_from_bytes(row["slice_f16"]))))
-    slices = _slices_of(store, [uid for uid, _ in compared], row["model_version"])
+    stored = _stored_views(store, [uid for uid, _ in compared], row["model_version"])
+    slices = {uid: pixels for uid, (pixels, _vector) in stored.items()}
     similarities = {e.get("series_instance_uid"): e.get("similarity") for e in evidence.get("verified", [])}
     best = evidence.get("best_other") or {}
     similarities.setdefault(best.get("series_instance_uid"), best.get("similarity"))
@@ -174,6 +178,14 @@ def _pictures(store: Store, row: dict[str, Any], evidence: dict[str, Any]) -> li
             similarity = similarities.get(uid)
             caption = what + (f" (fingerprint similarity {similarity:.4f})" if isinstance(similarity, float) else "")
             pictures.append(Picture(caption, slice_png(slices[uid])))
+    if model is not None and compared and compared[0][0] in stored and row["slice_f16"] is not None \
+            and getattr(model, "model_version", None) == row["model_version"]:
+        from fingerprint.model.saliency import saliency_map, saliency_png
+
+        new_slice = slice_from_bytes(row["slice_f16"])
+        heat = saliency_map(model, new_slice, stored[compared[0][0]][1])
+        pictures.append(Picture(f"what the fingerprint looked at, comparing with {compared[0][1]} (gradient "
+                                "saliency)", saliency_png(new_slice, heat)))
     for entry in evidence.get("verified", []):
         if entry.get("verification_id"):
             stored = store.verification(int(entry["verification_id"]))
@@ -186,16 +198,18 @@ def _pictures(store: Store, row: dict[str, Any], evidence: dict[str, Any]) -> li
     return pictures
 
 
-def _slices_of(store: Store, uids: list[str], model_version: str) -> dict[str, np.ndarray]:
+def _stored_views(store: Store, uids: list[str], model_version: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The stored canonical slice and fingerprint of these series, by SeriesInstanceUID."""
     if not uids:
         return {}
     c = series_table.c
     with store.reading() as conn:
         rows = conn.execute(
-            select(c.series_instance_uid, c.slice_f16).where(
-                c.series_instance_uid.in_(uids), c.model_version == model_version, c.slice_f16.is_not(None))
+            select(c.series_instance_uid, c.slice_f16, c.vector).where(
+                c.series_instance_uid.in_(uids), c.model_version == model_version, c.slice_f16.is_not(None),
+                c.vector.is_not(None))
         ).all()
-    return {uid: slice_from_bytes(data) for uid, data in rows}
+    return {uid: (slice_from_bytes(data), vector_from_bytes(vector)) for uid, data, vector in rows}
 
 
 def slice_png(pixels: np.ndarray, scale: int = 2) -> bytes:
