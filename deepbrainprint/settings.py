@@ -76,6 +76,9 @@ class Settings:
     orthanc_username: str = ""
     orthanc_password: str = ""
 
+    # --- results as DICOM objects -----------------------------------------------------------------------------------
+    results_destination: str = ""  # AE@HOST:PORT that `report send-results` C-STOREs SR + evidence to; empty: off
+
     @property
     def resolved_index_dir(self) -> Path:
         return Path(self.index_dir) if self.index_dir else self.home / "index"

@@ -139,3 +139,76 @@ def deid_qa_command(
         raise typer.Exit(5)
     found = any(r.reidentifiable or r.headers or (r.face or {}).get("face_present") for r in rows)
     raise typer.Exit(4 if found else 0)
+
+
+@report_app.command("send-results")
+def send_results(
+    to: Annotated[Optional[str], typer.Option("--to", help="Destination AE@HOST:PORT (default: settings results_destination; empty: off).")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only flags recorded on or after this day (YYYY-MM-DD).")] = None,
+    again: Annotated[bool, typer.Option("--again", help="Also flags whose results were sent before.")] = False,
+    index: IndexOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send each open flag's results as DICOM objects into its study: a Structured Report (verdict, scores, what
+    was compared, model and thresholds) and a Secondary Capture of the evidence pictures, by C-STORE to a PACS.
+    The flagged study's patient and study attributes are read from the configured Orthanc (orthanc_url), where the
+    series came from. Each sending is kept in the audit log; flags already sent are skipped unless --again.
+    Exit codes: 0 sent (or nothing to send); 2 no destination or no Orthanc configured; 3 the destination refused."""
+    from dbp_orthanc.writeback import WritebackUnavailable, make_client, study_attributes
+
+    from deepbrainprint.settings import load_settings
+    from dicom_node.scu import AssociationFailed, send_instances
+    from fingerprint.identity.reviews import OPEN, audit_log, record_event
+    from fingerprint.model.fingerprinter import load_model
+    from fingerprint.reports.dicom_results import results_for_flag
+    from fingerprint.reports.flags import collect_flags
+
+    settings = load_settings(config, index_dir=index)
+    destination = to or settings.results_destination
+    if not destination:
+        typer.echo("no destination: --to AE@HOST:PORT or results_destination in the settings", err=True)
+        raise typer.Exit(2)
+    if not settings.orthanc_url:
+        typer.echo("the flagged studies' patient attributes are read from Orthanc: set orthanc_url", err=True)
+        raise typer.Exit(2)
+    try:
+        called_ae, address = destination.split("@", 1)
+        host, port = address.rsplit(":", 1)
+        port_number = int(port)
+    except ValueError:
+        raise typer.BadParameter("--to must be AE@HOST:PORT") from None
+    client = make_client(settings.orthanc_url, settings.orthanc_username, settings.orthanc_password)
+    store = _store(config, index)
+    sent = skipped = 0
+    try:
+        done = {e["target"] for e in audit_log(store) if e["action"] == "results: sent"}
+        day = date.fromisoformat(since) if since else None
+        model = load_model(settings.model_path)
+        for flag in collect_flags(store, since=day, state=OPEN, model=model):
+            if flag.flag in done and not again:
+                continue
+            try:
+                study = study_attributes(client, flag.series_instance_uid)
+            except WritebackUnavailable as error:
+                typer.echo(f"{flag.flag}: Orthanc unavailable ({error}); not sent", err=True)
+                skipped += 1
+                continue
+            if study is None:
+                typer.echo(f"{flag.flag}: its series is not in Orthanc; not sent", err=True)
+                skipped += 1
+                continue
+            objects = results_for_flag(flag, study, software_version=model.model_version)
+            try:
+                result = send_instances(objects, port_number, host=host, called_ae=called_ae,
+                                        calling_ae=settings.ae_title)
+            except AssociationFailed as error:
+                typer.echo(f"the destination refused the association: {error}", err=True)
+                raise typer.Exit(3) from None
+            if not result.all_ok:
+                typer.echo(f"{flag.flag}: the destination refused some objects", err=True)
+                raise typer.Exit(3)
+            record_event(store, "cli", "results: sent", flag.flag, {"to": called_ae, "objects": len(objects)})
+            sent += 1
+    finally:
+        store.close()
+    typer.echo(f"results of {sent} flags sent to {called_ae}; {skipped} not sent")

@@ -115,3 +115,26 @@ def read_verdict(client: OrthancApiClient, series_instance_uid: str) -> dict[str
         if value:
             result[name] = value
     return result
+
+
+def study_attributes(client: OrthancApiClient, series_instance_uid: str) -> dict[str, str] | None:
+    """The patient and study attributes of the study holding this series, as Orthanc has them (its main DICOM tags),
+    plus one of the series' SOPInstanceUIDs: what a result object needs to file into that study. None when the
+    series is not in this Orthanc; :class:`WritebackUnavailable` when Orthanc is down or refuses."""
+    try:
+        series_id = client.series.lookup(series_instance_uid)
+        if not series_id:
+            return None
+        study_id = client.series.get_parent_study_id(series_id)
+        study = client.get_json(f"studies/{study_id}")
+        instances = client.get_json(f"series/{series_id}/instances")
+    except orthanc_errors.ResourceNotFound:
+        return None
+    except (orthanc_errors.ConnectionError, orthanc_errors.TimeoutError, orthanc_errors.NotAuthorized) as error:
+        raise WritebackUnavailable(type(error).__name__) from None
+    except orthanc_errors.HttpError as error:
+        raise WritebackUnavailable(f"HTTP {error.http_status_code}") from None
+    attributes = {**study.get("PatientMainDicomTags", {}), **study.get("MainDicomTags", {})}
+    if instances:
+        attributes["ReferencedSOPInstanceUID"] = instances[0].get("MainDicomTags", {}).get("SOPInstanceUID", "")
+    return {k: str(v) for k, v in attributes.items()}
