@@ -76,6 +76,12 @@ class Settings:
     orthanc_username: str = ""
     orthanc_password: str = ""
 
+    # --- dashboard --------------------------------------------------------------------------------------------------
+    dashboard_users: str = ""  # NAME:HASH,... (hashes from `deepbrainprint dashboard --hash-password`); empty: no login
+    dashboard_secret_key: str = ""  # signs sessions; empty: a random key kept in <home>/dashboard.key (0600)
+    dashboard_session_minutes: float = 30.0  # a session expires this long after login
+    dashboard_port: int = 8080  # 127.0.0.1 only unless --host says otherwise
+
     # --- results as DICOM objects -----------------------------------------------------------------------------------
     results_destination: str = ""  # AE@HOST:PORT that `report send-results` C-STOREs SR + evidence to; empty: off
 

@@ -136,6 +136,8 @@ def up(
             argv = [*CLI, "worker", "--concurrency", str(concurrency), "--pool", pool, "--name", f"{name}@%h"]
             own_index = {"DBP_INDEX_DIR": str(settings.resolved_index_dir / "workers" / name)}
             started[name] = spawn(layout, name, argv, {**env, **own_index})
+        if settings.dashboard_users:  # the dashboard is part of the service wherever someone may log in to it
+            started["dashboard"] = spawn(layout, "dashboard", [*CLI, "dashboard"], env)
     except (RuntimeError, OSError):
         down(settings)  # all or nothing: no half-started service left behind
         raise

@@ -3,10 +3,11 @@
 #   orthanc + orthanc-python  the PACS the service mode forwards from and writes verdicts back to
 #   mricron-data              Colin27 (a real single-subject head) used as sample anatomy
 #   dcmtk                     storescu: a second, independent DICOM sender for SCP tests and the ingest bench
+#   chromium chromium-driver  a real headless browser for the dashboard's browser test
 # Runs as root (CI and the development machines); with sudo otherwise.
 set -euo pipefail
 needed=()
-for pkg in orthanc orthanc-python mricron-data dcmtk; do
+for pkg in orthanc orthanc-python mricron-data dcmtk chromium chromium-driver; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || needed+=("$pkg")
 done
 if [ ${#needed[@]} -eq 0 ]; then

@@ -2,7 +2,7 @@
 
 Library commands (no server needed): ``slice_cmd`` (slice), ``model_cmds`` (fingerprint, train, evaluate),
 ``cohort_cmd`` (cohort), ``index_cmds`` (enroll, query, calibrate, reindex), ``report_cmds`` (report). Service
-commands: ``node_cmd`` (serve) and ``service_cmds`` (worker, up, down, demo). Heavy imports (torch, SimpleITK, pynetdicom) happen inside the
+commands: ``node_cmd`` (serve) ``service_cmds`` (worker, up, down, demo) and ``dashboard_cmd`` (dashboard). Heavy imports (torch, SimpleITK, pynetdicom) happen inside the
 commands so ``--help`` stays fast.
 """
 
@@ -12,6 +12,7 @@ import typer
 
 from deepbrainprint.cli import (
     cohort_cmd,
+    dashboard_cmd,
     index_cmds,
     model_cmds,
     node_cmd,
@@ -28,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (slice_cmd, model_cmds, cohort_cmd, index_cmds, report_cmds, node_cmd, service_cmds):
+for _module in (slice_cmd, model_cmds, cohort_cmd, index_cmds, report_cmds, node_cmd, service_cmds, dashboard_cmd):
     _module.register(app)
 
 

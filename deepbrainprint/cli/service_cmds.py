@@ -87,6 +87,8 @@ def up(
     for name, pid in started.items():
         typer.echo(f"{name:10s} pid {pid:>7d}  log {layout.log_file(name)}")
     typer.echo(f"SCP {settings.ae_title} on port {settings.port}; broker {settings.broker_url.split('@')[-1]}")
+    if "dashboard" in started:
+        typer.echo(f"dashboard http://127.0.0.1:{settings.dashboard_port}/ (log in as a user of dashboard_users)")
     if with_orthanc:
         typer.echo(f"Orthanc {settings.orthanc_url} (user {settings.orthanc_username}; password in "
                    f"{layout.orthanc_dir / 'orthanc.json'})")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from fingerprint.identity.reviews import OPEN, STATES, flag_id, reviews
+from fingerprint.identity.reviews import OPEN, STATES, flag_id, reviews, row_id_of
 from fingerprint.identity.store import Store, series_table, slice_from_bytes, vector_from_bytes
 from fingerprint.identity.verdicts import ALARMS, IDENTITY_MISMATCH, NEEDS_REVIEW, POSSIBLE_DUPLICATE
 
@@ -84,16 +84,20 @@ def collect_flags(
     state: str | None = None,
     pictures: bool = True,
     model: Any = None,
+    only: str | None = None,
 ) -> list[Flag]:
     """Every alarm recorded on or after ``since`` (a calendar day, UTC), newest first, optionally only those in
     review ``state``; ``pictures`` adds the evidence pictures (slices from the store, verification checkerboards),
-    and with the ``model`` that made the flags' fingerprints, a saliency map of what the fingerprint looked at."""
+    and with the ``model`` that made the flags' fingerprints, a saliency map of what the fingerprint looked at.
+    ``only``: just this flag (``F<row id>``), if it is one."""
     if state is not None and state not in STATES:
         raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
     c = series_table.c
     query = select(series_table).where(c.verdict.in_(ALARMS)).order_by(c.created_at.desc(), c.id.desc())
     if since is not None:
         query = query.where(c.created_at >= datetime(since.year, since.month, since.day, tzinfo=timezone.utc))
+    if only is not None:
+        query = query.where(c.id == row_id_of(only))
     with store.reading() as conn:
         rows = [dict(r._mapping) for r in conn.execute(query)]
     states = reviews(store, [int(r["id"]) for r in rows])

@@ -1,0 +1,1 @@
+"""The dashboard web app (``deepbrainprint dashboard``): flags, evidence, acknowledgement; login required."""
