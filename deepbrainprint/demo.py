@@ -223,7 +223,9 @@ def run_demo(
                 on_result(_result(number, item, verdict))
         echo("")
         echo(calibrate_own_archive(settings))
-        echo(write_reports(settings, home / "reports" if keep_archive else None))
+        reports = home / "reports" if keep_archive else Path(tempfile.mkdtemp(prefix="deepbrainprint-demo-report-"))
+        echo(write_reports(settings, reports))
+        echo(write_deid_qa(settings, heads, items, reports))
     finally:
         node.stop()
         worker.stop()
@@ -235,15 +237,13 @@ def run_demo(
     return 0 if all(v is not None for _, _, v, _ in rows) else 1
 
 
-def write_reports(settings: Any, out_dir: Path | None) -> str:
-    """The flags report of the demo's archive (HTML with the evidence pictures, CSV, JSON); kept after the demo
-    (in ``out_dir``, else a new temporary folder). Returns the line to print."""
+def write_reports(settings: Any, out_dir: Path) -> str:
+    """The flags report of the demo's archive (HTML with the evidence pictures, CSV, JSON), kept after the demo in
+    ``out_dir``. Returns the line to print."""
     from fingerprint.identity.store import Store
+    from fingerprint.model.fingerprinter import load_model
     from fingerprint.reports.flags import collect_flags
     from fingerprint.reports.render import summary_line, write_flags_report
-
-    out_dir = out_dir or Path(tempfile.mkdtemp(prefix="deepbrainprint-demo-report-"))
-    from fingerprint.model.fingerprinter import load_model
 
     store = Store(settings.resolved_store_url)
     try:
@@ -254,11 +254,50 @@ def write_reports(settings: Any, out_dir: Path | None) -> str:
     return f"Flags report: {summary_line(flags)} -> {paths['html']} (+ flags.csv, flags.json)"
 
 
+def write_deid_qa(settings: Any, heads: dict[str, Any], items: list[DemoSeries], out_dir: Path) -> str:
+    """A de-identified export of the demo's first written head, checked against the demo's archive: one series keeps
+    the face while claiming 113102 (clean recognizable visual features), one is defaced but keeps a PatientName.
+    Both are that person's brain, so both link back. Returns the line to print."""
+    import pydicom
+
+    from fingerprint.identity.archive import Archive
+    from fingerprint.imaging.canonical import align
+    from fingerprint.imaging.dicom_write import write_series
+    from fingerprint.imaging.face import remove_face
+    from fingerprint.reports.deid_headers import mark_deidentified
+    from fingerprint.reports.deid_qa import deid_qa, deid_summary, write_deid_report
+
+    item = next(i for i in items if not isinstance(heads[i.head], Path))
+    head = heads[item.head]
+    export = out_dir / "deid-export"
+    shutil.rmtree(export, ignore_errors=True)
+    plan = [("face-kept", head, "DEMO-ANON-1", ["113100", "113102", "113107"], None),
+            ("name-left", remove_face(head, align(head).transform), "DEMO-ANON-2", ["113100", "113107"], "Doe^Demo")]
+    for folder, volume, pseudonym, codes, leftover_name in plan:
+        for path in write_series(volume, export / folder, patient_id=pseudonym, orientation=item.orientation,
+                                 study_date=item.study_date):
+            ds = pydicom.dcmread(path)
+            mark_deidentified(ds, codes)
+            if leftover_name:
+                ds.PatientName = leftover_name
+            else:
+                del ds.PatientName
+            ds.save_as(path, enforce_file_format=True)
+    with Archive(settings.archive_config()) as archive:
+        rows = deid_qa(export, archive)
+    paths = write_deid_report(rows, out_dir)
+    shutil.rmtree(export, ignore_errors=True)  # hundreds of MB of DICOM; the report keeps what was found
+    return f"De-identification QA of a de-identified copy: {deid_summary(rows)} -> {paths['html']}"
+
+
 def calibrate_own_archive(settings: Any) -> str:
     """Calibrate the demo's archive from its own PatientIDs once it holds enough repeat patients (as a site would
     with ``calibrate --from-archive``); until then say how many more it needs. Returns the line to print."""
     from fingerprint.identity.archive import Archive
-    from fingerprint.identity.site_calibration import NotEnoughRepeats, calibrate_from_archive
+    from fingerprint.identity.site_calibration import (
+        NotEnoughRepeats,
+        calibrate_from_archive,
+    )
     from fingerprint.identity.verification import METHOD_VERSION
 
     with Archive(settings.archive_config()) as archive:

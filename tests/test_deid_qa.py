@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
@@ -26,38 +25,22 @@ from deepbrainprint.settings import load_settings
 from fingerprint.identity.archive import Archive
 from fingerprint.imaging.canonical import align
 from fingerprint.imaging.dicom_write import write_series
-from fingerprint.imaging.face import face_check
-from fingerprint.reports.deid_headers import header_findings
+from fingerprint.imaging.face import face_check, remove_face
+from fingerprint.reports.deid_headers import header_findings, mark_deidentified
 
 NAMED_ID = "DBP-NAMED-0042"
 
 
 def deface(head: sitk.Image) -> sitk.Image:
-    """Zero everything in front of the forehead and below it (a quickshear-like cut made in reference space: MNI
-    RAS y > 65 mm and z < 25 mm), mapped into the head through its alignment."""
-    transform = align(head).transform
-    box = sitk.Image([90, 40, 70], sitk.sitkUInt8) + 1
-    box.SetSpacing((2.0, 2.0, 2.0))
-    box.SetOrigin((-90.0, -145.0, -115.0))  # LPS: x -90..90, y -145..-65 (RAS 65..145), z -115..25
-    mask = sitk.Resample(box, head, transform.GetInverse(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    pixels = sitk.GetArrayFromImage(head).astype(np.float32)
-    pixels[sitk.GetArrayFromImage(mask) > 0] = 0.0
-    out = sitk.GetImageFromArray(pixels)
-    out.CopyInformation(head)
-    return out
+    """The head with its face removed (the library's quickshear-like cut, through the head's own alignment)."""
+    return remove_face(head, align(head).transform)
 
 
 def claim(folder: Path, codes: list[str], remove_name: bool = True) -> None:
     """Make a folder's instances say they were de-identified (PatientIdentityRemoved, method codes)."""
     for path in sorted(folder.iterdir()):
         ds = pydicom.dcmread(path)
-        ds.PatientIdentityRemoved = "YES"
-        items = []
-        for code in codes:
-            item = Dataset()
-            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", f"method {code}"
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = Sequence(items)
+        mark_deidentified(ds, codes)
         if remove_name:
             del ds.PatientName
         ds.save_as(path, enforce_file_format=True)
@@ -128,7 +111,7 @@ def test_deid_qa_finds_the_planted_problems_and_nothing_else(heads, tmp_path) ->
     assert {f["attribute"] for f in b["header_findings"]} == {"PatientName", "PatientIdentityRemoved",
                                                               "DeidentificationMethodCodeSequence"}
     assert c["header_findings"] == []
-    assert "3 series: 2 with identifying headers, 2 re-identifiable by brain (67%), 1 with a face (1 of them " \
+    assert "3 series: 2 with header findings, 2 re-identifiable by brain (67%), 1 with a face (1 of them " \
            "claiming 113102)" in result.stderr
     page = (tmp_path / "report" / "deid-qa.html").read_text()
     assert "Doe" not in page and NAMED_ID not in page and page.count("data:image/png;base64,") == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from deepbrainprint.demo import DECUBITUS_2022, TRIO_2010, plan, run_demo
@@ -67,5 +69,12 @@ def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type
         duplicate = next(r for r in results if r["expected"] == "possible_duplicate")
         assert duplicate["head"] == DECUBITUS_2022 and duplicate["decided_by"] == "verification"
         assert "Flags report: 2 flags" in text and page.count("<section class='flag") == 2
+        # The de-identification QA of its de-identified copy finds the leftover name and the face, and nothing else.
+        assert "2 series: 2 with header findings, 2 re-identifiable by brain (100%), 1 with a face (1 of them " \
+               "claiming 113102)" in text
+        qa = json.loads((tmp_path / "home" / "reports" / "deid-qa.json").read_text())["series"]
+        findings = sorted(f["attribute"] for row in qa for f in row["header_findings"])
+        assert findings == ["DeidentificationMethodCodeSequence", "DeidentificationMethodCodeSequence",
+                            "PatientIdentityRemoved", "PatientName"], findings
     else:  # a bare machine: warped copies of one head; the planted duplicate at least is found
         assert any(r["expected"] == r["verdict"] == "possible_duplicate" for r in results), results

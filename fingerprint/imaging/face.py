@@ -69,3 +69,19 @@ def face_check(image: sitk.Image, transform: sitk.Transform) -> dict[str, Any]:
         "visible_fraction": round(visible, 3),
         "how": "lines of sight through the MNI face box that meet tissue (> 15 % of P99)",
     }
+
+
+def remove_face(image: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+    """A defaced copy of ``image``: every voxel in front of the forehead and below it set to 0 (MNI RAS y > 65 mm,
+    z < 25 mm: a cut like quickshear's, wider than the box :func:`face_check` reads). ``transform`` is the
+    alignment (reference -> image). For making test data and the demo's de-identified export; not a defacing tool
+    to release data with."""
+    box = sitk.Image([90, 40, 70], sitk.sitkUInt8) + 1
+    box.SetSpacing((2.0, 2.0, 2.0))
+    box.SetOrigin((-90.0, -145.0, -115.0))  # LPS: x -90..90, y -145..-65 (RAS 65..145), z -115..25
+    mask = sitk.Resample(box, image, transform.GetInverse(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    pixels = sitk.GetArrayFromImage(image)
+    pixels[sitk.GetArrayFromImage(mask) > 0] = 0
+    defaced = sitk.GetImageFromArray(pixels)
+    defaced.CopyInformation(image)
+    return defaced

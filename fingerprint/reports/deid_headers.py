@@ -143,3 +143,31 @@ def _empty(value: Any) -> bool:
     if hasattr(value, "value"):
         value = value.value
     return str(value).strip() in {"", "[]", "None"}
+
+
+def mark_deidentified(ds: Dataset, codes: list[str]) -> None:
+    """Set what a de-identification tool says of its output: ``PatientIdentityRemoved`` YES and the method codes
+    (e.g. ["113100", "113107"]). For the demo's and the tests' exports; it de-identifies nothing itself."""
+    from pydicom.sequence import Sequence
+
+    ds.PatientIdentityRemoved = "YES"
+    items = []
+    for code in codes:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "DCM", CODE_MEANINGS.get(code, code)
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+
+
+CODE_MEANINGS = {
+    BASIC_PROFILE: "Basic Application Confidentiality Profile",
+    CLEAN_PIXEL_DATA: "Clean Pixel Data Option",
+    CLEAN_VISUAL_FEATURES: "Clean Recognizable Visual Features Option",
+    RETAIN_FULL_DATES: "Retain Longitudinal Temporal Information Full Dates Option",
+    RETAIN_MODIFIED_DATES: "Retain Longitudinal Temporal Information Modified Dates Option",
+    RETAIN_PATIENT_CHARACTERISTICS: "Retain Patient Characteristics Option",
+    RETAIN_DEVICE_IDENTITY: "Retain Device Identity Option",
+    RETAIN_UIDS: "Retain UIDs Option",
+    RETAIN_SAFE_PRIVATE: "Retain Safe Private Option",
+    RETAIN_INSTITUTION_IDENTITY: "Retain Institution Identity Option",
+}

@@ -135,7 +135,7 @@ def deid_summary(rows: list[SeriesQA]) -> str:
     with_headers = sum(1 for r in rows if r.headers)
     claimed_clean = sum(1 for r in faces if "113102" in r.claims)
     share = f"{linked / len(rows):.0%}" if rows else "-"
-    return (f"{len(rows)} series: {with_headers} with identifying headers, {linked} re-identifiable by brain "
+    return (f"{len(rows)} series: {with_headers} with header findings, {linked} re-identifiable by brain "
             f"({share}), {len(faces)} with a face ({claimed_clean} of them claiming 113102)")
 
 
