@@ -126,3 +126,35 @@ def _by_content(stdout: str) -> tuple[dict, dict, dict]:
     b = next(r for r in rows if any(f["attribute"] == "PatientName" for f in r["header_findings"]))
     c = next(r for r in rows if r is not a and r is not b)
     return a, b, c
+
+
+def test_an_export_held_in_orthanc_is_checked_over_its_rest_api(heads, tmp_path) -> None:
+    """The export is an Orthanc server (a research PACS): its series are read over REST, with the export's own user
+    and a password from the environment."""
+    from dbp_orthanc import server, writeback
+
+    index = tmp_path / "identified"
+    write_series(heads["a"], tmp_path / "named", patient_id=NAMED_ID, patient_name="Named^Patient")
+    with Archive(load_settings(index_dir=index, home=tmp_path).archive_config()) as archive:
+        archive.process(tmp_path / "named")
+    paths = write_series(heads["a"], tmp_path / "anon", patient_id="ANON-9")
+    claim(tmp_path / "anon", ["113100", "113107"])
+    instance = server.write_config(tmp_path / "orthanc", username="research", password="export-s3cret",
+                                   http_port=server.free_port(), dicom_port=server.free_port(), scp_ae_title="NOBODY",
+                                   scp_port=server.free_port(), stable_age_s=60)
+    server.start(instance)
+    try:
+        client = writeback.make_client(instance.url, instance.username, instance.password)
+        for path in paths:
+            client.upload(path.read_bytes())
+        result = CliRunner().invoke(
+            app, ["report", "deid-qa", instance.url, "--export-user", "research", "--against", str(index),
+                  "--out", str(tmp_path / "report"), "--json"],
+            env={"DBP_EXPORT_ORTHANC_PASSWORD": "export-s3cret"},
+        )
+    finally:
+        server.stop(instance)
+    assert result.exit_code == 4, result.output  # the brain links back
+    (row,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert row["series"].startswith("orthanc:") and row["reidentifiable"] and row["header_findings"] == []
+    assert row["face"]["face_present"]

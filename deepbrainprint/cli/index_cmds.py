@@ -13,7 +13,6 @@ Every command takes ``--index DIR`` (or the configured ``index_dir``), so severa
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from collections import Counter
@@ -89,24 +88,12 @@ def _common_parts(folders: list[Path]) -> tuple[str, ...]:
 
 def orthanc_sources(url: str, username: str, password: str) -> list[SeriesSource]:
     """Every series stored in an Orthanc server, loaded over its REST API (credentials from the settings)."""
-    import pydicom
-    from orthanc_api_client import OrthancApiClient
+    from dbp_orthanc.series_reader import orthanc_series
 
-    client = OrthancApiClient(url, user=username or None, pwd=password or None)
-
-    def loader(series_id: str) -> Callable[[], list[pydicom.Dataset]]:
-        def load() -> list[pydicom.Dataset]:
-            ids = client.series.get_instances_ids(series_id)
-            return [pydicom.dcmread(io.BytesIO(client.instances.get_file(i))) for i in ids]
-
-        return load
-
-    sources = []
-    for series_id in client.series.get_all_ids():
-        uid = client.series.get(series_id).dicom_id
-        info = {"orthanc_id": series_id, "orthanc_url": url}
-        sources.append(SeriesSource(f"orthanc:{series_id}", loader(series_id), uid, info))
-    return sources
+    return [
+        SeriesSource(f"orthanc:{s.orthanc_id}", s.load, s.series_instance_uid, {"orthanc_id": s.orthanc_id, "orthanc_url": url})
+        for s in orthanc_series(url, username, password)
+    ]
 
 
 def _settings(config: Path | None, index: Path | None, **overrides: Any):
@@ -316,7 +303,10 @@ def _calibrate_archive(settings: Any, far: float, workers: int, as_json: bool) -
     """``calibrate --from-archive``: fit both thresholds on the archive, keep them, their report and their plot."""
     from fingerprint.identity.archive import Archive
     from fingerprint.identity.calibration import site_thresholds_path
-    from fingerprint.identity.site_calibration import NotEnoughRepeats, calibrate_from_archive
+    from fingerprint.identity.site_calibration import (
+        NotEnoughRepeats,
+        calibrate_from_archive,
+    )
     from fingerprint.identity.verification import METHOD_VERSION
 
     config = settings.archive_config()

@@ -110,11 +110,14 @@ def audit(
 
 @report_app.command("deid-qa")
 def deid_qa_command(
-    export: Annotated[Path, typer.Argument(help="Folder of the de-identified export (searched recursively).")],
+    export: Annotated[str, typer.Argument(help="The de-identified export: a folder (searched recursively), or an "
+                                          "Orthanc server's URL (its user: --export-user; its password: "
+                                          "$DBP_EXPORT_ORTHANC_PASSWORD, never the command line).")],
     against: Annotated[Path, typer.Option("--against", help="Index folder of the identified archive.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for deid-qa.html, .csv and .json.")] = Path("reports"),
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per export series too.")] = False,
+    export_user: Annotated[str, typer.Option("--export-user", help="User of the export's Orthanc.")] = "",
 ) -> None:
     """De-identification QA of an export against the identified archive: identifying headers left in (DICOM PS3.15
     basic profile) and claims the data contradicts, series whose brain links back to an archive patient, and faces
@@ -123,12 +126,22 @@ def deid_qa_command(
     from deepbrainprint.settings import load_settings
     from fingerprint.identity.archive import Archive
     from fingerprint.identity.reviews import record_event
-    from fingerprint.reports.deid_qa import deid_qa, deid_summary, write_deid_report
+    from fingerprint.reports.deid_qa import deid_qa, deid_qa_series, deid_summary, write_deid_report
 
-    if not export.is_dir():
-        raise typer.BadParameter(f"{export} is not a folder")
+    from_orthanc = export.startswith(("http://", "https://"))
+    if not from_orthanc and not Path(export).is_dir():
+        raise typer.BadParameter(f"{export} is neither a folder nor an Orthanc URL")
     with Archive(load_settings(config, index_dir=against).archive_config()) as archive:
-        rows = deid_qa(export, archive)
+        if from_orthanc:
+            import os
+
+            from dbp_orthanc.series_reader import orthanc_series
+
+            password = os.environ.get("DBP_EXPORT_ORTHANC_PASSWORD", "")
+            series = [(f"orthanc:{s.orthanc_id}", s.load) for s in orthanc_series(export, export_user, password)]
+            rows = deid_qa_series(series, archive)
+        else:
+            rows = deid_qa(Path(export), archive)
         paths = write_deid_report(rows, out)
         record_event(archive.store, "cli", "report: deid-qa", "report", {"series": len(rows)})
     if as_json:
@@ -154,7 +167,11 @@ def send_results(
     The flagged study's patient and study attributes are read from the configured Orthanc (orthanc_url), where the
     series came from. Each sending is kept in the audit log; flags already sent are skipped unless --again.
     Exit codes: 0 sent (or nothing to send); 2 no destination or no Orthanc configured; 3 the destination refused."""
-    from dbp_orthanc.writeback import WritebackUnavailable, make_client, study_attributes
+    from dbp_orthanc.writeback import (
+        WritebackUnavailable,
+        make_client,
+        study_attributes,
+    )
 
     from deepbrainprint.settings import load_settings
     from dicom_node.scu import AssociationFailed, send_instances

@@ -23,6 +23,7 @@ import base64
 import csv
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,14 +73,27 @@ class SeriesQA:
 
 def deid_qa(export_dir: Path, archive: Archive) -> list[SeriesQA]:
     """Check every series in ``export_dir`` (searched recursively) against ``archive``."""
-    rows = []
     groups = find_series(Path(export_dir))
-    for name, paths in sorted(groups.items()):
-        label = str(export_dir) if len(groups) == 1 else f"{export_dir}#{name}"
-        header = read_dicom_file(paths[0], stop_before_pixels=True)
-        row = SeriesQA(label, len(paths), sorted(claimed_methods(header)) if header is not None else [], [])
+
+    def loader(paths: list[Path]) -> Callable[[], list[Any]]:
+        return lambda: [ds for ds in (read_dicom_file(f) for f in paths) if ds is not None]
+
+    return deid_qa_series(
+        [(str(export_dir) if len(groups) == 1 else f"{export_dir}#{name}", loader(paths))
+         for name, paths in sorted(groups.items())],
+        archive,
+    )
+
+
+def deid_qa_series(series: list[tuple[str, Callable[[], list[Any]]]], archive: Archive) -> list[SeriesQA]:
+    """Check each ``(label, load)`` series (``load`` returns its datasets) against ``archive``: an export folder's,
+    or an export held in an Orthanc server."""
+    rows = []
+    for label, load in series:
+        datasets = load()
+        header = datasets[0] if datasets else None
+        row = SeriesQA(label, len(datasets), sorted(claimed_methods(header)) if header is not None else [], [])
         try:
-            datasets = [ds for ds in (read_dicom_file(f) for f in paths) if ds is not None]
             sliced = slice_series(datasets, with_face=True)
         except SeriesRejected as rejection:
             row.rejected = rejection.reason.value
