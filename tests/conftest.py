@@ -180,3 +180,26 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pyte
         in_tier = module in QUICK_MODULES or f"{item.path.name}::{item.originalname}" in QUICK_TESTS
         if in_tier and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.quick)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """``deepbrainprint demo --quick`` run once per test run (real people over real DICOM associations, its archive
+    kept): what it printed, its JSON results, its exit status and its home. The demo test and the dashboard test
+    both look at it."""
+    if not COLIN27_PATH.exists():
+        pytest.skip("Colin27 (mricron-data) is not installed")
+    import torch
+
+    from deepbrainprint.demo import run_demo
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    home = tmp_path_factory.mktemp("demo") / "home"
+    lines: list[str] = []
+    results: list[dict] = []
+    try:
+        status = run_demo(home=home, quick=True, echo=lines.append, on_result=results.append)
+    finally:
+        torch.set_num_threads(previous)
+    return {"status": status, "text": "\n".join(lines), "results": results, "home": home}

@@ -2,9 +2,8 @@
 flag, see its pictures, acknowledge it, log out, and be refused without a login. Plus what a browser does not show:
 CSRF tokens required, sessions that expire, no patient identifiers in URLs.
 
-The archive holds real people through the shipped model and the verification stage: the decubitus man (2022) under
-one PatientID, the Siemens Trio man of 2010 (the same man) under another, and a different person filed under the
-first PatientID, so the dashboard shows one possible_duplicate and one identity_mismatch with real pictures.
+It runs on the demo's own archive (``deepbrainprint demo --quick``: real people over real DICOM associations), so
+it shows the demo's two planted cases, the possible_duplicate and the identity_mismatch, with their real pictures.
 """
 
 from __future__ import annotations
@@ -21,32 +20,23 @@ from werkzeug.security import generate_password_hash
 from werkzeug.serving import make_server
 
 from deepbrainprint.dashboard.app import DashboardConfig, create_app, parse_users
-from fingerprint.identity.archive import Archive, ArchiveConfig
+from fingerprint.identity.archive import ArchiveConfig
 from fingerprint.model.fingerprinter import load_model
-from fingerprint.types import FingerprintResult
 
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
-def archive_with_flags(shared_data, real_slice, tmp_path_factory):
+def archive_with_flags(quick_demo):
+    from deepbrainprint.settings import load_settings
+
     model = load_model()
     if model.model_version.startswith("untrained"):
         pytest.skip("no shipped weights")
-    from dataclasses import replace
-
-    config = ArchiveConfig.at(tmp_path_factory.mktemp("dashboard") / "archive")
-    plan = [("repeats/decubitus-HFS-t1-2d", "PID-MAN", "new_patient"),
-            ("t1/siemens-trio-3t-sag", "PID-OTHER-ID", "possible_duplicate"),
-            ("t1/philips-elition-3t-sag-gz", "PID-MAN", "identity_mismatch")]
-    with Archive(config, model=model) as archive:
-        for folder, patient, expected in plan:
-            sliced = real_slice(shared_data / folder)
-            sliced = replace(sliced, identifiers=replace(sliced.identifiers, patient_id=patient))
-            result = FingerprintResult(model.embed(sliced.pixels[None])[0], model.model_version, sliced)
-            assert archive.decide_and_record(result, {})["verdict"] == expected
-    return config, model
+    if "Flags report: 2 flags" not in quick_demo["text"]:
+        pytest.skip("the demo ran without the shared data's real people: not the two planted flags to show")
+    return load_settings(home=quick_demo["home"]).archive_config(), model
 
 
 def serve(config: DashboardConfig):
@@ -80,7 +70,11 @@ def browser():
 
 def test_log_in_open_a_flag_see_its_pictures_acknowledge_it_and_log_out(archive_with_flags, browser) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    def wait_for(condition):  # noqa: ANN001, ANN202 - after each click, wait for the next page, never sleep
+        return WebDriverWait(browser, 15).until(condition)
 
     archive_config, model = archive_with_flags
     server, base = serve(dashboard_config(archive_config, model))
@@ -90,14 +84,15 @@ def test_log_in_open_a_flag_see_its_pictures_acknowledge_it_and_log_out(archive_
         browser.find_element(By.ID, "username").send_keys("alice")
         browser.find_element(By.ID, "password").send_keys("wrong password")
         browser.find_element(By.ID, "login").click()
-        assert "Wrong user or password" in browser.find_element(By.ID, "login-error").text
+        assert "Wrong user or password" in wait_for(shown.presence_of_element_located((By.ID, "login-error"))).text
         browser.find_element(By.ID, "username").send_keys("alice")
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         browser.find_element(By.ID, "login").click()
-        links = browser.find_elements(By.CLASS_NAME, "flag-link")
+        links = wait_for(shown.presence_of_all_elements_located((By.CLASS_NAME, "flag-link")))
         assert [row.text for row in browser.find_elements(By.CSS_SELECTOR, "table.list td:nth-child(3)")] == [
             "identity_mismatch", "possible_duplicate"]
         links[0].click()
+        wait_for(shown.presence_of_element_located((By.ID, "review-submit")))
         images = browser.find_elements(By.TAG_NAME, "img")
         assert len(images) >= 4 and all(int(img.get_property("naturalWidth")) > 0 for img in images)
         captions = " | ".join(e.text for e in browser.find_elements(By.TAG_NAME, "figcaption"))
@@ -109,9 +104,10 @@ def test_log_in_open_a_flag_see_its_pictures_acknowledge_it_and_log_out(archive_
         Select(browser.find_element(By.ID, "review-state")).select_by_value("resolved")
         browser.find_element(By.ID, "review-comment").send_keys("moved to the right patient")
         browser.find_element(By.ID, "review-submit").click()
-        assert "[resolved]" in browser.find_element(By.TAG_NAME, "h2").text
+        wait_for(shown.text_to_be_present_in_element((By.TAG_NAME, "h2"), "[resolved]"))
         assert "alice: moved to the right patient" in browser.page_source
         browser.find_element(By.ID, "logout").click()
+        wait_for(shown.presence_of_element_located((By.ID, "login")))
         browser.get(base + "/")
         assert browser.current_url.endswith("/login")
     finally:
@@ -131,7 +127,7 @@ def test_forms_need_their_csrf_token_and_sessions_expire(archive_with_flags) -> 
         flag = re.search(r'href="/flags/(F\d+)"', logged_in.text).group(1)
         refused = http.post(f"{base}/flags/{flag}/review", data={"state": "false_alarm"})
         assert refused.status_code == 400  # no token: refused, nothing stored
-        assert "PID-" not in logged_in.text  # patients appear as keyed hashes only
+        assert "DEMO-" not in logged_in.text  # patients appear as keyed hashes only
         time.sleep(3.0)
         assert http.get(base + "/", allow_redirects=False).status_code == 302  # the session has expired
     finally:

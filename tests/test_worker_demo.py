@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deepbrainprint.demo import DECUBITUS_2022, TRIO_2010, plan, run_demo
+from deepbrainprint.demo import DECUBITUS_2022, TRIO_2010, plan
 from fingerprint.locations import COLIN27_PATH
 
 
@@ -45,21 +45,14 @@ def test_plan_plants_a_duplicate_and_a_mismatch() -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    if not COLIN27_PATH.exists():
-        pytest.skip("Colin27 (mricron-data) is not installed")
-    import torch
-
-    torch.set_num_threads(1)
-    lines: list[str] = []
-    results: list[dict] = []
-    assert run_demo(home=tmp_path / "home", quick=True, echo=lines.append, on_result=results.append) == 0
-    text = "\n".join(lines)
+def test_quick_demo_prints_a_verdict_for_every_series(quick_demo) -> None:  # type: ignore[no-untyped-def]
+    assert quick_demo["status"] == 0
+    text, results, home = quick_demo["text"], quick_demo["results"], quick_demo["home"]
     assert "NO VERDICT" not in text and text.count("Planted #") == 2 and "4 series" in text
     # Four series are far too few repeat patients to calibrate the site: the demo says so and keeps the shipped ones.
     assert "Site calibration: not yet (" in text and "52 needed at 0.001" in text
     # It ends with the flags report of its archive, pictures inline (with real people: the two planted cases only).
-    page = (tmp_path / "home" / "reports" / "flags.html").read_text()
+    page = (home / "reports" / "flags.html").read_text()
     assert "Flags report: " in text and "data:image/png;base64," in page
     assert len(results) == 4
     from deepbrainprint import demo
@@ -72,7 +65,7 @@ def test_quick_demo_prints_a_verdict_for_every_series(tmp_path) -> None:  # type
         # The de-identification QA of its de-identified copy finds the leftover name and the face, and nothing else.
         assert "2 series: 2 with header findings, 2 re-identifiable by brain (100%), 1 with a face (1 of them " \
                "claiming 113102)" in text
-        qa = json.loads((tmp_path / "home" / "reports" / "deid-qa.json").read_text())["series"]
+        qa = json.loads((home / "reports" / "deid-qa.json").read_text())["series"]
         findings = sorted(f["attribute"] for row in qa for f in row["header_findings"])
         assert findings == ["DeidentificationMethodCodeSequence", "DeidentificationMethodCodeSequence",
                             "PatientIdentityRemoved", "PatientName"], findings
