@@ -300,6 +300,18 @@ class Spool:
         return self.update_state(series_key, change).state == "done"
 
 
+    def erase(self, series_key: str) -> bool:
+        """Delete one series from the spool now, whatever its state (right to erasure); False if it was not here."""
+        if not self.series_dir(series_key).exists():
+            return False
+        trash = self.root / "trash"
+        with self._locked(series_key):
+            self._makedirs(trash)
+            moved = trash / f"{series_key}-{uuid.uuid4().hex[:8]}"
+            os.replace(self.series_dir(series_key), moved)
+        shutil.rmtree(moved, ignore_errors=True)
+        return True
+
     def purge_done(self, older_than_s: float) -> list[str]:
         """Delete series the worker finished more than ``older_than_s`` ago (the verdict is in the store; the spool
         is a buffer, not an archive). A series re-sent meanwhile is ``receiving`` again and is kept. The folder is

@@ -232,6 +232,22 @@ class Ledger:
             ).scalar_one()
         return {**{s: states.get(s, 0) for s in (QUEUED, RUNNING, DONE, FAILED)}, "writeback_pending": pending}
 
+    def erase_series(self, series_keys: list[str], patient_id_hash: str = "", series_uids: set[str] | None = None) -> int:
+        """Forget every job of these series (right to erasure: a job keeps the verdict and where the files were), and
+        remove the erased patient from the verdicts of the other jobs (their neighbours and matches)."""
+        from fingerprint.identity.erasure import scrub_references
+
+        if not series_keys:
+            return 0
+        with self.engine.begin() as conn:
+            deleted = int(conn.execute(jobs_table.delete().where(jobs_table.c.series_key.in_(series_keys))).rowcount)
+            if patient_id_hash:
+                c = jobs_table.c
+                for key, verdict in conn.execute(select(c.job_key, c.verdict).where(c.verdict.contains(patient_id_hash))):
+                    cleaned = scrub_references(json.loads(verdict), patient_id_hash, set(series_uids or ()))
+                    conn.execute(jobs_table.update().where(c.job_key == key).values(verdict=json.dumps(cleaned)))
+        return deleted
+
     def all_jobs(self) -> list[Job]:
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(select(jobs_table).order_by(jobs_table.c.created_at)).all()]

@@ -392,3 +392,54 @@ def register(app: typer.Typer) -> None:
     """Add this module's subcommands to the app."""
     for command in (enroll, query, calibrate, reindex):
         app.command(command.__name__, epilog=EXIT_CODES_HELP)(command)
+    app.command("erase")(erase)
+
+
+def erase(
+    index: IndexOption = None,
+    config: ConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Right to erasure: delete one patient's fingerprints, slices, canonical brains, verifications, verdicts and
+    flag reviews from the store, the index files that held their vectors, their worker jobs and their files in the
+    spool. The PatientID is asked for on the terminal (or read from stdin), never taken from the command line, so it
+    shows in no process list or shell history. Run it with the service stopped. Exit codes: 0 erased; 1 no such
+    patient; 2 not confirmed."""
+    from dicom_node.spool import Spool, series_key_for
+    from fingerprint.identity.archive import Archive
+    from fingerprint.identity.erasure import erase_patient
+    from fingerprint.identity.reviews import record_event
+    from worker.ledger import Ledger
+
+    settings = _settings(config, index)
+    patient_id = typer.prompt("PatientID to erase", hide_input=True).strip()
+    if not yes and not typer.confirm("Erase everything of this patient?", default=False):
+        raise typer.Exit(2)
+    archive_config = settings.archive_config()
+    with Archive(archive_config, model=object()) as archive:
+        patient_hash = archive.hash_patient_id(patient_id)
+        erased = erase_patient(archive.store, archive_config.index_dir, patient_hash)
+        if erased["series"]:
+            record_event(archive.store, "cli", "erasure", "patient",
+                         {"series": erased["series"], "verifications": erased["verifications"]})
+    if not erased["series"]:
+        typer.echo("no series of that patient in this archive", err=True)
+        raise typer.Exit(1)
+    keys = [series_key_for(uid) for uid in erased["series_instance_uids"]]
+    ledger = Ledger(archive_config.store_url)
+    try:
+        jobs = ledger.erase_series(keys, patient_hash, set(erased["series_instance_uids"]))
+    finally:
+        ledger.close()
+    spool = Spool(settings.resolved_spool_dir)
+    spooled = sum(spool.erase(key) for key in keys)
+    from fingerprint.identity.store import Store
+
+    store = Store(archive_config.store_url)  # last: no deleted row left in the database file either
+    try:
+        store.compact()
+    finally:
+        store.close()
+    typer.echo(json.dumps({"series": erased["series"], "verifications": erased["verifications"],
+                           "brains": erased["brains"], "index_files_rebuilt": len(erased["index_files_removed"]),
+                           "worker_jobs": jobs, "spooled_series": spooled}))

@@ -184,6 +184,20 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def compact(self) -> None:
+        """Rewrite an SQLite store from its live rows only (VACUUM, then an emptied write-ahead log), so deleted rows
+        leave no bytes in its files (erasure); PostgreSQL reuses freed space itself."""
+        if self.is_sqlite:
+            raw = self.engine.raw_connection()  # the driver's own connection: VACUUM runs outside any transaction
+            try:
+                driver = raw.driver_connection
+                previous, driver.isolation_level = driver.isolation_level, None
+                driver.execute("VACUUM")
+                driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and no old page left in the write-ahead log
+                driver.isolation_level = previous
+            finally:
+                raw.close()
+
     # --- transactions ------------------------------------------------------------------------------------------------
     @contextmanager
     def locked(self) -> Iterator[Connection]:
