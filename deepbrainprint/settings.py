@@ -70,6 +70,9 @@ class Settings:
     queue_prefix: str = "dbp"  # Celery queues are <prefix>.fingerprint and <prefix>.writeback (one set per site/test)
     task_max_attempts: int = 8  # a series whose processing keeps failing on transient errors is given up after this
     retry_backoff_max_s: float = 300.0  # cap of the exponential back-off between attempts (processing and write-back)
+    # A message taken by a worker host that then dies goes back to the queue after this long (Redis visibility timeout).
+    # A series takes seconds; one still running after this is delivered again, harmlessly (the ledger makes it a no-op).
+    broker_visibility_timeout_s: float = 300.0
 
     # --- Orthanc write-back ---------------------------------------------------------------------------------------
     orthanc_url: str = ""  # empty: no write-back
@@ -143,6 +146,7 @@ class Settings:
             queue_prefix=self.queue_prefix,
             task_max_attempts=self.task_max_attempts,
             retry_backoff_max_s=self.retry_backoff_max_s,
+            visibility_timeout_s=self.broker_visibility_timeout_s,
             orthanc_url=self.orthanc_url,
             orthanc_username=self.orthanc_username,
             orthanc_password=self.orthanc_password,

@@ -231,3 +231,42 @@ def test_worker_process_killed_mid_series_loses_nothing(  # type: ignore[no-unty
     finally:
         service.down(settings)
         ledger.close()
+
+
+@pytest.mark.slow
+def test_a_whole_worker_host_killed_mid_series_is_redelivered_within_the_visibility_timeout(  # type: ignore[no-untyped-def]
+    tmp_path, redis_url, write_head_series, clean_env
+) -> None:
+    """Every process of the only worker host is SIGKILLed while it holds a series (nothing can reject the message);
+    a worker that starts later gets it back once the visibility timeout (10 s here; 5 minutes by default) has passed,
+    and the series gets exactly one verdict, within the timeout plus a worker start and kombu's check interval."""
+    import signal
+
+    settings = service_settings(tmp_path / "home", redis_url, broker_visibility_timeout_s=10.0)
+    started = service.up(settings, workers=1, pool="prefork", concurrency=1)
+    ledger = Ledger(settings.store_url)
+    layout = service.ServiceLayout.for_settings(settings)
+    try:
+        wait_workers_ready(settings, ["worker-1"])
+        files = write_head_series(tmp_path / "head", "colin", "HOST-DOWN-1")
+        assert send_instances(files, settings.port, called_ae=settings.ae_title).all_ok
+        assert wait_for(lambda: ledger.counts()["running"] == 1, 60, interval_s=0.05)
+        host = [started["worker-1"], *children_of(started["worker-1"])]
+        for pid in host:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        time.sleep(1.0)
+        assert ledger.counts()[DONE] == 0
+        env = service.child_environment(settings)
+        argv = [*service.CLI, "worker", "--concurrency", "1", "--pool", "prefork", "--name", "worker-2@%h"]
+        service.spawn(layout, "worker-2", argv, {**env, "DBP_INDEX_DIR": str(settings.resolved_index_dir / "w2")})
+        assert wait_for(lambda: ledger.counts()[DONE] == 1, 120)
+        waited = time.monotonic() - killed_at
+        # Not before the timeout (nothing could know); after it, the new worker's start and kombu's throttled check
+        # for expired messages (measured here: 106 s in all), not the hour of Redis's default.
+        assert 10.0 <= waited < 180.0, waited
+        (job,) = ledger.all_jobs()
+        assert job.verdict["verdict"] == "new_patient" and job.attempts == 2
+    finally:
+        service.down(settings)
+        ledger.close()

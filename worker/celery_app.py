@@ -1,7 +1,9 @@
 """The Celery app for service and scaled-out modes (broker: Redis).
 
 Delivery guarantees, and why: ``acks_late`` + ``task_reject_on_worker_lost`` (a worker killed mid-series leaves its
-message to be delivered again, and tasks are idempotent through the ledger, so the redelivery is harmless);
+message to be delivered again, and tasks are idempotent through the ledger, so the redelivery is harmless); a whole
+host that dies takes its unacknowledged messages with it until Redis's visibility timeout
+(``visibility_timeout_s``, 5 minutes by default) hands them to another worker;
 ``worker_prefetch_multiplier = 1`` (a fingerprint takes seconds; prefetching would park series behind a busy worker
 while another idles); JSON only (no pickle from the network); no result backend (verdicts live in the store).
 
@@ -41,7 +43,7 @@ def configure(config: WorkerConfig) -> Celery:
     app.conf.update(
         broker_url=config.broker_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={"visibility_timeout": config.visibility_timeout_s},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -22,6 +22,7 @@ class WorkerConfig:
     queue_prefix: str = "dbp"  # Celery queues are <prefix>.fingerprint and <prefix>.writeback
     task_max_attempts: int = 8
     retry_backoff_max_s: float = 300.0
+    visibility_timeout_s: float = 300.0  # a dead host's unacknowledged series are redelivered after this long
     orthanc_url: str = ""
     orthanc_username: str = ""
     orthanc_password: str = ""
