@@ -151,9 +151,23 @@ def read_series(source: Path | str | Sequence[Dataset]) -> LoadedSeries:
         return _volume_of(datasets)
     except SeriesRejected as rejection:  # say whose series it was: the headers are read now, not again later
         if rejection.identifiers is None:
-            images = [ds for ds in datasets if _has_pixels(ds)]
-            rejection.identifiers = identifiers_of(images or datasets)
+            rejection.identifiers = _identifiers_if_readable(datasets)
         raise
+    except Exception as exc:  # noqa: BLE001 - damaged attributes pydicom decodes only on access: refuse, never crash
+        raise SeriesRejected(
+            RejectReason.INCONSISTENT_GEOMETRY,
+            f"damaged DICOM attributes ({type(exc).__name__})",
+            _identifiers_if_readable(datasets),
+        ) from None
+
+
+def _identifiers_if_readable(datasets: list[Dataset]) -> SeriesIdentifiers | None:
+    """The series' identifiers, where its headers still decode (a damaged file may not)."""
+    try:
+        images = [ds for ds in datasets if _has_pixels(ds)]
+        return identifiers_of(images or datasets)
+    except Exception:  # noqa: BLE001 - the rejection is what matters; who it belongs to is a courtesy
+        return None
 
 
 def _volume_of(datasets: list[Dataset]) -> LoadedSeries:
