@@ -132,3 +132,25 @@ def test_forms_need_their_csrf_token_and_sessions_expire(archive_with_flags) -> 
         assert http.get(base + "/", allow_redirects=False).status_code == 302  # the session has expired
     finally:
         server.shutdown()
+
+
+def test_metrics_count_the_queue_the_verdicts_and_the_open_flags_without_a_login(archive_with_flags, quick_demo) -> None:
+    from deepbrainprint.settings import load_settings
+
+    archive_config, model = archive_with_flags
+    settings = load_settings(home=quick_demo["home"])
+    config = dashboard_config(archive_config, model)
+    config.ledger_url, config.spool_dir = archive_config.store_url, settings.resolved_spool_dir
+    server, base = serve(config)
+    try:
+        response = requests.get(base + "/metrics")
+    finally:
+        server.shutdown()
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    samples = dict(line.rsplit(" ", 1) for line in response.text.splitlines() if line and not line.startswith("#"))
+    assert samples['dbp_series_recorded{verdict="possible_duplicate"}'] == "1"
+    assert samples['dbp_series_recorded{verdict="identity_mismatch"}'] == "1"
+    assert samples['dbp_jobs{state="done"}'] == "4" and samples['dbp_jobs{state="queued"}'] == "0"
+    assert samples["dbp_spool_series_pending"] == "0" and samples["dbp_writeback_pending"] == "0"
+    assert int(samples["dbp_flags_open"]) <= 2  # the browser test may have acknowledged one already
+    assert "h:" not in response.text and "DEMO-" not in response.text  # counts only

@@ -46,7 +46,8 @@ def dashboard(
         store_url=settings.resolved_store_url, users=users, secret_key=secret_key(settings),
         session_minutes=settings.dashboard_session_minutes, orthanc_url=settings.orthanc_url,
         orthanc_username=settings.orthanc_username, orthanc_password=settings.orthanc_password,
-        model=load_model(settings.model_path),
+        model=load_model(settings.model_path), ledger_url=settings.resolved_store_url,
+        spool_dir=settings.resolved_spool_dir,
     ))
     from werkzeug.serving import run_simple
 

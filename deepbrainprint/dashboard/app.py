@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, abort, redirect, render_template, request, session, url_for
@@ -54,6 +55,8 @@ class DashboardConfig:
     orthanc_username: str = ""
     orthanc_password: str = field(default="", repr=False)
     model: Any = None  # the model that made the fingerprints: adds the saliency picture to the evidence view
+    ledger_url: str | None = None  # the worker's ledger (jobs by state) for /metrics; None: not shown
+    spool_dir: Path | None = None  # the DICOM node's spool (series not yet processed) for /metrics; None: not shown
 
 
 def parse_users(value: str) -> dict[str, str]:
@@ -111,6 +114,13 @@ def create_app(config: DashboardConfig) -> Flask:
     def logout() -> Any:
         session.clear()
         return redirect(url_for("login"))
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        """Prometheus metrics: counts only, no patient data, so no login (a scraper has none)."""
+        from deepbrainprint.dashboard.metrics import metrics_text
+
+        return metrics_text(store, config.ledger_url, config.spool_dir), 200, {"Content-Type": "text/plain; version=0.0.4"}
 
     @app.get("/")
     @login_required
