@@ -63,6 +63,9 @@ class Settings:
     # while bound to loopback (the SCP refuses to start on another address without a list); "*": any, explicitly.
     allowed_calling_aes: str = ""
     dicom_network_timeout_s: float = 60.0  # a silent peer's association is aborted after this (keeps what it sent)
+    dicom_tls_cert_file: Path | None = None  # with a key: the SCP accepts TLS associations only
+    dicom_tls_key_file: Path | None = None
+    dicom_tls_ca_file: Path | None = None  # with it, callers must present a certificate this CA signed
     spool_keep_done_s: float = 7 * 86400.0  # finished series leave the spool after this long; 0 keeps them forever
 
     # --- worker ----------------------------------------------------------------------------------------------------
@@ -134,6 +137,9 @@ class Settings:
             open_quiet_time_s=self.open_quiet_time_s,
             dicom_network_timeout_s=self.dicom_network_timeout_s,
             spool_keep_done_s=self.spool_keep_done_s,
+            tls_cert_file=self.dicom_tls_cert_file,
+            tls_key_file=self.dicom_tls_key_file,
+            tls_ca_file=self.dicom_tls_ca_file,
         )
 
     def worker_config(self) -> WorkerConfig:

@@ -27,3 +27,8 @@ class NodeConfig:
     open_quiet_time_s: float = 60.0  # ... or for this long while its association stays open
     dicom_network_timeout_s: float = 60.0  # a silent peer's association is aborted after this
     spool_keep_done_s: float = 7 * 86400.0  # finished series leave the spool after this long; 0 keeps them
+    # TLS for associations (DICOM PS3.15 annex B, the "secure transport" profile): with a certificate and key the SCP
+    # accepts TLS associations only; with a CA file too, it also requires and checks the callers' certificates.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 import threading
 import uuid
 
@@ -179,7 +180,8 @@ class StorageNode:
             (evt.EVT_CONN_CLOSE, self._on_association_end),
         ]
         self._server = ae.start_server(
-            (self.config.bind_address, int(self.config.port)), block=False, evt_handlers=handlers
+            (self.config.bind_address, int(self.config.port)), block=False, evt_handlers=handlers,
+            ssl_context=self._tls_context(),
         )
         log.info(
             "storage SCP %s listening on %s:%d (quiet time %.1f s, calling AE allow-list: %s)",
@@ -190,6 +192,20 @@ class StorageNode:
             ", ".join(self.allowed_calling_aes) or "none (loopback only)",
         )
         return self
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The server side of TLS associations, when a certificate is configured (None: plain DICOM)."""
+        if not self.config.tls_cert_file:
+            return None
+        if not self.config.tls_key_file:
+            raise ValueError("TLS needs the key of the certificate too (tls_key_file)")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.config.tls_cert_file), str(self.config.tls_key_file))
+        if self.config.tls_ca_file:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(str(self.config.tls_ca_file))
+        return context
 
     @property
     def port(self) -> int:

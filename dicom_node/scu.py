@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def send_instances(
     abort_after: int | None = None,
     response_timeout_s: float = 30.0,
     max_reassociations: int = 3,
+    tls: ssl.SSLContext | None = None,
 ) -> SendResult:
     """C-STORE every item (paths or datasets) over one association, then release it (or abort it after
     ``abort_after`` instances, to play a sender that dies mid-series). Raises :class:`AssociationFailed`.
@@ -74,7 +76,7 @@ def send_instances(
     A response lost on the way (pynetdicom's requestor can, rarely, let its own reactor thread take a response meant
     for ``send_c_store``: the store then times out and the association is aborted) is handled like a PACS would:
     associate again and re-send that instance (the SCP keeps one copy per SOP Instance UID), at most
-    ``max_reassociations`` times.
+    ``max_reassociations`` times. ``tls``: a client SSL context for a TLS association (the server name is ``host``).
     """
     loaded = [_load(item) for item in items]
     keys = sorted({_context_key(item) for item in loaded})
@@ -86,7 +88,8 @@ def send_instances(
 
     def associate():  # type: ignore[no-untyped-def]
         assoc = ae.associate(
-            host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, disable_nagle)]
+            host, port, contexts=contexts, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, disable_nagle)],
+            tls_args=(tls, host) if tls is not None else None,
         )
         if not assoc.is_established:
             raise AssociationFailed(f"association to {called_ae}@{host}:{port} was rejected or failed")
