@@ -26,6 +26,8 @@ from fingerprint.imaging.dicom_read import read_dicom_file, read_series
 from fingerprint.imaging.dicom_write import series_datasets
 
 TRIED: list[str] = []
+#: pydicom warns about every damaged value it meets; here damage is the point.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def base_series() -> list[Dataset]:
