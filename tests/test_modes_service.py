@@ -262,9 +262,10 @@ def test_a_whole_worker_host_killed_mid_series_is_redelivered_within_the_visibil
         service.spawn(layout, "worker-2", argv, {**env, "DBP_INDEX_DIR": str(settings.resolved_index_dir / "w2")})
         assert wait_for(lambda: ledger.counts()[DONE] == 1, 120)
         waited = time.monotonic() - killed_at
-        # Not before the timeout (nothing could know); after it, the new worker's start and kombu's throttled check
-        # for expired messages (measured here: 106 s in all), not the hour of Redis's default.
-        assert 10.0 <= waited < 180.0, waited
+        # Not before the timeout (nothing could know); after it, the new worker's start and one check for expired
+        # messages (every tenth of the timeout), not the hour of Redis's default.
+        print(f"redelivered and done {waited:.1f} s after the host was killed")
+        assert 10.0 <= waited < 60.0, waited
         (job,) = ledger.all_jobs()
         assert job.verdict["verdict"] == "new_patient" and job.attempts == 2
     finally:

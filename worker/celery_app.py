@@ -3,7 +3,8 @@
 Delivery guarantees, and why: ``acks_late`` + ``task_reject_on_worker_lost`` (a worker killed mid-series leaves its
 message to be delivered again, and tasks are idempotent through the ledger, so the redelivery is harmless); a whole
 host that dies takes its unacknowledged messages with it until Redis's visibility timeout
-(``visibility_timeout_s``, 5 minutes by default) hands them to another worker;
+(``visibility_timeout_s``, 5 minutes by default) hands them to another worker, which looks for them every tenth of
+that timeout;
 ``worker_prefetch_multiplier = 1`` (a fingerprint takes seconds; prefetching would park series behind a busy worker
 while another idles); JSON only (no pickle from the network); no result backend (verdicts live in the store).
 
@@ -43,7 +44,13 @@ def configure(config: WorkerConfig) -> Celery:
     app.conf.update(
         broker_url=config.broker_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": config.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": config.visibility_timeout_s,
+            # kombu looks for expired messages every interval x throttle seconds (100 s by default): every tenth of
+            # the visibility timeout instead (10 s at most, 1 s at least), one cheap Redis scan per worker each time.
+            "unacked_restore_interval": max(1, min(10, int(config.visibility_timeout_s / 10))),
+            "unacked_restore_throttle": 1,
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
