@@ -271,3 +271,75 @@ def test_a_whole_worker_host_killed_mid_series_is_redelivered_within_the_visibil
     finally:
         service.down(settings)
         ledger.close()
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port (no persistence), that a test may kill and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+        import subprocess
+
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed")
+        self.folder, self.port, self.process = folder, server.free_port(), None
+        self._popen = subprocess.Popen
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+
+        import redis
+
+        self.process = self._popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", str(self.folder)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        assert wait_for(lambda: _pings(client), 10), "private redis did not start"
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+def _pings(client) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@pytest.mark.slow
+def test_series_arriving_while_redis_is_down_are_processed_when_it_returns(  # type: ignore[no-untyped-def]
+    tmp_path, write_head_series, clean_env
+) -> None:
+    """The broker goes away; the SCP keeps accepting series into its durable spool (the senders get success), keeps
+    trying to hand them on, and once Redis is back every series gets its verdict, once."""
+    broker = PrivateRedis(tmp_path / "redis")
+    broker.start()
+    settings = service_settings(tmp_path / "home", broker.url, broker_url=broker.url)
+    service.up(settings, workers=1, pool="prefork", concurrency=1)
+    ledger = Ledger(settings.store_url)
+    try:
+        wait_workers_ready(settings, ["worker-1"])
+        broker.kill()
+        # One man twice, under two PatientIDs: whichever is processed first is new, the other a duplicate of it.
+        for number, (patient, orientation) in enumerate((("REDIS-DOWN-1", "axial"), ("REDIS-DOWN-2", "sagittal"))):
+            files = write_head_series(tmp_path / f"head-{number}", "colin", patient, orientation=orientation)
+            assert send_instances(files, settings.port, called_ae=settings.ae_title).all_ok  # accepted meanwhile
+        time.sleep(3.0)  # quiet time passed, the hand-ons are failing: nothing can be processed without the broker
+        assert ledger.counts()[DONE] == 0
+        broker.start()
+        assert wait_for(lambda: ledger.counts()[DONE] == 2, 180), ledger.counts()
+        verdicts = sorted(job.verdict["verdict"] for job in ledger.all_jobs())
+        assert verdicts == ["new_patient", "possible_duplicate"] and len(ledger.all_jobs()) == 2
+    finally:
+        service.down(settings)
+        ledger.close()
+        broker.kill()
