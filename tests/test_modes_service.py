@@ -343,3 +343,31 @@ def test_series_arriving_while_redis_is_down_are_processed_when_it_returns(  # t
         service.down(settings)
         ledger.close()
         broker.kill()
+
+
+@pytest.mark.slow
+def test_series_in_the_spool_of_a_killed_scp_are_processed_after_its_restart(  # type: ignore[no-untyped-def]
+    tmp_path, redis_url, write_head_series, clean_env
+) -> None:
+    """The SCP process is SIGKILLed after accepting a series and before handing it on; started again, it finds the
+    series in its spool, hands it on, and the series gets its verdict, once."""
+    import signal
+
+    settings = service_settings(tmp_path / "home", redis_url, quiet_time_s=5.0)
+    started = service.up(settings, workers=1, pool="prefork", concurrency=1)
+    ledger = Ledger(settings.store_url)
+    layout = service.ServiceLayout.for_settings(settings)
+    try:
+        wait_workers_ready(settings, ["worker-1"])
+        files = write_head_series(tmp_path / "head", "colin", "SCP-KILLED-1")
+        assert send_instances(files, settings.port, called_ae=settings.ae_title).all_ok
+        os.kill(started["scp"], signal.SIGKILL)  # within the quiet time: accepted, durable, not handed on
+        time.sleep(1.0)
+        assert ledger.counts() == {"queued": 0, "running": 0, "done": 0, "failed": 0, "writeback_pending": 0}
+        service.spawn(layout, "scp", [*service.CLI, "serve"], service.child_environment(settings))
+        assert wait_for(lambda: ledger.counts()[DONE] == 1, 120), ledger.counts()
+        (job,) = ledger.all_jobs()
+        assert job.verdict["verdict"] == "new_patient"
+    finally:
+        service.down(settings)
+        ledger.close()
