@@ -371,3 +371,41 @@ def test_series_in_the_spool_of_a_killed_scp_are_processed_after_its_restart(  #
     finally:
         service.down(settings)
         ledger.close()
+
+
+@pytest.mark.slow
+def test_a_series_whose_message_a_broker_restart_lost_is_sent_again_by_the_next_worker(  # type: ignore[no-untyped-def]
+    tmp_path, write_head_series, clean_env
+) -> None:
+    """No worker is running when a series is handed on; Redis then restarts without persistence and the message is
+    gone, while the ledger still says ``queued``. A worker that starts after the visibility timeout sends it again,
+    and the series gets its verdict."""
+    import signal
+
+    broker = PrivateRedis(tmp_path / "redis")
+    broker.start()
+    settings = service_settings(tmp_path / "home", broker.url, broker_url=broker.url, broker_visibility_timeout_s=5.0)
+    started = service.up(settings, workers=1, pool="prefork", concurrency=1)
+    ledger = Ledger(settings.store_url)
+    layout = service.ServiceLayout.for_settings(settings)
+    try:
+        wait_workers_ready(settings, ["worker-1"])
+        for pid in [started["worker-1"], *children_of(started["worker-1"])]:
+            os.kill(pid, signal.SIGKILL)  # no consumer: the message waits in Redis
+        files = write_head_series(tmp_path / "head", "colin", "LOST-MESSAGE-1")
+        assert send_instances(files, settings.port, called_ae=settings.ae_title).all_ok
+        assert wait_for(lambda: ledger.counts()["queued"] == 1, 60)
+        broker.kill()
+        broker.start()  # empty: the message is lost
+        time.sleep(6.0)  # longer than the visibility timeout: the job is stale
+        env = service.child_environment(settings)
+        argv = [*service.CLI, "worker", "--concurrency", "1", "--pool", "prefork", "--name", "worker-2@%h"]
+        service.spawn(layout, "worker-2", argv, {**env, "DBP_INDEX_DIR": str(settings.resolved_index_dir / "w2")})
+        assert wait_for(lambda: ledger.counts()[DONE] == 1, 120), ledger.counts()
+        (job,) = ledger.all_jobs()
+        assert job.verdict["verdict"] == "new_patient"
+        assert "queued series sent again" in layout.log_file("worker-2").read_text(errors="replace")
+    finally:
+        service.down(settings)
+        ledger.close()
+        broker.kill()

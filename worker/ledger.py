@@ -212,6 +212,20 @@ class Ledger:
         with self.engine.begin() as conn:
             conn.execute(update(jobs_table).where(jobs_table.c.job_key == job_key).values(**values))
 
+    def stale_queued(self, older_than_s: float, limit: int = 10_000) -> list[Job]:
+        """Jobs ``queued`` for longer than ``older_than_s`` and due: their message was most likely lost (a broker that
+        restarted without persistence); a worker that starts sends them again."""
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs_table)
+                .where(jobs_table.c.state == QUEUED, jobs_table.c.updated_at <= now - older_than_s,
+                       jobs_table.c.next_attempt_at <= now)
+                .order_by(jobs_table.c.created_at)
+                .limit(limit)
+            ).all()
+        return [_job(row) for row in rows]
+
     def due_writebacks(self, limit: int = 20) -> list[Job]:
         with self.engine.connect() as conn:
             rows = conn.execute(

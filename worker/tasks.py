@@ -17,6 +17,7 @@ from worker.celery_app import (
     WRITEBACK_TASK,
     app,
     current_config,
+    send_process_series,
     send_writeback,
 )
 from worker.ledger import DONE, WRITEBACK_PENDING, backoff_s
@@ -47,6 +48,22 @@ def _resubmit_pending_writebacks(**_: Any) -> None:
         send_writeback(context().config, job.job_key)
     if due:
         log.info("%d pending write-backs queued again", len(due))
+
+
+@worker_ready.connect
+def _resubmit_lost_series(**_: Any) -> None:
+    """Series queued in the ledger for longer than the visibility timeout have most likely lost their message (a
+    broker restarted without its append-only file): a worker that starts sends them again. A duplicate of a message
+    still in the queue is harmless: the ledger makes a finished series a no-op."""
+    config = context().config
+    try:
+        stale = context().ledger.stale_queued(older_than_s=config.visibility_timeout_s)
+    except TRANSIENT_ERRORS:
+        return
+    for job in stale:
+        send_process_series(config, job.job_key)
+    if stale:
+        log.info("%d queued series sent again (their messages were lost)", len(stale))
 
 
 @worker_process_shutdown.connect
