@@ -24,13 +24,11 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from fingerprint.identity.index import index_file_path
-from fingerprint.identity.reviews import ensure_tables, reviews_table
-from fingerprint.identity.store import Store, brains_table, series_table, verifications_table
+from fingerprint.identity.store import Store, brains_table, reviews_table, series_table, verifications_table
 
 
 def erase_patient(store: Store, index_dir: Path, patient_id_hash: str) -> dict[str, Any]:
     """Delete every trace of the patient with this keyed hash; returns what was removed (counts and series UIDs)."""
-    ensure_tables(store)
     s, v, b = series_table.c, verifications_table.c, brains_table.c
     with store.locked() as conn:
         rows = conn.execute(select(s.id, s.series_instance_uid, s.model_version)

@@ -3,8 +3,9 @@
 A *flag* is a recorded series whose verdict is an alarm (``identity_mismatch``, ``possible_duplicate``,
 ``needs_review``). Radiology IT acknowledges it as ``resolved`` (the records were fixed) or ``false_alarm`` (nothing
 was wrong), with a comment and their name, or opens it again. The state is one row per flag; every change is also
-appended to the audit log, which is never rewritten. Flags are named ``F<row id>`` (the store's row id): nothing that
-identifies the patient or the study goes into a flag's name, a URL or a log line.
+appended to the audit log, which is never rewritten (both tables are part of the store's schema). Flags are named
+``F<row id>`` (the store's row id): nothing that identifies the patient or the study goes into a flag's name, a URL
+or a log line.
 
 Example::
 
@@ -18,39 +19,13 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, select
+from sqlalchemy import select
 
-from fingerprint.identity.store import Store, series_table
+from fingerprint.identity.store import Store, audit_table, reviews_table, series_table
 
 OPEN, RESOLVED, FALSE_ALARM = "open", "resolved", "false_alarm"
 STATES = (OPEN, RESOLVED, FALSE_ALARM)
 FLAG_PREFIX = "F"
-
-_metadata = MetaData()
-reviews_table = Table(
-    "dbp_flag_reviews",
-    _metadata,
-    Column("series_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),  # the flagged row's id
-    Column("state", String(16), nullable=False),
-    Column("comment", Text, nullable=False, default=""),
-    Column("reviewer", String(128), nullable=False, default=""),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-audit_table = Table(
-    "dbp_audit_log",
-    _metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("actor", String(128), nullable=False),
-    Column("action", String(64), nullable=False),
-    Column("target", String(32), nullable=False, index=True),
-    Column("details", Text, nullable=False, default="{}"),
-)
-
-
-def ensure_tables(store: Store) -> None:
-    """Create the review and audit tables in the store's database if they are not there yet."""
-    _metadata.create_all(store.engine, checkfirst=True)
 
 
 def flag_id(row_id: int) -> str:
@@ -70,7 +45,6 @@ def set_review(store: Store, flag: str, state: str, comment: str, reviewer: str)
         raise ValueError(f"state must be one of {', '.join(STATES)}, not {state!r}")
     if not reviewer.strip():
         raise ValueError("a review needs the reviewer's name")
-    ensure_tables(store)
     row_id = row_id_of(flag)
     now = datetime.now(timezone.utc)
     with store.locked() as conn:
@@ -87,7 +61,6 @@ def set_review(store: Store, flag: str, state: str, comment: str, reviewer: str)
 
 def reviews(store: Store, row_ids: list[int]) -> dict[int, dict[str, Any]]:
     """The review state of these rows (those never reviewed are absent: they are open)."""
-    ensure_tables(store)
     if not row_ids:
         return {}
     with store.reading() as conn:
@@ -101,7 +74,6 @@ def reviews(store: Store, row_ids: list[int]) -> dict[int, dict[str, Any]]:
 
 def audit_log(store: Store, flag: str | None = None) -> list[dict[str, Any]]:
     """The audit log, oldest first (of one flag, or all)."""
-    ensure_tables(store)
     query = select(audit_table).order_by(audit_table.c.id)
     if flag is not None:
         query = query.where(audit_table.c.target == flag)
@@ -113,7 +85,6 @@ def audit_log(store: Store, flag: str | None = None) -> list[dict[str, Any]]:
 
 def record_event(store: Store, actor: str, action: str, target: str, details: dict[str, Any] | None = None) -> None:
     """Append one event to the audit log (a report written, a flag viewed)."""
-    ensure_tables(store)
     with store.locked() as conn:
         conn.execute(audit_table.insert().values(at=datetime.now(timezone.utc), actor=actor, action=action,
                                                  target=target, details=json.dumps(details or {})))

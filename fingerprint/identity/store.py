@@ -125,6 +125,30 @@ verifications_table = Table(
     UniqueConstraint("series_instance_uid", "candidate_series_instance_uid", "method_version", name="uq_dbp_verification"),
 )
 
+#: What people decided about each flag (an alarm: the flagged series' row id), one row per flag
+#: (:mod:`fingerprint.identity.reviews`).
+reviews_table = Table(
+    "dbp_flag_reviews",
+    metadata,
+    Column("series_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("comment", Text, nullable=False, default=""),
+    Column("reviewer", String(128), nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Who did what when (acknowledgements, reports written, results sent, erasures): appended to, never rewritten.
+audit_table = Table(
+    "dbp_audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(32), nullable=False, index=True),
+    Column("details", Text, nullable=False, default="{}"),
+)
+
 #: Columns a caller may set through :meth:`Store.upsert_series` (everything but the bookkeeping ones).
 RECORD_FIELDS = tuple(c.name for c in series_table.columns if c.name not in {"id", "seq", "created_at", "updated_at"})
 
