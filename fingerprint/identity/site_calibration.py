@@ -152,6 +152,8 @@ def calibrate_from_archive(
         "different_label_pairs": int(len(fp_different_all)),
     }
     verification = None
+    v_same: np.ndarray | None = None  # verification scores, where the brains were compared
+    v_different: np.ndarray | None = None
     excluded_same = np.zeros(len(same_pairs), bool)
     excluded_pairs: set[tuple[int, int]] = set()
     if brains_version is not None:
@@ -192,8 +194,7 @@ def calibrate_from_archive(
         fp_same[~excluded_same], fp_different_all[fp_keep_different], far, model_version,
         {**report, "score": "fingerprint"}, robust=True,
     )
-    plot = _plot(fp_same, fp_different_all, excluded_same, verification, locals().get("v_same"),
-                 locals().get("v_different"), fingerprint, site)
+    plot = _plot(fp_same, fp_different_all, excluded_same, verification, v_same, v_different, fingerprint, site)
     return SiteCalibration(fingerprint, verification, report, plot)
 
 

@@ -112,9 +112,9 @@ def collect_flags(
 
 def _flag(store: Store, row: dict[str, Any], review: dict[str, Any], with_pictures: bool, model: Any = None) -> Flag:
     evidence = json.loads(row["evidence"] or "{}")
+    deciding = _deciding_uid(evidence, row)
     verification_score = next(
-        (v.get("verification") for v in evidence.get("verified", [])
-         if v.get("series_instance_uid") == _deciding_uid(evidence, row)), None,
+        (v.get("verification") for v in evidence.get("verified", []) if v.get("series_instance_uid") == deciding), None
     )
     created = row["created_at"]
     flag = Flag(
@@ -170,8 +170,9 @@ def _pictures(store: Store, row: dict[str, Any], evidence: dict[str, Any], model
         what = "the matched scan of another PatientID" if matched else "the most alike scan of another PatientID (no match)"
         compared.append((other["series_instance_uid"], what))
     pictures = []
-    if row["slice_f16"] is not None:
-        pictures.append(Picture("the new scan's canonical slice", slice_png(slice_from_bytes(row["slice_f16"]))))
+    new_slice = slice_from_bytes(row["slice_f16"]) if row["slice_f16"] is not None else None
+    if new_slice is not None:
+        pictures.append(Picture("the new scan's canonical slice", slice_png(new_slice)))
     stored = _stored_views(store, [uid for uid, _ in compared], row["model_version"])
     slices = {uid: pixels for uid, (pixels, _vector) in stored.items()}
     similarities = {e.get("series_instance_uid"): e.get("similarity") for e in evidence.get("verified", [])}
@@ -182,23 +183,22 @@ def _pictures(store: Store, row: dict[str, Any], evidence: dict[str, Any], model
             similarity = similarities.get(uid)
             caption = what + (f" (fingerprint similarity {similarity:.4f})" if isinstance(similarity, float) else "")
             pictures.append(Picture(caption, slice_png(slices[uid])))
-    if model is not None and compared and compared[0][0] in stored and row["slice_f16"] is not None \
+    if model is not None and compared and compared[0][0] in stored and new_slice is not None \
             and getattr(model, "model_version", None) == row["model_version"]:
         from fingerprint.model.saliency import saliency_map, saliency_png
 
-        new_slice = slice_from_bytes(row["slice_f16"])
         heat = saliency_map(model, new_slice, stored[compared[0][0]][1])
         pictures.append(Picture(f"what the fingerprint looked at, comparing with {compared[0][1]} (gradient "
                                 "saliency)", saliency_png(new_slice, heat)))
     for entry in evidence.get("verified", []):
         if entry.get("verification_id"):
-            stored = store.verification(int(entry["verification_id"]))
-            if stored and stored.get("evidence_png"):
+            verification = store.verification(int(entry["verification_id"]))
+            if verification and verification.get("evidence_png"):
                 who = "same PatientID" if entry.get("same_patient_id") else "another PatientID"
                 score = entry.get("verification")
                 caption = f"3D verification against a scan of {who}" + (
                     f" (score {score:.3f})" if isinstance(score, float) else "")
-                pictures.append(Picture(caption, stored["evidence_png"]))
+                pictures.append(Picture(caption, verification["evidence_png"]))
     return pictures
 
 
