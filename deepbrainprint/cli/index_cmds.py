@@ -419,27 +419,19 @@ def erase(
     with Archive(archive_config, model=object()) as archive:
         patient_hash = archive.hash_patient_id(patient_id)
         erased = erase_patient(archive.store, archive_config.index_dir, patient_hash)
-        if erased["series"]:
-            record_event(archive.store, "cli", "erasure", "patient",
-                         {"series": erased["series"], "verifications": erased["verifications"]})
-    if not erased["series"]:
-        typer.echo("no series of that patient in this archive", err=True)
-        raise typer.Exit(1)
-    keys = [series_key_for(uid) for uid in erased["series_instance_uids"]]
-    ledger = Ledger(archive_config.store_url)
-    try:
-        jobs = ledger.erase_series(keys, patient_hash, set(erased["series_instance_uids"]))
-    finally:
-        ledger.close()
-    spool = Spool(settings.resolved_spool_dir)
-    spooled = sum(spool.erase(key) for key in keys)
-    from fingerprint.identity.store import Store
-
-    store = Store(archive_config.store_url)  # last: no deleted row left in the database file either
-    try:
-        store.compact()
-    finally:
-        store.close()
+        if not erased["series"]:
+            typer.echo("no series of that patient in this archive", err=True)
+            raise typer.Exit(1)
+        record_event(archive.store, "cli", "erasure", "patient",
+                     {"series": erased["series"], "verifications": erased["verifications"]})
+        keys = [series_key_for(uid) for uid in erased["series_instance_uids"]]
+        ledger = Ledger(archive_config.store_url)
+        try:
+            jobs = ledger.erase_series(keys, patient_hash, set(erased["series_instance_uids"]))
+        finally:
+            ledger.close()
+        spooled = sum(Spool(settings.resolved_spool_dir).erase(key) for key in keys)
+        archive.store.compact()  # last: no deleted row left in the database file either
     typer.echo(json.dumps({"series": erased["series"], "verifications": erased["verifications"],
                            "brains": erased["brains"], "index_files_rebuilt": len(erased["index_files_removed"]),
                            "worker_jobs": jobs, "spooled_series": spooled}))

@@ -456,15 +456,8 @@ def _identifiers_of_unusable_source(rejection: SeriesRejected, source_info: dict
     given = _identifiers_from_source_info(source_info)
     if given.series_instance_uid or rejection.identifiers is None:
         return given
-    found = rejection.identifiers
-    return SeriesIdentifiers(
-        patient_id=found.patient_id,
-        study_instance_uid=found.study_instance_uid,
-        series_instance_uid=found.series_instance_uid,
-        study_date=found.study_date,
-        modality=found.modality,
-        series_description=found.series_description,
-    )
+    # As recorded for a rejection: who and which series, not the instance list or the maker the reader also found.
+    return replace(rejection.identifiers, sop_instance_uids=(), manufacturer="")
 
 
 def reindex_archive(archive: Archive, source_version: str, batch_size: int = 64, progress: Any = None) -> dict:
