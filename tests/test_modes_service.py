@@ -206,6 +206,14 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def start_another_worker(settings: Settings, name: str) -> int:
+    """A worker started after ``up``, as a replacement host would be (its own index folder, the service's settings)."""
+    layout = service.ServiceLayout.for_settings(settings)
+    argv = [*service.CLI, "worker", "--concurrency", "1", "--pool", "prefork", "--name", f"{name}@%h"]
+    env = {**service.child_environment(settings), "DBP_INDEX_DIR": str(settings.resolved_index_dir / name)}
+    return service.spawn(layout, name, argv, env)
+
+
 @pytest.mark.slow
 def test_worker_process_killed_mid_series_loses_nothing(  # type: ignore[no-untyped-def]
     tmp_path, redis_url, write_head_series, clean_env
@@ -245,7 +253,6 @@ def test_a_whole_worker_host_killed_mid_series_is_redelivered_within_the_visibil
     settings = service_settings(tmp_path / "home", redis_url, broker_visibility_timeout_s=10.0)
     started = service.up(settings, workers=1, pool="prefork", concurrency=1)
     ledger = Ledger(settings.store_url)
-    layout = service.ServiceLayout.for_settings(settings)
     try:
         wait_workers_ready(settings, ["worker-1"])
         files = write_head_series(tmp_path / "head", "colin", "HOST-DOWN-1")
@@ -257,9 +264,7 @@ def test_a_whole_worker_host_killed_mid_series_is_redelivered_within_the_visibil
         killed_at = time.monotonic()
         time.sleep(1.0)
         assert ledger.counts()[DONE] == 0
-        env = service.child_environment(settings)
-        argv = [*service.CLI, "worker", "--concurrency", "1", "--pool", "prefork", "--name", "worker-2@%h"]
-        service.spawn(layout, "worker-2", argv, {**env, "DBP_INDEX_DIR": str(settings.resolved_index_dir / "w2")})
+        start_another_worker(settings, "worker-2")
         assert wait_for(lambda: ledger.counts()[DONE] == 1, 120)
         waited = time.monotonic() - killed_at
         # Not before the timeout (nothing could know); after it, the new worker's start and one check for expired
@@ -398,9 +403,7 @@ def test_a_series_whose_message_a_broker_restart_lost_is_sent_again_by_the_next_
         broker.kill()
         broker.start()  # empty: the message is lost
         time.sleep(6.0)  # longer than the visibility timeout: the job is stale
-        env = service.child_environment(settings)
-        argv = [*service.CLI, "worker", "--concurrency", "1", "--pool", "prefork", "--name", "worker-2@%h"]
-        service.spawn(layout, "worker-2", argv, {**env, "DBP_INDEX_DIR": str(settings.resolved_index_dir / "w2")})
+        start_another_worker(settings, "worker-2")
         assert wait_for(lambda: ledger.counts()[DONE] == 1, 120), ledger.counts()
         (job,) = ledger.all_jobs()
         assert job.verdict["verdict"] == "new_patient"
