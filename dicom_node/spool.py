@@ -10,7 +10,8 @@ Layout (no PHI in any path: folder and file names are hashes of UIDs)::
 
 Why write-then-rename with fsyncs: a power cut must leave either the old file or the complete new one, never a
 truncated instance that the worker would later read as a broken series; fsync of the file makes the bytes durable,
-fsync of the directory makes the rename durable. The state file is shared with worker processes (``mark_done``),
+fsync of the directory makes the rename durable. Writers arriving together (concurrent associations) share the
+folder fsyncs (``dicom_node.group_sync``), and each is still answered only once its own instance is durable. The state file is shared with worker processes (``mark_done``),
 hence the per-series ``flock``.
 """
 
@@ -31,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from .group_sync import GroupSync, fsync_folder
 from .types import SERIES_STATES
 
 log = logging.getLogger(__name__)
@@ -90,14 +92,6 @@ class SeriesState:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _describe(exc: OSError, where: str) -> str:
     name = errno.errorcode.get(exc.errno or 0, "EIO")
     return f"spool cannot store ({name}: {os.strerror(exc.errno or errno.EIO)}) in {where}"
@@ -106,9 +100,10 @@ def _describe(exc: OSError, where: str) -> str:
 class Spool:
     """A spool directory. Cheap to construct: the worker makes one per task to call :meth:`mark_done`."""
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, group_sync: GroupSync | None = None) -> None:
         self.root = Path(root)
         self.fsync = fsync  # False only for benchmarks that want to see what durability costs
+        self.group_sync = group_sync or GroupSync(fsync=fsync)
 
     # --- layout -------------------------------------------------------------------------------------------------
     @property
@@ -154,28 +149,17 @@ class Spool:
                     if not folder.is_dir():
                         raise
                 if self.fsync:
-                    _fsync_dir(folder.parent)
+                    fsync_folder(folder.parent)
         except OSError as exc:
             raise SpoolWriteError(exc.errno, _describe(exc, "spool folder")) from exc
 
     # --- durable writes -----------------------------------------------------------------------------------------
     def _write_atomic(self, target: Path, data: bytes) -> None:
-        """Temp file in the same folder, fsync, rename over ``target``, fsync the folder. Leaves no temp behind."""
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        """Temp file in the same folder, fsync, rename over ``target``, fsync the folder (shared with concurrent
+        writers). Leaves no temp behind."""
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                if self.fsync:
-                    os.fdatasync(fh.fileno())  # data + size; mtime is not worth a metadata flush
-            os.replace(tmp, target)
-            if self.fsync:
-                _fsync_dir(target.parent)
+            self.group_sync.write(target, data)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise SpoolWriteError(exc.errno, _describe(exc, target.parent.name)) from exc
 
     def store_instance(self, series_key: str, sop_instance_uid: str, encoded: bytes) -> tuple[Path, bool]:
