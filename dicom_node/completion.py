@@ -183,8 +183,24 @@ class CompletionTracker:
                 self._purge_if_due()
             except Exception:  # never let the loop die: the spool keeps everything, a later check retries
                 log.exception("completion check failed")
-            self._wake.wait(interval)
+            self._wake.wait(self.next_wait_s(interval))
             self._wake.clear()
+
+    def next_wait_s(self, longest_s: float) -> float:
+        """How long the loop may sleep: until the next series falls due (its quiet time, or its retry), at most
+        ``longest_s``. Waking exactly then, rather than at the next fixed tick, hands a series on as soon as its
+        quiet time is over; instances and association ends wake the loop anyway."""
+        mono = time.monotonic()
+        with self._lock:
+            dues = [
+                max(p.next_attempt_mono, p.last_received_mono
+                    + (self.open_quiet_time_s if p.active_associations else self.quiet_time_s))
+                for p in self._series.values()
+                if not p.handing_on
+            ]
+        if not dues:
+            return longest_s
+        return min(longest_s, max(0.0, min(dues) - mono) + 0.001)
 
     def _purge_if_due(self) -> None:
         if self.keep_done_s <= 0 or time.monotonic() < self._next_purge_mono:

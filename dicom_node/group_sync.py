@@ -41,8 +41,9 @@ class GroupSync:
     """Durable write-then-rename with folder syncs shared by concurrent writers (one instance per spool).
 
     ``sync_data`` (default ``os.fdatasync``) and ``sync_folder`` (default :func:`fsync_folder`) are parameters so
-    that a test can record, or hold, the real syncs; ``fsync=False`` skips both (benchmarks of what durability
-    costs). ``batches`` counts folder-sync rounds, for tests and benchmarks.
+    that a test can record, or hold, the real syncs; ``fsync=False`` skips both and ``grouped=False`` has each
+    writer sync its own folder (benchmarks of what durability and grouping cost). ``batches`` counts folder-sync
+    rounds, for tests and benchmarks.
     """
 
     def __init__(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node.completion import CompletionTracker
 from dicom_node.group_sync import GroupSync, fsync_folder
 from dicom_node.spool import Spool, SpoolWriteError, series_key_for, uid_key
 
@@ -296,3 +297,22 @@ def test_a_crash_between_write_and_fsync_leaves_no_half_written_instance(tmp_pat
     # the instance under its name is still the old, complete copy; the temp file is invisible to the worker
     assert [p.read_bytes() for p in spool.instance_paths(key)] == [b"the old copy"]
     assert spool.instance_count(key) == 1
+
+
+def test_the_completion_loop_sleeps_exactly_until_the_next_series_falls_due(tmp_path: Path) -> None:
+    """The hand-on comes when the quiet time is over, not at the loop's next fixed tick."""
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    tracker = CompletionTracker(spool, lambda completed: None, quiet_time_s=2.0, open_quiet_time_s=60.0)
+    assert tracker.next_wait_s(0.25) == 0.25, "nothing pending: the longest sleep"
+    tracker.instance_arriving(key, "assoc-1", "SCU")
+    spool.store_instance(key, SOP_UID, b"x")
+    tracker.instance_stored(key)
+    assert tracker.next_wait_s(5.0) == 5.0, "association still open: due only after open_quiet_time_s"
+    tracker.association_ended("assoc-1")
+    stored_at = time.monotonic()
+    wait = tracker.next_wait_s(5.0)
+    elapsed = time.monotonic() - stored_at
+    assert 2.0 - 0.2 - elapsed < wait <= 2.0 + 0.002, wait
+    assert tracker.next_wait_s(0.25) == 0.25, "never longer than the longest sleep"
+    assert tracker.check_once() == 0, "not due yet"

@@ -43,7 +43,8 @@ def submit_completed_series(config: WorkerConfig, completed: CompletedSeries) ->
 
         send_process_series(config, job_key)
     else:
-        from worker.embedded import ensure_embedded_worker
+        from worker.embedded import ensure_embedded_worker, wake_embedded_workers
 
-        ensure_embedded_worker(config).wake()
+        ensure_embedded_worker(config)
+        wake_embedded_workers()  # every in-process worker: an idle second one would otherwise wait for its poll
     return job_key
