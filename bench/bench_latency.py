@@ -1,18 +1,27 @@
-"""Latency benchmark: time from the last instance of a series received to its verdict written, embedded mode.
+"""End-to-end benchmark: last instance received -> verdict written back to a real Orthanc, and series per minute.
 
-Real heads (Colin27; MNI152 when nilearn has it) are written as MR series (``fingerprint.imaging.dicom_write``) at several
-orientations under distinct PatientIDs and sent, one series at a time, over a real DICOM association to the
-in-process storage SCP; the in-process worker fingerprints, decides and records. For each series:
+Real heads (Colin27; MNI152 when nilearn has it, or the shared real people) are written as MR series
+(``fingerprint.imaging.dicom_write``) at several orientations under distinct PatientIDs and uploaded to a real
+Orthanc (``dbp_orthanc.server``, own ports and folder). Orthanc's forwarding plugin sends each stable series to our
+storage SCP over DICOM; the embedded worker fingerprints, verifies, decides, records, and writes the verdict back to
+that Orthanc as metadata: the whole product path. For each series, from the ledger's and the spool's own clocks:
 
-- ``quiet_wait``: last instance received (the spool's own timestamp) -> series handed on (ledger row created). This
-  is the configured quiet time plus the completion tracker's polling; it is a setting, reported apart;
-- ``processing``: hand-on -> verdict recorded in the ledger (read volume, canonical slice, ResNet-18, decide, record);
-- ``total``: the sum, what a radiologist waits.
+- ``e2e``: last instance received by our SCP -> verdict written to Orthanc, less the configured quiet time (a
+  setting, like Orthanc's StableAge; the completion tracker's polling after it does count);
+- ``quiet_wait``: last instance received -> series handed on (ledger row created): the quiet time plus polling;
+- ``processing``: hand-on -> verdict written back (read, slice, embed, verify, decide, record, write back).
 
-Medians and p95 over the series. Usage::
+Latency is measured one series at a time with ONE worker (the first series, a cold start, is reported apart).
+Throughput: with the workers warm, ``--throughput-series`` series are received and held, then queued at once;
+series per minute = series / (queued -> last verdict written back), with 1 and then 2 embedded workers.
+``--profile`` also profiles (cProfile) the hot path of one warm series in the main thread: hand-on (ledger row and
+content hash), claim, process, write-back; the top of it goes to bench/results/profile_e2e.txt under ``--label``.
 
-    nice -n 10 .venv/bin/python bench/bench_latency.py                      # 6 series, quiet time 1 s
-    nice -n 10 .venv/bin/python bench/bench_latency.py --series 10 --quiet-time 2
+Usage::
+
+    nice -n 10 .venv/bin/python bench/bench_latency.py                    # 8 series, quiet time 1 s, 6 for throughput
+    nice -n 10 .venv/bin/python bench/bench_latency.py --quick            # 4 series, 4 for throughput
+    nice -n 10 .venv/bin/python bench/bench_latency.py --profile --label after
 
 Writes bench/results/latency.json and latency.md.
 """
@@ -20,29 +29,40 @@ Writes bench/results/latency.json and latency.md.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dbp_orthanc import server as orthanc_server  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from dbp_orthanc import writeback  # noqa: E402
 from deepbrainprint.demo import load_heads  # noqa: E402
 from deepbrainprint.settings import load_settings  # noqa: E402
 from dicom_node.scp import StorageNode  # noqa: E402
-from dicom_node.scu import send_instances  # noqa: E402
+from dicom_node.types import CompletedSeries  # noqa: E402
 from worker.dispatch import submit_completed_series  # noqa: E402
 from worker.embedded import EmbeddedWorker  # noqa: E402
-from worker.ledger import DONE  # noqa: E402
+from worker.ledger import WRITEBACK_DONE, WRITEBACK_SKIPPED  # noqa: E402
+from worker.steps import WorkerContext, process_job, submit_to_ledger, writeback_job  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORIENTATIONS = ("axial", "sagittal", "coronal")
+WRITTEN_BACK = (WRITEBACK_DONE, WRITEBACK_SKIPPED)
+SCP_AE = "DEEPBRAINPRINT"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -57,57 +77,217 @@ def summarise(values: list[float]) -> dict[str, float]:
             "min_s": round(min(values), 3), "max_s": round(max(values), 3)}
 
 
-def run(series_count: int, quiet_time_s: float) -> dict:
-    from fingerprint.imaging.dicom_write import write_series
+class Gate:
+    """The SCP's hand-on callback: passes series to the ledger, or holds them (throughput runs queue them at once)."""
 
-    work = Path(tempfile.mkdtemp(prefix="dbp-bench-latency-"))
-    settings = load_settings(home=work / "home", port=0, quiet_time_s=quiet_time_s, broker_url="", orthanc_url="")
-    heads = load_heads()
-    names = [n for n in heads if not n.startswith("real")] or list(heads)
-    worker = EmbeddedWorker(settings.worker_config(), poll_interval_s=0.5).start()
-    node = StorageNode(settings.node_config(), lambda completed: submit_completed_series(settings.worker_config(), completed)).start()
-    samples = []
-    try:
-        for number in range(series_count):
-            head = names[number % len(names)]
-            orientation = ORIENTATIONS[number % len(ORIENTATIONS)]
-            files = write_series(heads[head], work / f"s{number}", patient_id=f"BENCH-{number}",
-                                 orientation=orientation, study_date="20240101")
-            before = worker.ctx.ledger.counts()[DONE]
-            send_instances(files, node.port, called_ae=settings.ae_title)
-            deadline = time.monotonic() + 600
-            while worker.ctx.ledger.counts()[DONE] <= before and time.monotonic() < deadline:
-                time.sleep(0.05)
-            job = max(worker.ctx.ledger.all_jobs(), key=lambda j: j.updated_at)
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.holding = False
+        self.held: list[CompletedSeries] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, completed: CompletedSeries) -> None:
+        with self.lock:
+            if self.holding:
+                self.held.append(completed)
+                return
+        submit_completed_series(self.config, completed)
+
+    def release(self) -> list[CompletedSeries]:
+        with self.lock:
+            held, self.held, self.holding = self.held, [], False
+        for completed in held:
+            submit_completed_series(self.config, completed)
+        return held
+
+
+class Bench:
+    """One archive, one Orthanc, one SCP; series uploaded to Orthanc, forwarded to us, written back."""
+
+    def __init__(self, work: Path, quiet_time_s: float) -> None:
+        self.work = work
+        self.quiet_time_s = quiet_time_s
+        http_port = orthanc_server.free_port()
+        self.settings = load_settings(
+            home=work / "home", port=0, quiet_time_s=quiet_time_s, broker_url="", ae_title=SCP_AE,
+            orthanc_url=f"http://127.0.0.1:{http_port}", orthanc_username="bench", orthanc_password="bench-only",
+        )
+        self.config = self.settings.worker_config()
+        self.gate = Gate(self.config)
+        self.node = StorageNode(self.settings.node_config(), self.gate).start()
+        self.orthanc = orthanc_server.write_config(
+            work / "orthanc", username="bench", password="bench-only", http_port=http_port,
+            dicom_port=orthanc_server.free_port(), scp_ae_title=SCP_AE, scp_port=self.node.port, stable_age_s=1,
+        )
+        orthanc_server.start(self.orthanc)
+        self.client = writeback.make_client(self.orthanc.url, "bench", "bench-only")
+        self.heads = load_heads()
+        self.names = [name for name, head in self.heads.items() if not isinstance(head, Path)]  # volumes, not folders
+        self.workers: list[EmbeddedWorker] = []
+        self.number = 0
+
+    def add_worker(self) -> EmbeddedWorker:
+        worker = EmbeddedWorker(self.config).start()
+        self.workers.append(worker)
+        return worker
+
+    def upload_next(self) -> dict[str, Any]:
+        """Write the next head as a series and upload it to Orthanc (which forwards it to our SCP once stable)."""
+        from fingerprint.imaging.dicom_write import write_series
+
+        number = self.number
+        self.number += 1
+        head = self.names[number % len(self.names)]
+        orientation = ORIENTATIONS[number % len(ORIENTATIONS)]
+        files = write_series(self.heads[head], self.work / f"s{number}", patient_id=f"BENCH-{number}",
+                             orientation=orientation, study_date="20240101")
+        for path in files:
+            self.client.upload(path.read_bytes())
+        return {"head": head, "orientation": orientation, "instances": len(files)}
+
+    def written_back(self) -> list[Any]:
+        return [j for j in self.workers[0].ctx.ledger.all_jobs() if j.writeback_state in WRITTEN_BACK]
+
+    def wait_written_back(self, count: int, timeout_s: float = 900) -> list[Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = self.written_back()
+            if len(done) >= count:
+                return done
+            time.sleep(0.02)
+        raise RuntimeError(f"only {len(self.written_back())} of {count} verdicts written back in {timeout_s} s")
+
+    def latency_samples(self, series: int) -> list[dict[str, Any]]:
+        samples = []
+        for _ in range(series):
+            before = {j.job_key for j in self.written_back()}
+            info = self.upload_next()
+            done = self.wait_written_back(len(before) + 1)
+            job = next(j for j in done if j.job_key not in before)
             last_received = datetime.fromisoformat(job.completed["last_received"]).timestamp()
+            total = job.updated_at - last_received
             samples.append({
-                "head": head, "orientation": orientation, "instances": len(files),
-                "verdict": (job.verdict or {}).get("verdict"),
-                "quiet_wait_s": job.created_at - last_received,
-                "processing_s": job.updated_at - job.created_at,
-                "total_s": job.updated_at - last_received,
+                **info, "verdict": (job.verdict or {}).get("verdict"), "writeback": job.writeback_state,
+                "quiet_wait_s": round(job.created_at - last_received, 3),
+                "processing_s": round(job.updated_at - job.created_at, 3),
+                "total_s": round(total, 3), "e2e_s": round(total - self.quiet_time_s, 3),
             })
-            print(f"series {number}: {samples[-1]}", file=sys.stderr)
+            print(f"series {len(samples)}: {samples[-1]}", file=sys.stderr, flush=True)
+        return samples
+
+    def throughput(self, series: int) -> dict[str, Any]:
+        """Receive ``series`` series and hold them, then queue them at once: series/min through warm workers."""
+        before = len(self.written_back())
+        self.gate.holding = True
+        for _ in range(series):
+            self.upload_next()
+        deadline = time.monotonic() + 900
+        while len(self.gate.held) < series and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.time()
+        self.gate.release()
+        self.wait_written_back(before + series)
+        elapsed = time.time() - start
+        return {"workers": len(self.workers), "series": series, "seconds": round(elapsed, 2),
+                "series_per_min": round(series / elapsed * 60, 2)}
+
+    def profile_one(self) -> str:
+        """cProfile of one warm series' hot path in this thread (workers stopped): hand-on, claim, process, write-back."""
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+        ctx = WorkerContext(self.config)
+        texts = []
+        for round_number in range(2):  # the first warms the model and the index; the second is profiled
+            self.gate.holding = True
+            self.upload_next()
+            deadline = time.monotonic() + 300
+            while not self.gate.held and time.monotonic() < deadline:
+                time.sleep(0.05)
+            completed = self.gate.held.pop()
+            self.gate.holding = False
+            profiler = cProfile.Profile()
+            profiler.enable()
+            started = time.perf_counter()
+            job_key, _ = submit_to_ledger(ctx, completed, "embedded")
+            job = ctx.ledger.claim_next()
+            assert job is not None and job.job_key == job_key
+            process_job(ctx, job)
+            writeback_job(ctx, job_key)
+            elapsed = time.perf_counter() - started
+            profiler.disable()
+            if round_number == 1:
+                out = io.StringIO()
+                stats = pstats.Stats(profiler, stream=out)
+                stats.sort_stats("cumulative").print_stats(45)
+                out.write("Outside slice, embedding and verification (hand-on, ledger, store, index, write-back):\n")
+                stats.print_stats(r"worker/|dicom_node/|dbp_orthanc/|identity/store|identity/index|identity/archive", 30)
+                texts.append(f"one warm series, hand-on to write-back: {elapsed:.3f} s in the profiled thread\n")
+                texts.append(out.getvalue())
+        ctx.close()
+        return "".join(texts)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.node.stop()
+        orthanc_server.stop(self.orthanc)
+
+
+def keep_store(bench: Bench, target: Path) -> None:
+    """Copy the bench archive's SQLite store (a consistent online backup) for ``bench_scale.py`` to measure rows."""
+    import sqlite3
+
+    source = make_url(bench.config.archive.store_url).database
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+
+
+def run(series_count: int, quiet_time_s: float, throughput_series: int, profile: bool,
+        store_copy: Path | None = None) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="dbp-bench-latency-"))
+    bench = Bench(work, quiet_time_s)
+    profile_text = ""
+    try:
+        bench.add_worker()
+        samples = bench.latency_samples(series_count)
+        throughput = [bench.throughput(throughput_series)]
+        bench.add_worker()
+        bench.latency_samples(2)  # warms the second worker (one of the two series is very likely its)
+        throughput.append(bench.throughput(throughput_series))
+        if profile:
+            profile_text = bench.profile_one()
+        if store_copy is not None:
+            keep_store(bench, store_copy)
     finally:
-        node.stop()
-        worker.stop()
+        bench.close()
         shutil.rmtree(work, ignore_errors=True)
-    return {
-        "benchmark": "latency, last instance received -> verdict written (embedded mode)",
-        "command": " ".join(["bench/bench_latency.py", "--series", str(series_count), "--quiet-time",
-                             str(quiet_time_s)]),
+    warm = samples[1:] or samples
+    result = {
+        "benchmark": "end to end: last instance received -> verdict written back to Orthanc (embedded mode)",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "torch_threads": _torch_threads()},
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quiet_time_s": quiet_time_s,
         "series": len(samples),
-        "total": summarise([s["total_s"] for s in samples]),
-        "quiet_wait": summarise([s["quiet_wait_s"] for s in samples]),
-        "processing": summarise([s["processing_s"] for s in samples]),
-        # The first series also loads the model and opens the archive: a worker's cold start, shown apart.
-        "total_warm": summarise([s["total_s"] for s in samples[1:]] or [samples[0]["total_s"]]),
-        "cold_start_total_s": round(samples[0]["total_s"], 3),
+        "e2e_warm": summarise([s["e2e_s"] for s in warm]),
+        "total_warm": summarise([s["total_s"] for s in warm]),
+        "quiet_wait": summarise([s["quiet_wait_s"] for s in warm]),
+        "processing_warm": summarise([s["processing_s"] for s in warm]),
+        "cold_start_e2e_s": samples[0]["e2e_s"],
+        "throughput": throughput,
         "samples": samples,
+        "headline": {
+            "e2e_s_p50": summarise([s["e2e_s"] for s in warm])["median_s"],
+            "e2e_s_p95": summarise([s["e2e_s"] for s in warm])["p95_s"],
+            "series_per_min_1_worker": throughput[0]["series_per_min"],
+            "series_per_min_2_workers": throughput[1]["series_per_min"],
+        },
     }
+    return {**result, "profile": profile_text}
 
 
 def _torch_threads() -> int:
@@ -118,33 +298,67 @@ def _torch_threads() -> int:
 
 def write_markdown(result: dict, path: Path) -> None:
     lines = [
-        "# Latency: last instance received -> verdict written (embedded mode)",
+        "# End to end: last instance received -> verdict written back to Orthanc (embedded mode)",
         "",
         f"`{result['command']}` on {result['machine']['cpus']} CPUs (torch threads: "
-        f"{result['machine']['torch_threads']}); {result['series']} series, quiet time {result['quiet_time_s']} s.",
+        f"{result['machine']['torch_threads']}), load average {result['load_average']}, {result['date']}; "
+        f"{result['series']} series one at a time through a real Orthanc, quiet time {result['quiet_time_s']} s.",
         "",
-        "| part | median (s) | p95 (s) | min (s) | max (s) |",
+        f"Headline: {result['headline']}",
+        "",
+        "| part (warm worker) | median (s) | p95 (s) | min (s) | max (s) |",
         "|---|---|---|---|---|",
     ]
-    for part in ("total", "total_warm", "quiet_wait", "processing"):
+    for part in ("e2e_warm", "total_warm", "quiet_wait", "processing_warm"):
         s = result[part]
         lines.append(f"| {part} | {s['median_s']} | {s['p95_s']} | {s['min_s']} | {s['max_s']} |")
-    lines += ["", "`quiet_wait` is the configured quiet time (a setting, like Orthanc's StableAge) plus polling; "
-              "`processing` is what the worker itself takes. `total_warm` leaves out the first series, which also loads "
-              f"the model (cold start: {result['cold_start_total_s']} s).", ""]
+    lines += ["", "| embedded workers | series | seconds | series per minute |", "|---|---|---|---|"]
+    for t in result["throughput"]:
+        lines.append(f"| {t['workers']} | {t['series']} | {t['seconds']} | {t['series_per_min']} |")
+    lines += ["", "`e2e` is last instance received by our SCP -> verdict written to Orthanc, less the configured quiet "
+              "time (polling after it counts); `quiet_wait` is the quiet time plus polling; `processing` is hand-on "
+              "-> verdict written back. The first series (cold start: model loading) is left out "
+              f"({result['cold_start_e2e_s']} s). Throughput: series received and held, then queued at once to warm "
+              "workers; queued -> last verdict written back.", ""]
     path.write_text("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", type=int, default=6)
+    parser.add_argument("--series", type=int, default=8)
+    parser.add_argument("--throughput-series", type=int, default=6)
     parser.add_argument("--quiet-time", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="4 series for latency, 4 for each throughput run")
+    parser.add_argument("--profile", action="store_true", help="also write a cProfile to profile_e2e.txt")
+    parser.add_argument("--label", default="after", help="the profile's section in profile_e2e.txt")
+    parser.add_argument("--keep-store", type=Path, default=None,
+                        help="copy the archive's SQLite store here (the measured archive bench_scale.py reads)")
     args = parser.parse_args()
-    result = run(args.series, args.quiet_time)
+    series, throughput_series = (4, 4) if args.quick else (args.series, args.throughput_series)
+    result = run(series, args.quiet_time, throughput_series, args.profile, args.keep_store)
+    result["command"] = "nice -n 10 .venv/bin/python bench/bench_latency.py " + " ".join(sys.argv[1:])
+    profile_text = result.pop("profile")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latency.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, RESULTS / "latency.md")
+    if profile_text:
+        write_profile(RESULTS / "profile_e2e.txt", args.label, result["command"], profile_text)
     print((RESULTS / "latency.md").read_text())
+
+
+def write_profile(path: Path, label: str, command: str, text: str) -> None:
+    """Replace this label's section of profile_e2e.txt, keep the others (``before`` and ``after`` side by side)."""
+    sections: dict[str, str] = {}
+    if path.exists():
+        current = None
+        for line in path.read_text().splitlines(keepends=True):
+            if line.startswith("=== "):
+                current = line[4:].strip()
+                sections[current] = ""
+            elif current is not None:
+                sections[current] += line
+    sections[label] = f"{command}\n{text}\n"
+    path.write_text("".join(f"=== {name}\n{body}" for name, body in sorted(sections.items())))
 
 
 if __name__ == "__main__":
