@@ -88,3 +88,59 @@ def test_pending_writeback_waits_for_its_time(ledger: Ledger) -> None:
 
 def test_backoff_grows_and_is_capped() -> None:
     assert [backoff_s(n, cap_s=10) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+@pytest.mark.slow
+def test_a_celery_worker_that_starts_sends_the_pending_write_backs(tmp_path: Path, redis_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A verdict left ``pending`` for Orthanc with no message for it anywhere (its retry was lost with a broker
+    restarted empty): a real worker process that starts finds it in the ledger and writes it back."""
+    import io
+    import os
+    import uuid
+
+    from dbp_orthanc import server, writeback
+
+    from deepbrainprint import supervisor as service
+    from deepbrainprint.settings import load_settings
+    from fingerprint.imaging.dicom_write import noise_series
+
+    if not Path(server.ORTHANC_BINARY).exists():
+        pytest.skip("Orthanc is not installed")
+    for name in list(os.environ):
+        if name.startswith("DBP_") and name != "DBP_SHARED_DATA":
+            monkeypatch.delenv(name)
+    instance = server.write_config(
+        tmp_path / "orthanc", username="radiology", password="pw-pending", http_port=server.free_port(),
+        dicom_port=server.free_port(), scp_ae_title="DEEPBRAINPRINT", scp_port=server.free_port(), stable_age_s=600,
+    )
+    server.start(instance)
+    settings = load_settings(home=tmp_path / "home", broker_url=f"{redis_url.rsplit('/', 1)[0]}/13",
+                             queue_prefix=f"dbp-pending-{uuid.uuid4().hex[:8]}", orthanc_url=instance.url,
+                             orthanc_username="radiology", orthanc_password="pw-pending")
+    client = writeback.make_client(instance.url, instance.username, instance.password)
+    series = noise_series(2, seed=90)
+    for ds in series:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        client.upload(buffer.getvalue())
+    uid = str(series[0].SeriesInstanceUID)
+    settings.resolved_index_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(settings.resolved_store_url)
+    enqueue(ledger, "pending:abc")
+    ledger.finish("pending:abc", {"verdict": "new_patient", "series_instance_uid": uid, "model_version": "m"},
+                  WRITEBACK_PENDING)
+    layout = service.ServiceLayout.for_settings(settings)
+    try:
+        argv = [*service.CLI, "worker", "--concurrency", "1", "--pool", "solo", "--name", "pending@%h"]
+        service.spawn(layout, "worker-1", argv, service.child_environment(settings))
+        deadline = time.monotonic() + 120
+        while ledger.get("pending:abc").writeback_state != WRITEBACK_DONE and time.monotonic() < deadline:
+            time.sleep(0.3)
+        log_text = layout.log_file("worker-1").read_text(errors="replace")
+        assert ledger.get("pending:abc").writeback_state == WRITEBACK_DONE, log_text[-3000:]
+        assert "1 pending write-backs queued again" in log_text
+        assert writeback.read_verdict(client, uid)[writeback.METADATA_VERDICT] == "new_patient"
+    finally:
+        service.down(settings)
+        server.stop(instance)
+        ledger.close()

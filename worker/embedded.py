@@ -18,7 +18,7 @@ from typing import Any
 
 from worker.config import WorkerConfig
 from worker.ledger import WRITEBACK_PENDING, Job, backoff_s
-from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
+from worker.steps import TRANSIENT_ERRORS, WorkerContext, error_text, process_job, writeback_job
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class EmbeddedWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy = threading.Event()
+        # Set when the ledger could not be reached: a series claimed meanwhile may be left ``running`` with nobody
+        # working on it (its failure could not be written); the next successful pass queues such rows again.
+        self._ledger_lost = False
 
     def start(self) -> EmbeddedWorker:
         requeued = self.ctx.ledger.requeue_interrupted()
@@ -89,9 +92,10 @@ class EmbeddedWorker:
                 did_work = self.run_once()
             except TRANSIENT_ERRORS as error:  # the ledger itself unreachable: wait and try again
                 log.warning("embedded worker: ledger unavailable (%s)", type(error).__name__)
+                self._ledger_lost = True
                 did_work = False
-            except Exception:  # noqa: BLE001 - the loop must survive anything; the job row keeps the reason
-                log.exception("embedded worker: unexpected error")
+            except Exception as error:  # noqa: BLE001 - the loop must survive anything; the job row keeps the reason
+                log.error("embedded worker: unexpected error: %s", error_text(error))  # no traceback: it quotes values
                 did_work = False
             if not did_work:
                 self._wake.wait(self.poll_interval_s)
@@ -99,6 +103,11 @@ class EmbeddedWorker:
 
     def run_once(self) -> bool:
         """Do one unit of work (a queued series, else the due write-backs). False when there was none."""
+        if self._ledger_lost:  # a series in hand when the store went away could not be marked failed: queue it again
+            requeued = self.ctx.ledger.requeue_interrupted()
+            self._ledger_lost = False
+            if requeued:
+                log.info("embedded worker: store back, %d interrupted series queued again", requeued)
         job = self.ctx.ledger.claim_next()
         if job is not None:
             self._busy.set()
@@ -119,7 +128,7 @@ class EmbeddedWorker:
         except Exception as error:  # noqa: BLE001 - transient or not, the row keeps the reason and retries are bounded
             give_up = job.attempts >= config.task_max_attempts or not isinstance(error, TRANSIENT_ERRORS)
             retry_in = None if give_up else backoff_s(job.attempts, config.retry_backoff_max_s)
-            self.ctx.ledger.fail_attempt(job.job_key, f"{type(error).__name__}: {error}", retry_in)
+            self.ctx.ledger.fail_attempt(job.job_key, error_text(error), retry_in)
             log.warning("series %s: attempt %d failed (%s)%s", job.series_key, job.attempts,
                         type(error).__name__, "; given up" if give_up else f"; retry in {retry_in:.0f} s")
             return

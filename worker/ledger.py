@@ -107,7 +107,8 @@ class Ledger:
 
     def __init__(self, url: str) -> None:
         connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
-        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # hide_parameters: an error's text never carries a row's values into a log (issue 15: no PHI in logs)
+        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True)
         for attempt in range(3):  # several workers opening a fresh database race to CREATE TABLE: retry
             try:
                 metadata.create_all(self.engine, checkfirst=True)

@@ -43,6 +43,20 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, ConnectionError, TimeoutError)
 
 
+def error_text(error: BaseException) -> str:
+    """What is stored and logged about a failed attempt: the exception's class and the first line of its message.
+    For database errors only the classes and the SQLSTATE: a server's message and SQLAlchemy's text can quote the
+    row being written (PatientID, UIDs) and the statement, and the ledger and the logs must carry no patient data."""
+    if isinstance(error, DBAPIError):
+        original = error.orig
+        sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+        detail = f"{type(original).__module__.split('.')[0]} {type(original).__name__}" if original is not None else ""
+        detail += f", SQLSTATE {sqlstate}" if sqlstate else ""
+        return f"{type(error).__name__} ({detail})" if detail else type(error).__name__
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first_line[:500]}" if first_line else type(error).__name__
+
+
 def content_hash(folder: Path) -> str:
     """A hash of the series' files (names and bytes): the same content handed on twice is one job."""
     digest = hashlib.blake2b(digest_size=16)

@@ -21,7 +21,7 @@ from worker.celery_app import (
     send_writeback,
 )
 from worker.ledger import DONE, WRITEBACK_PENDING, backoff_s
-from worker.steps import TRANSIENT_ERRORS, WorkerContext, process_job, writeback_job
+from worker.steps import TRANSIENT_ERRORS, WorkerContext, error_text, process_job, writeback_job
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ def context() -> WorkerContext:
     if _ctx is None:
         _ctx = WorkerContext(current_config())
     return _ctx
+
+
+class AttemptFailed(Exception):
+    """A failed attempt as Celery logs it: the stated reason (``worker.steps.error_text``) and nothing more."""
 
 
 @worker_ready.connect
@@ -91,16 +95,19 @@ def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
         attempt = self.request.retries + 1
         give_up = attempt >= config.task_max_attempts
         delay = backoff_s(attempt, config.retry_backoff_max_s)
+        reason = error_text(error)
         try:
-            ctx.ledger.fail_attempt(job_key, f"{type(error).__name__}: {error}", None if give_up else delay)
+            ctx.ledger.fail_attempt(job_key, reason, None if give_up else delay)
         except TRANSIENT_ERRORS:
             pass  # the store itself is what is down; the message's retry is the record
+        # Celery logs the exception it is given, traceback and message: give it the stated reason, never the
+        # original, whose text can quote the row being written (patient data).
         if give_up:
-            raise
-        raise self.retry(countdown=delay, exc=error) from None
+            raise AttemptFailed(f"given up after {attempt} attempts: {reason}") from None
+        raise self.retry(countdown=delay, exc=AttemptFailed(reason)) from None
     except Exception as error:  # noqa: BLE001 - a bug or an unforeseen input: keep the reason, do not loop
-        ctx.ledger.fail_attempt(job_key, f"{type(error).__name__}: {error}", None)
-        log.exception("job %s failed", job_key)
+        ctx.ledger.fail_attempt(job_key, error_text(error), None)
+        log.error("job %s failed: %s", job_key, error_text(error))
         return {"job_key": job_key, "verdict": None, "error": type(error).__name__}
     if ctx.ledger.get(job_key).writeback_state == WRITEBACK_PENDING:
         send_writeback(config, job_key)

@@ -102,7 +102,21 @@ def _settings(config: Path | None, index: Path | None, **overrides: Any):
     return load_settings(config, index_dir=index, **overrides)
 
 
+def without_other_sources(value: Any, top: bool = True) -> Any:
+    """``value`` less every ``source`` record below the top level: the neighbours and verified scans of a verdict carry the
+    folders *other* series were enrolled from, and folder names often carry a patient's name (``DOE^JOHN_12345``).
+    The series' own ``series_dir`` and ``source`` stay: they are the path the operator gave on the command line.
+    Neighbours remain findable by their ``row_id`` and ``series_instance_uid``."""
+    if isinstance(value, dict):
+        return {k: without_other_sources(v, False) for k, v in value.items()
+                if top or k != "source" or not isinstance(v, dict)}  # a thresholds' "source" is a word, kept
+    if isinstance(value, list):
+        return [without_other_sources(v, False) for v in value]
+    return value
+
+
 def _emit(out: dict[str, Any], as_json: bool) -> None:
+    out = without_other_sources(out)
     if as_json:
         typer.echo(json.dumps(out, default=str))
         return

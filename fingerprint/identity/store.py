@@ -188,10 +188,11 @@ class Store:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(url, connect_args={"timeout": 300})
+            # hide_parameters: an error's text must not carry a row's values (PatientIDs, UIDs) into logs and ledgers
+            self.engine = create_engine(url, connect_args={"timeout": 300}, hide_parameters=True)
             _enable_sqlite_immediate_transactions(self.engine)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
         self._create_schema()
 
     def _create_schema(self) -> None:
