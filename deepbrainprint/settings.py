@@ -1,8 +1,11 @@
 """Settings, one place for every part of the product; each part gets only its own, as an explicit config.
 
 Values come from (later wins): the defaults below, a TOML file (``--config`` or ``$DBP_CONFIG``), and environment
-variables ``DBP_<FIELD>`` (upper case). Secrets (the PatientID hash key, Orthanc password) are read from the
-environment or the file, never from command lines, so they do not leak into process listings.
+variables ``DBP_<FIELD>`` (upper case). Secrets (the PatientID hash key, Orthanc password, store and broker URLs
+with their passwords, the dashboard's key) are read from the environment or from a secrets file, never from command
+lines, so they do not leak into process listings: ``DBP_<FIELD>_FILE`` (or ``<field>_file`` in the TOML file) names a
+file whose content (less a final newline) is the value, the way Docker and systemd hand secrets over, so the value
+sits neither in the environment nor in a committed configuration.
 
 The parts never see this class: :meth:`Settings.node_config`, :meth:`Settings.archive_config` and
 :meth:`Settings.worker_config` build the plain configs the DICOM node, the fingerprint library and the worker take.
@@ -172,17 +175,33 @@ def _coerce(value: Any, current_type: Any) -> Any:
     return value
 
 
+def read_secret_file(path: Path) -> str:
+    """A secret kept in a file of its own (Docker/systemd credentials): its content less one final newline."""
+    text = Path(path).expanduser().read_text(encoding="utf-8")
+    return text[:-1] if text.endswith("\n") else text
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from defaults, then the TOML file, then ``DBP_*`` environment variables, then ``overrides``."""
     values: dict[str, Any] = {}
+    names = {f.name for f in fields(Settings)}
     path = config_file or (Path(os.environ["DBP_CONFIG"]) if os.environ.get("DBP_CONFIG") else None)
     if path is not None:
         with open(path, "rb") as fh:
-            values.update(tomllib.load(fh))
-    for f in fields(Settings):
-        env = os.environ.get(f"DBP_{f.name.upper()}")
+            from_file = tomllib.load(fh)
+        for key, value in from_file.items():  # <field>_file: the value is that file's content
+            field_name = key.removesuffix("_file")
+            if key.endswith("_file") and key not in names and field_name in names:
+                values[field_name] = read_secret_file(Path(value))
+            else:
+                values[key] = value
+    for name in names:
+        secret_file = os.environ.get(f"DBP_{name.upper()}_FILE")
+        if secret_file and f"{name}_file" not in names:  # dicom_tls_*_file are paths of their own
+            values[name] = read_secret_file(Path(secret_file))
+        env = os.environ.get(f"DBP_{name.upper()}")
         if env is not None:
-            values[f.name] = env
+            values[name] = env
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name: f.type for f in fields(Settings)}
     unknown = set(values) - set(known)
