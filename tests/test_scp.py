@@ -53,6 +53,12 @@ class Collector:
             self._cond.wait_for(lambda: len(self.completed) >= count, timeout)
             return list(self.completed)
 
+    def none_beyond(self, count: int, window_s: float) -> bool:
+        """True when no more than ``count`` hand-ons came within ``window_s``: waits on the hand-ons themselves (so a
+        wrong one shows at once) and fails the negative check only if one really arrived in the stated window."""
+        with self._cond:
+            return not self._cond.wait_for(lambda: len(self.completed) > count, window_s)
+
 
 NodeFactory = Callable[..., tuple[StorageNode, Collector]]
 
@@ -115,8 +121,7 @@ def test_real_multi_file_series_is_spooled_and_handed_on_once(start_node: NodeFa
     assert completed.instance_count == 35 and completed.calling_ae_title == "DBP-SCU"
     stored = sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in completed.path.glob("*.dcm"))
     assert stored == sorted(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files)
-    time.sleep(QUIET_S * 4)
-    assert len(collector.completed) == 1, "a series must be handed on once, not on every check"
+    assert collector.none_beyond(1, QUIET_S * 4), "a series must be handed on once, not on every check"
     assert _wait_for_state(node.spool, completed.series_key, "queued") == "queued"
     state = node.spool.read_state(completed.series_key)
     assert state.received_count == 35 and state.handed_on_at
@@ -184,7 +189,7 @@ def test_duplicate_sop_instances_are_stored_once(start_node: NodeFactory) -> Non
     completed = collector.wait(1)
     assert len(_stored_files(node, key)) == 3
     assert completed[0].instance_count == 3
-    time.sleep(QUIET_S * 3)
+    assert collector.none_beyond(1, QUIET_S * 3), "the late duplicate must not hand the series on again"
     assert node.spool.read_state(key).received_count == 7
 
 
@@ -195,8 +200,7 @@ def test_series_waits_for_release_then_quiet_time_and_reopens_for_late_instances
     assoc = _open_association(node.port)
     for ds in series[:3]:
         assert assoc.send_c_store(ds).Status == 0
-    time.sleep(QUIET_S * 4)
-    assert collector.completed == [], "an open association means more instances may come"
+    assert collector.none_beyond(0, QUIET_S * 4), "an open association means more instances may come"
     assert node.spool.read_state(key).state == "receiving"
     assoc.release()
     (first,) = collector.wait(1)
@@ -208,8 +212,7 @@ def test_series_waits_for_release_then_quiet_time_and_reopens_for_late_instances
     assert second.series_key == key and second.instance_count == 5 and second.generation == 2
     assert not node.spool.mark_done(key, first.generation), "the old hand-on must not close the new one"
     assert node.spool.mark_done(key, second.generation)
-    time.sleep(QUIET_S * 3)
-    assert len(collector.completed) == 2
+    assert collector.none_beyond(2, QUIET_S * 3)
 
 
 def _open_association(port: int):  # type: ignore[no-untyped-def]
@@ -227,8 +230,7 @@ def test_series_sent_over_two_concurrent_associations_waits_for_both(start_node:
     assert first.send_c_store(series[0]).Status == 0
     assert second.send_c_store(series[1]).Status == 0
     first.release()
-    time.sleep(QUIET_S * 4)
-    assert collector.completed == [], "the other association may still send instances of this series"
+    assert collector.none_beyond(0, QUIET_S * 4), "the other association may still send instances of this series"
     second.release()
     (completed,) = collector.wait(1)
     assert completed.instance_count == 2
@@ -242,8 +244,7 @@ def test_series_on_an_association_kept_open_is_handed_on_after_the_open_quiet_ti
     assoc = _open_association(node.port)
     for ds in first:
         assert assoc.send_c_store(ds).Status == 0
-    time.sleep(QUIET_S * 2)
-    assert collector.completed == [], "released-or-open-long-enough: not yet"
+    assert collector.none_beyond(0, QUIET_S * 2), "released-or-open-long-enough: not yet"
     (handed,) = collector.wait(1, timeout=5)
     assert handed.instance_count == 2 and handed.generation == 1
     assert assoc.send_c_store(second[0]).Status == 0  # the same association goes on with another series
@@ -277,8 +278,7 @@ def test_unwritable_spool_answers_out_of_resources_and_recovers(start_node: Node
     shutil.rmtree(node.spool.series_root)
     node.spool.series_root.write_text("the disk went away")
     assert send_instances(series, node.port).statuses == [0xA700, 0xA700]
-    time.sleep(QUIET_S * 3)
-    assert collector.completed == [], "nothing was stored, so nothing may be handed on"
+    assert collector.none_beyond(0, QUIET_S * 3), "nothing was stored, so nothing may be handed on"
     node.spool.series_root.unlink()  # the administrator fixes the disk; the sender retries
     assert send_instances(series, node.port).all_ok
     (completed,) = collector.wait(1)
@@ -304,7 +304,7 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
         assert not list(mount_point.rglob("*.tmp"))
         with_files = [k for k in node.spool.series_keys() if node.spool.instance_count(k)]
         completed = collector.wait(len(with_files))
-        time.sleep(QUIET_S * 2)
+        assert collector.none_beyond(len(with_files), QUIET_S * 2), "no empty hand-on"
         assert sorted(c.series_key for c in collector.completed) == sorted(with_files), "no empty hand-on"
         assert sum(c.instance_count for c in completed) == stored
     finally:
@@ -332,8 +332,7 @@ def test_restart_hands_on_again_what_was_not_finished(start_node: NodeFactory, t
     assert set(restarted.recovered) == expected
     again = collector2.wait(2, timeout=5)
     assert {c.series_key for c in again} == expected and all(c.instance_count == 2 for c in again)
-    time.sleep(QUIET_S * 2)
-    assert len(collector2.completed) == 2
+    assert collector2.none_beyond(2, QUIET_S * 2), "a recovered series is handed on once"
 
 
 def test_failed_hand_on_is_retried_and_series_marked_queued_only_after_success(start_node: NodeFactory) -> None:
@@ -341,11 +340,10 @@ def test_failed_hand_on_is_retried_and_series_marked_queued_only_after_success(s
     series = noise_series(2, size=8)
     key = series_key_for(series[0].SeriesInstanceUID)
     assert send_instances(series, node.port).all_ok
-    deadline = time.monotonic() + 5
-    while collector.calls < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.1)
-    state = node.spool.read_state(key)
+    deadline = time.monotonic() + 5  # the failed hand-on is written to the series' state: wait for it, not a while
+    while ((state := node.spool.read_state(key)) is None or "ConnectionError" not in state.last_error) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert state.state == "complete" and "ConnectionError" in state.last_error
     (completed,) = collector.wait(1, timeout=10)
     assert completed.instance_count == 2
