@@ -140,7 +140,7 @@ def ledger_last_error(url: str, key: str) -> str:
 
 
 def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ignore[no-untyped-def]
-    tmp_path, small_heads, clean_env, caplog
+    tmp_path, small_heads, clean_env, caplog, monkeypatch
 ) -> None:
     """Folders named after patients, headers with a planted name: ``slice`` prints neither (a rejection, whose
     detail is where paths tend to show); ``enroll`` and ``query`` repeat only the path they were given, never a
@@ -148,9 +148,11 @@ def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ign
     import torch
 
     torch.set_num_threads(1)
+    monkeypatch.setenv("DBP_VERIFICATION", "false")  # the fingerprint's neighbours are enough here; 3D checks cost
     john = tmp_path / "DOE^JOHN_12345" / "t1"
     jane = tmp_path / "ROE^JANE_67890" / "t1"
-    write_series(small_heads["colin"], john, patient_id=PATIENT_ID, patient_name=PATIENT_NAME)
+    john_uid = str(pydicom.dcmread(write_series(small_heads["colin"], john, patient_id=PATIENT_ID,
+                                                patient_name=PATIENT_NAME)[0], stop_before_pixels=True).SeriesInstanceUID)
     write_series(small_heads["colin"], jane, patient_id="PHI-ID-90211", patient_name=PATIENT_NAME,
                  orientation="sagittal")
     index = tmp_path / "index"
@@ -167,7 +169,7 @@ def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ign
         result = runner.invoke(app, args)
         shown.append(result.output)
         assert result.exit_code in (EXIT_OK, EXIT_ALARM, EXIT_REJECTED), result.output  # the scout; John found
-    assert '"possible_duplicate"' in shown[1] and shown[1].count("series_instance_uid") >= 2  # John found
+    assert john_uid in shown[1]  # the query did list John's series as a neighbour
     assert_no_phi("\n".join(shown), "enroll/query output", "PHI-ID-90211")
     assert "DOE^JOHN" not in shown[1], "a query showed another patient's folder"
     assert_no_phi(caplog.text, "the CLI's logs", "PHI-ID-90211")
