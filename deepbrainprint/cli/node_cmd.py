@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from deepbrainprint.cli.service_cmds import URL_WITH_PASSWORD
+
 
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to the app."""
@@ -24,7 +26,8 @@ def serve(
     spool: Path = typer.Option(None, help="Spool folder (default <home>/spool)."),
     quiet_time: float = typer.Option(None, help="Seconds without new instances after release before a series is "
                                                "complete (like Orthanc's StableAge)."),
-    broker: str = typer.Option(None, help="Celery broker URL for the worker (default: embedded mode)."),
+    broker: str = typer.Option(None, help="Celery broker URL for the worker (default: embedded mode). "
+                               + URL_WITH_PASSWORD),
     config: Path = typer.Option(None, help="TOML settings file (also $DBP_CONFIG)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stored instance (hashed ids only)."),
 ) -> None:

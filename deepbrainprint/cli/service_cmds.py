@@ -12,6 +12,9 @@ import typer
 
 QUEUE_NAMES = ("fingerprint", "writeback")
 
+#: Said wherever an option takes a URL: a command line is visible to every user of the host (ps, /proc).
+URL_WITH_PASSWORD = "A URL with a password belongs in DBP_BROKER_URL or DBP_BROKER_URL_FILE, never on the command line."
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's subcommands to the app."""
@@ -22,7 +25,8 @@ def register(app: typer.Typer) -> None:
 
 
 def worker(
-    broker: str = typer.Option(None, help="Celery broker URL (default: settings broker_url, $DBP_BROKER_URL)."),
+    broker: str = typer.Option(None, help="Celery broker URL (default: settings broker_url, $DBP_BROKER_URL). "
+                               + URL_WITH_PASSWORD),
     queues: str = typer.Option("fingerprint,writeback", help="Comma-separated: fingerprint, writeback."),
     concurrency: int = typer.Option(1, help="Worker processes (prefork) or threads."),
     pool: str = typer.Option("prefork", help="Celery pool: prefork, solo, threads."),
@@ -64,7 +68,8 @@ def up(
     orthanc_http_port: int = typer.Option(8042, help="Orthanc REST port (127.0.0.1 only)."),
     orthanc_dicom_port: int = typer.Option(4242, help="Orthanc DICOM port."),
     orthanc_stable_age: int = typer.Option(5, help="Orthanc StableAge: seconds before a series is forwarded."),
-    broker: str = typer.Option(None, help="Celery broker URL (default: settings broker_url or local Redis)."),
+    broker: str = typer.Option(None, help="Celery broker URL (default: settings broker_url or local Redis). "
+                               + URL_WITH_PASSWORD),
     port: int = typer.Option(None, help="SCP port (default: settings port)."),
     config: Path = typer.Option(None, help="TOML settings file (also $DBP_CONFIG)."),
 ) -> None:
