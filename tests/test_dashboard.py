@@ -154,3 +154,43 @@ def test_metrics_count_the_queue_the_verdicts_and_the_open_flags_without_a_login
     assert samples["dbp_spool_series_pending"] == "0" and samples["dbp_writeback_pending"] == "0"
     assert int(samples["dbp_flags_open"]) <= 2  # the browser test may have acknowledged one already
     assert "h:" not in response.text and "DEMO-" not in response.text  # counts only
+    # Counts only, by construction: every sample is a known metric name, at most one label from a fixed vocabulary
+    # (job states, verdict names), and an integer. A hash, a UID or a name would have nowhere to go.
+    words = {"queued", "running", "done", "failed", "new_patient", "consistent", "possible_duplicate",
+             "identity_mismatch", "needs_review", "rejected"}
+    for line in response.text.splitlines():
+        if line and not line.startswith("#"):
+            match = re.fullmatch(r'(dbp_[a-z_]+)(?:\{(state|verdict)="([a-z_]+)"\})? (\d+)', line)
+            assert match and (match.group(3) is None or match.group(3) in words), line
+
+
+def test_every_page_but_login_and_metrics_needs_a_login(archive_with_flags) -> None:
+    """Each route the app has (read from its URL map, so a page added later is covered too) refuses a visitor
+    without a session: a redirect to the login page, or 400 for a form without its CSRF token; nothing of a flag in
+    the answer. The routes are tried with a real flag's name, so an unguarded page would show a real flag."""
+    archive_config, model = archive_with_flags
+    config = dashboard_config(archive_config, model)
+    app = create_app(config)
+    server, base = serve(config)
+    try:
+        http = requests.Session()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', http.get(base + "/login").text).group(1)
+        page = http.post(base + "/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token}).text
+        flag = re.search(r'href="/flags/(F\d+)"', page).group(1)
+        assert http.get(f"{base}/flags/{flag}").status_code == 200  # the flag is there for someone logged in
+        open_routes = {"login", "metrics", "static"}
+        checked = []
+        for rule in app.url_map.iter_rules():
+            if rule.endpoint in open_routes:
+                continue
+            path = re.sub(r"<(?:\w+:)?flag>", flag, rule.rule)
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                answer = requests.request(method, base + path, allow_redirects=False, data={"state": "false_alarm"})
+                refused = (answer.status_code == 302 and answer.headers["Location"].endswith("/login")) \
+                    or answer.status_code == 400
+                assert refused, (method, path, answer.status_code)
+                assert "h:" not in answer.text and flag not in answer.text.replace(path, "")
+                checked.append(f"{method} {rule.rule}")
+        assert len(checked) >= 3, checked  # the list of flags, one flag, its review
+    finally:
+        server.shutdown()
