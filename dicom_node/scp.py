@@ -17,8 +17,10 @@ import logging
 import ssl
 import threading
 import uuid
+from io import BytesIO
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -49,6 +51,8 @@ UNCOMPRESSED_SYNTAXES: tuple[UID, ...] = (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
 )
+
+SERIES_INSTANCE_UID_TAG = 0x0020000E
 
 # DIMSE statuses (PS3.4 B.2.3 and annex C)
 STATUS_SUCCESS = 0x0000
@@ -250,8 +254,7 @@ class StorageNode:
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         sop_ref = uid_key(sop_uid, "sop")[:12] if sop_uid else "?"
         try:
-            dataset = event.dataset
-            series_uid = str(dataset.get("SeriesInstanceUID", "") or "").strip()
+            series_uid = series_uid_of(event)
         except Exception as exc:  # undecodable data set: keep it, tell the sender
             return self._reject(event, sop_uid, f"data set could not be parsed ({type(exc).__name__})")
         if not series_uid or not sop_uid:
@@ -276,6 +279,21 @@ class StorageNode:
             return _status(STATUS_OUT_OF_RESOURCES, str(exc))
         log.warning("instance from %s rejected: %s", event.assoc.requestor.ae_title, reason)
         return _status(STATUS_CANNOT_UNDERSTAND, reason)
+
+
+def series_uid_of(event: Event) -> str:
+    """The SeriesInstanceUID of a C-STORE data set, read from the bytes as sent: only the elements before it are
+    parsed (no pixel data, no file meta built), as the instance is stored exactly as sent anyway and the worker's
+    reader checks the rest. A deflated data set is inflated (whole) by pynetdicom first."""
+    syntax = UID(event.context.transfer_syntax)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        return str(event.dataset.get("SeriesInstanceUID", "") or "").strip()
+    raw = event.request.DataSet.getvalue()  # type: ignore[union-attr]
+    dataset = read_dataset(
+        BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian,
+        stop_when=lambda tag, vr, length: tag > SERIES_INSTANCE_UID_TAG,
+    )
+    return str(dataset.get("SeriesInstanceUID", "") or "").strip()
 
 
 def _status(code: int, comment: str) -> Dataset:
