@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Errors that say "try again later", not "this series is bad": the store or the spool's file system unreachable.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, ConnectionError, TimeoutError)
+#: The longest a worker waits for the store to take a verdict it has just recorded (see ``finish_recorded``).
+FINISH_PATIENCE_S = 120.0
 
 
 def error_text(error: BaseException) -> str:
@@ -150,10 +153,32 @@ def process_job(ctx: WorkerContext, job: Job) -> dict[str, Any]:
     except SeriesRejected as rejected:  # the archive records rejections itself; this is the belt to its braces
         verdict = {"verdict": "rejected", **rejected.as_json()}
     writeback = WRITEBACK_PENDING if ctx.config.orthanc_url and verdict.get("series_instance_uid") else WRITEBACK_NONE
-    ctx.ledger.finish(job.job_key, verdict, writeback)
+    finish_recorded(ctx, job.job_key, verdict, writeback)
     release_spool(ctx, completed)
     log.info("series %s: %s", completed.series_key, verdict.get("verdict"))
     return verdict
+
+
+def finish_recorded(ctx: WorkerContext, job_key: str, verdict: dict[str, Any], writeback: str) -> None:
+    """Mark a job done with the verdict the archive has just recorded, waiting (with back-off) for a store that went
+    away in between, as in a database restart: failing the attempt instead would decide the series again on retry,
+    against series recorded meanwhile (the first of a pair would become a duplicate of the second, a doubled alarm).
+    Waits at most a third of the visibility timeout, so the broker never hands the series to another worker
+    meanwhile; after that the error goes to the caller's retry."""
+    deadline = time.monotonic() + min(FINISH_PATIENCE_S, ctx.config.visibility_timeout_s / 3)
+    attempt = 0
+    while True:
+        try:
+            ctx.ledger.finish(job_key, verdict, writeback)
+            return
+        except TRANSIENT_ERRORS as error:
+            attempt += 1
+            delay = backoff_s(attempt, 5.0, base_s=0.5)
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("job %s: verdict recorded, ledger unavailable (%s); trying again in %.1f s", job_key,
+                        error_text(error), delay)
+            time.sleep(delay)
 
 
 def writeback_job(ctx: WorkerContext, job_key: str) -> bool:
