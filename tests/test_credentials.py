@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Values that are placeholders, not secrets: the example file's "change-me", and compose's ${VARIABLE} references.
 PLACEHOLDERS = re.compile(r"^(\$\{[A-Z_]+(:\?[^}]*)?\}|change-me|)$")
 ASSIGNED = re.compile(
-    r"""(?ix)(password|passwd|secret|hash_key|token|requirepass)\w*["']?\s*[:=]\s*["']?(\$\{[^}]*\}|[^"'\s,}#]*)""")
+    r"""(?ix)((?:password|passwd|secret|hash_key|token|requirepass)\w*)["']?\s*[:=]\s*["']?(\$\{[^}]*\}|[^"'\s,}#]*)""")
 URL_PASSWORD = re.compile(r"[a-z+]+://[^/\s:@'\"]*:(\$\{[^}]*\}|[^@\s/'\"]+)@")
 COMMENT = re.compile(r"(^|\s)#.*$", re.MULTILINE)  # TOML, YAML, shell and unit-file comments: prose, not values
 
@@ -30,7 +30,8 @@ COMMENT = re.compile(r"(^|\s)#.*$", re.MULTILINE)  # TOML, YAML, shell and unit-
 def literal_secrets(text: str) -> list[str]:
     """The secrets written into ``text`` as literals: assigned to a password-like key, or in a URL's user info."""
     text = re.sub(r"\$\{[^}]*\}", "${REF}", COMMENT.sub("", text))  # a reference's own words are no assignment
-    found = [m.group(2) for m in ASSIGNED.finditer(text) if not PLACEHOLDERS.match(m.group(2))]
+    found = [m.group(2) for m in ASSIGNED.finditer(text)
+             if not PLACEHOLDERS.match(m.group(2)) and not m.group(1).lower().endswith("_file")]  # _FILE: a path
     found += [m.group(1) for m in URL_PASSWORD.finditer(text) if not PLACEHOLDERS.match(m.group(1))]
     return found
 
@@ -44,6 +45,7 @@ def test_the_secret_scanner_finds_planted_secrets() -> None:
     assert literal_secrets("DBP_STORE_URL: postgresql+psycopg://dbp:${POSTGRES_PASSWORD:?set it}@db:5432/x") == []
     assert literal_secrets("ORTHANC_PASSWORD=change-me\npatient_id_hash_key = ''") == []
     assert literal_secrets("# DICOM has no passwords: who may send\n") == []  # a comment is prose
+    assert literal_secrets("DBP_ORTHANC_PASSWORD_FILE=/etc/deepbrainprint/orthanc.password") == []  # where, not what
     assert literal_secrets("requirepass hunter3") == []  # not an assignment: redis.conf is never committed here
 
 
