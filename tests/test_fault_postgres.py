@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from dbp_orthanc import server
-from reliability_log import record_fault
+from reliability_log import record_jobs
 from sqlalchemy import create_engine, text
 from test_fault_load import head_at_4mm, refused_series
 from test_modes_service import clean_env, service_settings, wait_for, wait_workers_ready  # noqa: F401 - fixture
@@ -148,16 +148,15 @@ def test_postgres_restarted_between_a_recorded_verdict_and_its_finished_job_lose
                 counts = ledger.counts()
                 return counts[DONE] == len(series) and counts["queued"] + counts["running"] == 0
 
-            assert wait_for(all_done, 180), ledger.counts()
+            done = wait_for(all_done, 180)
             recovered_s = time.monotonic() - stopped_at
             jobs = ledger.all_jobs()
             verdicts = {job.verdict["series_instance_uid"]: job.verdict for job in jobs if job.verdict}
             print(f"PostgreSQL down {down_s:.1f} s; every series done {recovered_s:.1f} s after the stop; "
                   f"attempts {sorted(job.attempts for job in jobs)}")
-            record_fault("PostgreSQL restarted during work", sent=len(series),
-                         verdicts=sum(1 for v in verdicts.values() if v["verdict"] != "rejected"),
-                         rejected=sum(1 for v in verdicts.values() if v["verdict"] == "rejected" and v.get("rejected")),
-                         database_down_s=round(down_s, 1), recovered_s=round(recovered_s, 1))
+            record_jobs("PostgreSQL restarted during work", jobs, sent=len(series), database_down_s=round(down_s, 1),
+                        recovered_s=round(recovered_s, 1))
+            assert done, ledger.counts()
         finally:
             service.down(settings)
             ledger.close()

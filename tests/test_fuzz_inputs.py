@@ -20,12 +20,14 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
+from reliability_log import record_bad_inputs
 
 from fingerprint.errors import RejectReason, SeriesRejected
 from fingerprint.imaging.dicom_read import read_dicom_file, read_series
 from fingerprint.imaging.dicom_write import series_datasets
 
 TRIED: list[str] = []
+CRASHED: list[str] = []  # inputs that ended in anything but a volume or a stated rejection
 #: pydicom warns about every damaged value it meets; here damage is the point.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -124,6 +126,9 @@ def test_any_mutation_ends_in_a_volume_or_a_stated_rejection(kind: str, data: st
     except SeriesRejected as rejection:
         assert rejection.reason in RejectReason and rejection.detail
         assert "FUZZ-1" not in rejection.detail  # never the patient's ID in a reason
+    except Exception:
+        CRASHED.append(kind)
+        raise
     else:
         assert loaded.image.GetDimension() == 3 and min(loaded.image.GetSize()) >= 1
 
@@ -131,6 +136,7 @@ def test_any_mutation_ends_in_a_volume_or_a_stated_rejection(kind: str, data: st
 def test_enough_inputs_were_tried_and_a_good_series_still_reads(tmp_path: Path) -> None:
     if not TRIED:
         pytest.skip("run with the fuzz test in the same session")
+    record_bad_inputs("fuzzed DICOM series (hypothesis)", tried=len(TRIED), crashes=len(CRASHED))
     assert len(TRIED) >= 100 and set(TRIED) == set(KINDS), (len(TRIED), sorted(set(TRIED)))
     for number, ds in enumerate(BASE):
         (tmp_path / f"{number:03d}.dcm").write_bytes(encoded(ds))

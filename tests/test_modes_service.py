@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from dbp_orthanc import server, writeback
+from reliability_log import record_jobs
 from sqlalchemy import create_engine, text
 
 from deepbrainprint import supervisor as service
@@ -186,8 +187,10 @@ def test_celery_writeback_retries_while_orthanc_is_down(tmp_path, redis_url, cle
         assert job.writeback_state == "pending" and job.verdict["verdict"] == "rejected"  # kept meanwhile
         server.start(instance)
         found = wait_for(lambda: writeback.read_verdict(client, str(scout[0].SeriesInstanceUID)), 60)
+        written = wait_for(lambda: ledger.all_jobs()[0].writeback_state == "done", 20)
+        record_jobs("Orthanc down during write-back (Celery)", ledger.all_jobs() if written else [], sent=1)
         assert found and found[writeback.METADATA_VERDICT] == "rejected"
-        assert wait_for(lambda: ledger.all_jobs()[0].writeback_state == "done", 20)
+        assert written
     finally:
         service.down(settings)
         server.stop(instance)
@@ -233,7 +236,9 @@ def test_worker_process_killed_mid_series_loses_nothing(  # type: ignore[no-unty
         assert pool_processes
         for pid in pool_processes:
             os.kill(pid, signal.SIGKILL)
-        assert wait_for(lambda: ledger.counts()[DONE] == 1)
+        done = wait_for(lambda: ledger.counts()[DONE] == 1)
+        record_jobs("worker process SIGKILLed mid-series", ledger.all_jobs(), sent=1)
+        assert done
         job = ledger.all_jobs()[0]
         assert job.attempts == 2 and job.verdict["verdict"] == "new_patient"
     finally:
@@ -265,8 +270,11 @@ def test_a_whole_worker_host_killed_mid_series_is_redelivered_within_the_visibil
         time.sleep(1.0)
         assert ledger.counts()[DONE] == 0
         start_another_worker(settings, "worker-2")
-        assert wait_for(lambda: ledger.counts()[DONE] == 1, 120)
+        done = wait_for(lambda: ledger.counts()[DONE] == 1, 120)
         waited = time.monotonic() - killed_at
+        record_jobs("whole worker host SIGKILLed mid-series", ledger.all_jobs(), sent=1,
+                    redelivered_after_s=round(waited, 1), visibility_timeout_s=10)
+        assert done
         # Not before the timeout (nothing could know); after it, the new worker's start and one check for expired
         # messages (every tenth of the timeout), not the hour of Redis's default.
         print(f"redelivered and done {waited:.1f} s after the host was killed")
@@ -341,7 +349,9 @@ def test_series_arriving_while_redis_is_down_are_processed_when_it_returns(  # t
         time.sleep(3.0)  # quiet time passed, the hand-ons are failing: nothing can be processed without the broker
         assert ledger.counts()[DONE] == 0
         broker.start()
-        assert wait_for(lambda: ledger.counts()[DONE] == 2, 180), ledger.counts()
+        done = wait_for(lambda: ledger.counts()[DONE] == 2, 180)
+        record_jobs("Redis down while series arrive", ledger.all_jobs(), sent=2)
+        assert done, ledger.counts()
         verdicts = sorted(job.verdict["verdict"] for job in ledger.all_jobs())
         assert verdicts == ["new_patient", "possible_duplicate"] and len(ledger.all_jobs()) == 2
     finally:
@@ -370,7 +380,9 @@ def test_series_in_the_spool_of_a_killed_scp_are_processed_after_its_restart(  #
         time.sleep(1.0)
         assert ledger.counts() == {"queued": 0, "running": 0, "done": 0, "failed": 0, "writeback_pending": 0}
         service.spawn(layout, "scp", [*service.CLI, "serve"], service.child_environment(settings))
-        assert wait_for(lambda: ledger.counts()[DONE] == 1, 120), ledger.counts()
+        done = wait_for(lambda: ledger.counts()[DONE] == 1, 120)
+        record_jobs("SCP SIGKILLed with series in its spool", ledger.all_jobs(), sent=1)
+        assert done, ledger.counts()
         (job,) = ledger.all_jobs()
         assert job.verdict["verdict"] == "new_patient"
     finally:
@@ -404,7 +416,9 @@ def test_a_series_whose_message_a_broker_restart_lost_is_sent_again_by_the_next_
         broker.start()  # empty: the message is lost
         time.sleep(6.0)  # longer than the visibility timeout: the job is stale
         start_another_worker(settings, "worker-2")
-        assert wait_for(lambda: ledger.counts()[DONE] == 1, 120), ledger.counts()
+        done = wait_for(lambda: ledger.counts()[DONE] == 1, 120)
+        record_jobs("broker restarted empty (message lost)", ledger.all_jobs(), sent=1)
+        assert done, ledger.counts()
         (job,) = ledger.all_jobs()
         assert job.verdict["verdict"] == "new_patient"
         assert "queued series sent again" in layout.log_file("worker-2").read_text(errors="replace")

@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, evt
+from reliability_log import record_fault
 
 from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scp import StorageNode, accepted_transfer_syntaxes
@@ -300,6 +301,8 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
         assert statuses[0] == 0 and 0xA700 in statuses, statuses
         assert set(statuses) <= {0, 0xA700}
         stored = sum(node.spool.instance_count(k) for k in node.spool.series_keys())
+        record_fault("spool disk full (SCP)", sent=len(statuses), verdicts=stored, rejected=statuses.count(0xA700),
+                     unit="instances")
         assert stored == statuses.count(0), "every success must be a file on disk, every failure not"
         assert not list(mount_point.rglob("*.tmp"))
         with_files = [k for k in node.spool.series_keys() if node.spool.instance_count(k)]

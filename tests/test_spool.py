@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_log import record_fault
 
 from dicom_node.completion import CompletionTracker
 from dicom_node.group_sync import GroupSync, fsync_folder
@@ -127,6 +128,8 @@ def test_full_disk_raises_enospc_and_leaves_no_partial_file(tiny_tmpfs: Path) ->
     leftovers = sorted(p.name for p in spool.instances_dir(key).iterdir())
     assert leftovers == [uid_key(SOP_UID, "sop") + ".dcm"], "the failed write must leave nothing behind"
     spool.store_instance(key, SOP_UID + ".3", b"space is back after the cleanup")
+    record_fault("spool disk full (spool)", sent=3, verdicts=len(list(spool.instances_dir(key).iterdir())), rejected=1,
+                 unit="instances")
 
 
 def test_purge_removes_only_series_finished_long_enough_ago(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from dbp_orthanc import server, writeback
+from reliability_log import record_fault
 
 from deepbrainprint.settings import Settings, load_settings
 from dicom_node.scp import StorageNode
@@ -186,6 +187,8 @@ def test_orthanc_down_during_writeback_keeps_the_verdict_and_retries(settings, t
         with EmbeddedWorker(settings.worker_config(), poll_interval_s=0.2) as worker:
             assert wait_for(lambda: worker.ctx.ledger.get(key).writeback_state == WRITEBACK_DONE, 60)
         stored = writeback.read_verdict(client, str(datasets[0].SeriesInstanceUID))
+        record_fault("Orthanc down during write-back (embedded)", sent=1, verdicts=0,
+                     rejected=int(stored.get(writeback.METADATA_VERDICT) == "rejected"))
         assert stored[writeback.METADATA_VERDICT] == "rejected"
     finally:
         server.stop(instance)
