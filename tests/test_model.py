@@ -113,3 +113,74 @@ def test_every_real_repeat_retrieves_its_own_scans_first(shared_data, real_slice
         ranked = sorted(others, key=lambda i: -similarity[query, i])
         scores = {folders[i].name: round(float(similarity[query, i]), 4) for i in ranked}
         assert set(ranked[: own - 1]) == set(range(own)) - {query}, (repeats[query].name, scores)
+
+
+# --- the ONNX Runtime path (issue 16) --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """A private cache folder for exported graphs (``DBP_MODEL_CACHE``), so each run exports afresh."""
+    import os
+
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    previous = os.environ.get("DBP_MODEL_CACHE")
+    os.environ["DBP_MODEL_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["DBP_MODEL_CACHE"]
+    else:
+        os.environ["DBP_MODEL_CACHE"] = previous
+
+
+def test_onnx_runtime_gives_the_torch_fingerprints_within_the_stated_tolerance(onnx_cache) -> None:
+    """The shipped fast path against fp32 torch on slices with anatomy-like structure and on noise, batch 1 and 5,
+    1 and 2 threads; the graph is exported once into the cache and read back from there by a second model."""
+    from fingerprint.model.runtime import FINGERPRINT_TOLERANCE
+
+    encoder = seeded_encoder()
+    fast = api.Fingerprinter(encoder, UNTRAINED_VERSION, batch_size=4, runtime="onnx")
+    slow = api.Fingerprinter(encoder, UNTRAINED_VERSION, batch_size=4, runtime="torch")
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[-1:1:128j, -1:1:128j]
+    blobs = np.stack([np.exp(-((xx - c) ** 2 + yy**2) / 0.2) * 2 + 0.05 * rng.random((128, 128)) for c in (-0.3, 0.3)])
+    pixels = np.concatenate([_slices(3, seed=4), blobs.astype(np.float32)])
+    assert fast.active_runtime == "onnx" and slow.active_runtime == "torch"
+    for threads in (1, 2):
+        fast.num_threads = slow.num_threads = threads
+        a, b = fast.embed(pixels), slow.embed(pixels)
+        assert a.dtype == np.float32 and a.shape == (5, 512)
+        assert np.abs(a - b).max() <= FINGERPRINT_TOLERANCE
+        assert np.abs(fast.embed(pixels[3])[0] - b[3]).max() <= FINGERPRINT_TOLERANCE
+    assert len(list(onnx_cache.glob("encoder-*.onnx"))) == 1
+    again = api.Fingerprinter(seeded_encoder(), UNTRAINED_VERSION, runtime="onnx")
+    assert np.abs(again.embed(pixels) - b).max() <= FINGERPRINT_TOLERANCE
+    assert len(list(onnx_cache.glob("encoder-*.onnx"))) == 1  # same weights, same file
+
+
+def test_a_cached_graph_of_other_weights_is_caught_and_torch_is_used(onnx_cache) -> None:
+    """A cache file that holds another encoder's graph (planted under this encoder's name) disagrees on the probe:
+    the fast path refuses it, deletes it, and the fingerprints come from torch."""
+    from fingerprint.model.runtime import export_onnx, onnx_encoder, weights_key
+
+    mine, other = seeded_encoder(seed=11), seeded_encoder(seed=12)
+    assert weights_key(mine) != weights_key(other)
+    planted = onnx_cache / f"encoder-{weights_key(mine)}.onnx"
+    export_onnx(other, planted)
+    assert onnx_encoder(mine, 1, onnx_cache) is None
+    assert not planted.exists()
+    model = api.Fingerprinter(mine, "mine", runtime="auto")
+    export_onnx(other, planted)
+    pixels = _slices(2, seed=6)
+    expected = api.Fingerprinter(mine, "mine", runtime="torch").embed(pixels)
+    assert model.active_runtime == "torch"
+    np.testing.assert_array_equal(model.embed(pixels), expected)
+    export_onnx(other, planted)  # planted again: a model that insists on ONNX Runtime says so instead of using it
+    with pytest.raises(RuntimeError, match="onnx"):
+        api.Fingerprinter(mine, "mine", runtime="onnx").embed(pixels)
+    with pytest.raises(ValueError, match="runtime"):
+        api.Fingerprinter(mine, "mine", runtime="tensorrt")
+
+
+def test_load_model_uses_onnx_runtime_by_default(onnx_cache) -> None:
+    model = api.load_model()
+    assert model.runtime == "auto" and model.active_runtime == "onnx"
+    assert api.load_model(runtime="torch").active_runtime == "torch"

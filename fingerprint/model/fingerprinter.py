@@ -3,6 +3,11 @@
 Why a small wrapper class: the rest of the product (archive, worker, CLI) must not care how the network was trained
 or stored. It needs one object with a ``model_version`` (stored beside every vector so that an index never mixes
 vectors of two models) and an ``embed`` that turns canonical slices into unit vectors, deterministically, on CPU.
+
+Two ways to run the same float32 network: ONNX Runtime (``runtime="onnx"``, :mod:`fingerprint.model.runtime`: the
+graph exported from the loaded weights, checked against torch before use) where it is installed, and the torch
+encoder itself (``runtime="torch"``), which is also what ``"auto"`` falls back to. Both give the same fingerprints
+up to :data:`fingerprint.model.runtime.FINGERPRINT_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_BATCH_SIZE = 64
+RUNTIMES = ("auto", "onnx", "torch")
 
 _cache: dict[str, "Fingerprinter"] = {}
 _cache_lock = threading.Lock()
@@ -56,14 +62,19 @@ class Fingerprinter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         num_threads: int | None = 1,
         device: str = "cpu",
+        runtime: str = "torch",
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.encoder = encoder.to(device).eval()
         self.model_version = model_version
         self.metadata = dict(metadata or {})
         self.batch_size = batch_size
         self.num_threads = num_threads
         self.device = device
+        self.runtime = runtime if device == "cpu" else "torch"
         self._lock = threading.Lock()  # one forward pass at a time: BatchNorm buffers and thread settings are shared
+        self._sessions: dict[int | None, Any] = {}  # ONNX Runtime sessions by thread count (None: unavailable)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """Fingerprints of a stack of canonical slices: (N,128,128) -> (N,512) float32, each row of unit length."""
@@ -75,8 +86,41 @@ class Fingerprinter:
             raise ValueError(f"expected slices of shape (N, {SLICE_SIZE}, {SLICE_SIZE}), got {stack.shape}")
         if not np.isfinite(stack).all():
             raise ValueError("slices contain NaN or infinite values")
-        with self._lock, _torch_threads(self.num_threads):
-            return embed_batches(self.encoder, stack, batch_size=self.batch_size, device=self.device)
+        with self._lock:
+            session = self._session() if self.runtime != "torch" else None
+            if session is not None:
+                return _embed_onnx(session, stack, self.batch_size)
+            with _torch_threads(self.num_threads):
+                return embed_batches(self.encoder, stack, batch_size=self.batch_size, device=self.device)
+
+    @property
+    def active_runtime(self) -> str:
+        """The path ``embed`` takes now: ``"onnx"`` or ``"torch"`` (creates the ONNX session if not yet tried)."""
+        with self._lock:
+            return "onnx" if self.runtime != "torch" and self._session() is not None else "torch"
+
+    def _session(self) -> Any:
+        """The ONNX Runtime session for the current thread count, made once; None where only torch can run."""
+        if self.num_threads not in self._sessions:
+            from fingerprint.model.runtime import onnx_encoder
+
+            session = onnx_encoder(self.encoder, self.num_threads)
+            if session is None and self.runtime == "onnx":
+                raise RuntimeError("runtime='onnx' was asked for but ONNX Runtime cannot run this encoder")
+            self._sessions[self.num_threads] = session
+        return self._sessions[self.num_threads]
+
+
+def _embed_onnx(session: Any, slices: np.ndarray, batch_size: int) -> np.ndarray:
+    """:func:`embed_batches` on an ONNX Runtime session: (N,128,128) float32 -> (N,512) unit rows, in batches."""
+    from fingerprint.model.encoder import EMBEDDING_DIM
+    from fingerprint.model.runtime import normalise
+
+    out = np.empty((len(slices), EMBEDDING_DIM), dtype=np.float32)
+    for start in range(0, len(slices), batch_size):
+        batch = slices[start : start + batch_size]
+        out[start : start + len(batch)] = normalise(session(batch[:, None]))
+    return out
 
 
 def embed_batches(
@@ -120,11 +164,12 @@ def _resolve(path: Path | None) -> Path | None:
     return SHIPPED_WEIGHTS_DIR if (SHIPPED_WEIGHTS_DIR / WEIGHTS_FILE).exists() else None
 
 
-def load_model(path: Path | None = None) -> Fingerprinter:
-    """The encoder at ``path`` (a weights folder or ``.safetensors`` file), cached per path.
+def load_model(path: Path | None = None, runtime: str = "auto") -> Fingerprinter:
+    """The encoder at ``path`` (a weights folder or ``.safetensors`` file), cached per path and runtime.
 
     ``path=None`` means the weights shipped in ``fingerprint/weights/``; when none are shipped, a deterministic
     randomly initialised encoder with model_version ``"untrained-0"`` so the product works end to end regardless.
+    ``runtime``: ``"auto"`` (ONNX Runtime where it runs, else torch), ``"onnx"`` or ``"torch"``.
     """
     from fingerprint.model.encoder import (
         UNTRAINED_VERSION,
@@ -133,16 +178,18 @@ def load_model(path: Path | None = None) -> Fingerprinter:
     )
 
     resolved = _resolve(path)
-    key = str(resolved) if resolved is not None else UNTRAINED_VERSION
+    key = f"{resolved if resolved is not None else UNTRAINED_VERSION}|{runtime}"
     with _cache_lock:
         if key not in _cache:
             if resolved is None:
-                _cache[key] = Fingerprinter(seeded_encoder(), UNTRAINED_VERSION, {"model_version": UNTRAINED_VERSION})
+                _cache[key] = Fingerprinter(
+                    seeded_encoder(), UNTRAINED_VERSION, {"model_version": UNTRAINED_VERSION}, runtime=runtime
+                )
             else:
                 if not resolved.exists():
                     raise FileNotFoundError(f"model weights not found: {resolved}")
                 encoder, metadata = load_encoder(resolved)
-                _cache[key] = Fingerprinter(encoder, str(metadata["model_version"]), metadata)
+                _cache[key] = Fingerprinter(encoder, str(metadata["model_version"]), metadata, runtime=runtime)
         return _cache[key]
 
 
