@@ -42,7 +42,7 @@ class Settings:
     # --- identity archive (store + index) --------------------------------------------------------------------------
     index_dir: Path | None = None  # None: <home>/index
     store_url: str | None = None  # None: sqlite:///<index_dir>/store.sqlite ; or postgresql+psycopg://...
-    faiss_factory: str = "Flat"  # exact inner product; e.g. "HNSW32" for large archives
+    faiss_factory: str = "auto"  # exact up to index.AUTO_EXACT_UP_TO, HNSW (PCA space) above; "Flat"; or a factory
     patient_id_hash_key: str = ""  # keyed hash of PatientIDs; empty: a random key is created in <index_dir>
     keep_clear_patient_id: bool = False  # sites that want the clear PatientID stored too
     top_k: int = 5

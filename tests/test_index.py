@@ -20,7 +20,7 @@ import pytest
 from deepbrainprint.settings import load_settings
 from fingerprint.identity.archive import Archive
 from fingerprint.identity.calibration import Thresholds
-from fingerprint.identity.index import FingerprintIndex, index_file_path
+from fingerprint.identity.index import FingerprintIndex, default_search_params, index_file_path
 from fingerprint.identity.store import Store
 
 THRESHOLDS = Thresholds("test-model", match=0.8, mismatch=0.6, far=0.001, source="explicit")
@@ -264,5 +264,7 @@ def test_approximate_index_gets_measured_default_search_parameters(tmp_path, syn
     with open_archive(tmp_path, faiss_factory="HNSW32") as arch:
         enroll(arch, synthetic_fingerprint, unit_vectors(3, seed=10), "d")
         index = arch.index_for()
-        hnsw = faiss.downcast_index(index.index.index)
-        assert hnsw.hnsw.efSearch == 128
+        refine = faiss.downcast_index(index.index.index)  # raw vectors kept for the exact re-rank
+        hnsw = faiss.downcast_index(refine.base_index)  # no stored transform for test-model: raw space
+        wanted = dict(p.split("=") for p in default_search_params("HNSW32").split(","))
+        assert hnsw.hnsw.efSearch == int(wanted["efSearch"]) and refine.k_factor == float(wanted["k_factor_rf"])

@@ -63,7 +63,7 @@ class ArchiveConfig:
     store_url: str  # sqlite:///... or postgresql+psycopg://...
     model_path: Path | None = None  # None: the shipped weights
     slice_method: str = "anatomical"  # or "middle" (the paper's protocol)
-    faiss_factory: str = "Flat"
+    faiss_factory: str = "auto"  # fingerprint.identity.index: exact up to AUTO_EXACT_UP_TO, approximate above
     faiss_search_params: str = ""
     faiss_threads: int = 1
     top_k: int = 5
@@ -325,6 +325,7 @@ class Archive:
                 model_version,
                 self.config.faiss_factory,
                 self.config.faiss_search_params,
+                self.config.model_dir,
             )
             index.sync(self.store, conn, verify_count=True)
             self._indexes[model_version] = index

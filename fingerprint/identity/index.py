@@ -1,10 +1,24 @@
 """The FAISS index of one model version's fingerprints: a disposable, always-rebuildable cache of the store.
 
-Vector ids are the store's row ids (``IndexIDMap2``), so a search answers directly with rows. Exact inner product
-(``"Flat"``; fingerprints are L2-normalised, so inner product is cosine similarity) is the default; any FAISS
-index-factory string (``"HNSW32"``, ``"IVF1024,Flat"``) gives an approximate index for large archives, with search
-parameters such as ``"efSearch=64"`` or ``"nprobe=16"`` (defaults: ``DEFAULT_SEARCH_PARAMS``; see
-``bench/results/index.md`` for their measured recall and speed).
+Vector ids are the store's row ids (``IndexIDMap2``), so a search answers directly with rows. Fingerprints are
+L2-normalised, so inner product is cosine similarity. The factory setting chooses the index:
+
+* ``"auto"`` (the default): exact search (``Flat``) while the archive holds at most ``AUTO_EXACT_UP_TO``
+  fingerprints, where it answers within 10 ms; above that, the approximate ``AUTO_APPROXIMATE_FACTORY`` with
+  ``AUTO_SEARCH_PARAMS`` (``bench/results/index.md``: their measured speed and recall at 1M).
+* ``"Flat"``: always exact.
+* any other FAISS index-factory string (``"HNSW32"``, ``"IVF1024,Flat"``, ``"HNSW32_SQ8"``): that approximate index,
+  with search parameters such as ``"efSearch=64"``, ``"nprobe=16"`` or ``"k_factor_rf=8"`` (defaults:
+  ``DEFAULT_SEARCH_PARAMS``).
+
+An approximate index searches the model's *search transform* space (``fingerprint.identity.whitening``: centred,
+rotated onto principal axes, fewer dimensions; stored beside the model's weights) only to find ``k * k_factor``
+candidates, then re-ranks them exactly by raw inner product against the raw fingerprints it keeps (``IndexRefine``
+over a ``Flat`` index). So the similarities a verdict sees are the raw cosine similarities its thresholds were
+calibrated on, bit for bit what exact search answers, whatever the index type; the index choice can only change
+*which* stored series are found, never their scores. Without a stored transform for the model version the approximate
+index searches the raw space (still re-ranked exactly). The compressed option ``"HNSW32_SQ8,Refine(SQfp16)"`` keeps
+8-bit graph vectors and float16 raw vectors instead: half the memory, similarities within float16's rounding.
 
 Crash safety: the index file is written atomically (temporary file, fsync, rename) with a checksum, and records the
 highest store ``seq`` it contains. On open, a missing, torn or foreign file is rebuilt from the store; a file that is
@@ -31,12 +45,25 @@ import numpy as np
 from sqlalchemy import Connection
 
 from fingerprint.identity.store import VECTOR_DIM, Store
+from fingerprint.identity.whitening import SearchTransform, resolve_search_transform
 
 FILE_MAGIC = b"DBPFAISS1\n"
 #: Trainable (IVF/PQ) indexes need this many vectors per list before training; until then the exact index is used.
 TRAIN_POINTS_PER_LIST = 39
 #: Training sample cap: more points make training slower without making the lists noticeably better.
 MAX_TRAIN_POINTS = 200_000
+
+#: The factory setting that picks exact or approximate search by archive size.
+AUTO = "auto"
+#: ``"auto"``: exact search up to this many fingerprints (``bench/results/index.md``: exact stays under 10 ms).
+AUTO_EXACT_UP_TO = 50_000
+#: ``"auto"``: the approximate index above ``AUTO_EXACT_UP_TO`` and its search parameters (measured at 1M).
+AUTO_APPROXIMATE_FACTORY = "HNSW32"
+AUTO_SEARCH_PARAMS = "efSearch=128,k_factor_rf=8"
+#: HNSW graph construction depth: deeper builds a better graph, slower (``bench/results/index.md``).
+HNSW_EF_CONSTRUCTION = 64
+#: Candidates fetched from the approximate index per neighbour asked for, then re-ranked exactly.
+DEFAULT_K_FACTOR = 4
 
 
 @dataclass
@@ -59,16 +86,59 @@ def index_file_path(index_dir: Path, model_version: str) -> Path:
     return Path(index_dir) / "faiss" / f"{safe}.index"
 
 
-def new_faiss_index(factory: str, dim: int = VECTOR_DIM) -> faiss.IndexIDMap2:
-    """An empty inner-product index from a factory string, wrapped so that its ids are store row ids."""
-    return faiss.IndexIDMap2(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+def new_faiss_index(
+    factory: str, dim: int = VECTOR_DIM, transform: SearchTransform | None = None
+) -> faiss.IndexIDMap2:
+    """An empty index from a factory string, wrapped so that its ids are store row ids.
+
+    ``"Flat"`` is exact inner product over the raw fingerprints. Any other factory is built in the search transform's
+    space (when one is given) behind an ``IndexPreTransform``, and wrapped in an ``IndexRefineFlat`` that keeps the
+    raw fingerprints and re-ranks the candidates by exact raw inner product: the similarities it answers with are
+    the raw ones, whatever the factory.
+    """
+    if factory == "Flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    search_factory, refine_factory = split_refine(factory)
+    # Centred (and rotated) fingerprints are compared by L2 distance, which centring and rotation leave as it was in
+    # the raw space, where on unit vectors it orders exactly as inner product does; raw vectors by inner product.
+    metric = faiss.METRIC_L2 if transform is not None else faiss.METRIC_INNER_PRODUCT
+    inner = faiss.index_factory(transform.d_out if transform is not None else dim, search_factory, metric)
+    hnsw = _hnsw_of(inner)
+    if hnsw is not None:
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    if transform is not None:
+        inner = faiss.IndexPreTransform(transform.pca, inner)
+    refine = faiss.index_factory(dim, refine_factory, metric)
+    refined = faiss.IndexRefine(inner, refine)
+    # FAISS's IndexRefine wants one metric for both halves; the candidates' metric only chose them, the re-rank (its
+    # distances and their order) is raw inner product: the similarity the verdict's thresholds were calibrated on.
+    refine.metric_type = refined.metric_type = faiss.METRIC_INNER_PRODUCT
+    refined.k_factor = DEFAULT_K_FACTOR
+    return faiss.IndexIDMap2(refined)
+
+
+def split_refine(factory: str) -> tuple[str, str]:
+    """``"HNSW32_SQ8,Refine(SQfp16)"`` -> ``("HNSW32_SQ8", "SQfp16")``: the search index (in the transform's space) and
+    the raw-space re-rank index (FAISS's own ``Refine(...)`` suffix; ``Flat``, exact, when none is given)."""
+    match = re.fullmatch(r"(.+),Refine\((.+)\)", factory)
+    return (match.group(1), match.group(2)) if match else (factory, "Flat")
+
+
+def _hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
+    """The HNSW index inside ``index`` (itself, or behind a pre-transform), if it is one."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index if isinstance(index, faiss.IndexHNSW) else None
 
 
 #: Search parameters when the settings give none (``bench/results/index.md``: recall against exact search).
-DEFAULT_SEARCH_PARAMS = (("HNSW", "efSearch=128"), ("IVF", "nprobe=32"))
+DEFAULT_SEARCH_PARAMS = (("HNSW", "efSearch=128,k_factor_rf=8"), ("IVF", "nprobe=32,k_factor_rf=8"))
 
 
 def default_search_params(factory: str) -> str:
+    if factory == AUTO_APPROXIMATE_FACTORY:
+        return AUTO_SEARCH_PARAMS
     return next((params for family, params in DEFAULT_SEARCH_PARAMS if family in factory), "")
 
 
@@ -84,29 +154,69 @@ def training_size(factory: str, dim: int = VECTOR_DIM) -> int:
         return 10_000
 
 
+def planned_factory(factory: str, count: int) -> str:
+    """The factory an index of ``count`` fingerprints is built with: ``"auto"`` picks exact search up to
+    ``AUTO_EXACT_UP_TO`` and the approximate index above it; a trainable factory waits (exact) for enough data."""
+    if factory == AUTO:
+        return "Flat" if count <= AUTO_EXACT_UP_TO else AUTO_APPROXIMATE_FACTORY
+    if factory == "Flat":
+        return factory
+    return factory if count >= training_size(factory) else "Flat"
+
+
+
 class FingerprintIndex:
     """The searchable fingerprints of one model version in one archive folder."""
 
-    def __init__(self, path: Path, model_version: str, factory: str = "Flat", search_params: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        model_version: str,
+        factory: str = AUTO,
+        search_params: str = "",
+        transform: SearchTransform | None = None,
+    ) -> None:
         self.path = Path(path)
         self.model_version = model_version
         self.factory = factory
         self.search_params = search_params
+        self.transform = transform
         self.effective_factory = "Flat"
         self.max_seq = 0
         self.index: faiss.IndexIDMap2 | None = None
         self._ids: set[int] = set()
         self.unsaved_changes = 0
         self.load_problem = ""
+        self.transform_problem = ""
 
     @classmethod
     def open(
-        cls, index_dir: Path, model_version: str, factory: str = "Flat", search_params: str = ""
+        cls,
+        index_dir: Path,
+        model_version: str,
+        factory: str = AUTO,
+        search_params: str = "",
+        model_dir: Path | None = None,
     ) -> FingerprintIndex:
-        """Load the index file if it is whole and matches; the first :meth:`sync` repairs or rebuilds it."""
-        idx = cls(index_file_path(index_dir, model_version), model_version, factory, search_params)
+        """Load the index file if it is whole and matches; the first :meth:`sync` repairs or rebuilds it.
+
+        An approximate (or ``"auto"``) factory uses the search transform stored beside the model's weights in
+        ``model_dir`` (None: the shipped weights) when there is one for this model version."""
+        transform, problem = None, ""
+        if factory != "Flat":
+            try:
+                transform = resolve_search_transform(model_version, model_dir)
+            except ValueError as exc:  # a damaged transform file: search the raw space (slower, still exact scores)
+                problem = f"search transform unusable ({exc})"
+        idx = cls(index_file_path(index_dir, model_version), model_version, factory, search_params, transform)
+        idx.transform_problem = problem
         idx._load()
         return idx
+
+    @property
+    def transform_sha256(self) -> str:
+        """Which search transform an approximate index of this object is built with ("" for none)."""
+        return str(self.transform.meta.get("sha256", "")) if self.transform is not None else ""
 
     # --- persistence --------------------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -120,6 +230,9 @@ class FingerprintIndex:
             return
         if meta.get("model_version") != self.model_version or meta.get("factory") != self.factory:
             self.load_problem = "index file built for another model version or factory"
+            return
+        if meta["effective_factory"] != "Flat" and meta.get("transform", "") != self.transform_sha256:
+            self.load_problem = "index file built with another search transform"
             return
         self.index = index
         self.effective_factory = meta["effective_factory"]
@@ -135,6 +248,7 @@ class FingerprintIndex:
             "model_version": self.model_version,
             "factory": self.factory,
             "effective_factory": self.effective_factory,
+            "transform": self.transform_sha256 if self.effective_factory != "Flat" else "",
             "dim": VECTOR_DIM,
             "max_seq": self.max_seq,
             "ntotal": int(self.index.ntotal),
@@ -167,9 +281,9 @@ class FingerprintIndex:
             report.added = len(fresh)
         self.max_seq = max([store_max] + [seq for _, seq, _ in changed])
         self.unsaved_changes += report.added + report.removed
-        needs = training_size(self.factory)
-        if self.effective_factory != self.factory and needs and len(self._ids) >= needs:
-            return self.rebuild(store, conn, f"enough vectors ({len(self._ids)}) to train {self.factory}")
+        planned = planned_factory(self.factory, len(self._ids))
+        if self.effective_factory == "Flat" and planned != "Flat":
+            return self.rebuild(store, conn, f"{len(self._ids)} vectors: {planned} from now on")
         if verify_count and store.count_fingerprinted(conn, self.model_version) != self.index.ntotal:
             return self.rebuild(store, conn, "index count differs from the store")
         return report
@@ -184,9 +298,8 @@ class FingerprintIndex:
             vectors.append(row.vector)
             store_max = max(store_max, row.seq)
         matrix = np.stack(vectors) if vectors else np.zeros((0, VECTOR_DIM), np.float32)
-        needs = training_size(self.factory)
-        self.effective_factory = self.factory if len(ids) >= needs else "Flat"
-        self.index = new_faiss_index(self.effective_factory)
+        self.effective_factory = planned_factory(self.factory, len(ids))
+        self.index = new_faiss_index(self.effective_factory, transform=self.transform)
         if not self.index.is_trained:
             sample = matrix[np.random.default_rng(0).permutation(len(matrix))[:MAX_TRAIN_POINTS]]
             self.index.train(sample)
