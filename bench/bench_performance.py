@@ -92,7 +92,9 @@ def collect(runs: dict[str, dict]) -> dict:
         headline = data.get("headline") if isinstance(data, dict) else None
         if not isinstance(headline, dict):
             continue
-        sources[name] = {"file": f"bench/results/{path.name}", "command": data.get("command", ""),
+        command = data.get("command") or data.get("commands") or ""
+        sources[name] = {"file": f"bench/results/{path.name}", "command": command,
+                         "load_average": data.get("load_average") or data.get("load_average_start"),
                          "modified": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
                          .isoformat(timespec="seconds")}
         for key, value in headline.items():
@@ -140,6 +142,9 @@ def markdown(result: dict) -> str:
         value = "missing" if e["value"] is None else f"{e['value']}{(' ' + e['unit']) if e['unit'] else ''}"
         lines.append(f"| `{key}` | {value} | {e['target'] or ''} | {e['status']} | {e['what']} | "
                      f"{e.get('source', '')} |")
+    lines += ["", "| source | written | command | load average at its run |", "|---|---|---|---|"]
+    lines += [f"| {src['file']} | {src['modified']} | `{src['command']}` | {src.get('load_average') or 'not recorded'} |"
+              for src in result["sources"].values()]
     if result["runs"]:
         lines += ["", "| benchmark run | exit status | seconds |", "|---|---|---|"]
         lines += [f"| `{r['command']}` | {r['exit_status']} | {r['seconds']} |" for r in result["runs"].values()]

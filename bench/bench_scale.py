@@ -151,6 +151,22 @@ def headline_of(name: str) -> dict[str, Any]:
         return {}
 
 
+def index_bytes_per_fingerprint() -> dict[str, Any] | None:
+    """Memory per fingerprint of the approximate index bench_index.py chose: its headline if it has one, else the
+    largest measured ``bytes_per_fingerprint`` of the chosen factory in its sweep (None when neither is there)."""
+    try:
+        data = json.loads((RESULTS / "index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key, value in (data.get("headline") or {}).items():
+        if "bytes_per_fingerprint" in key and isinstance(value, (int, float)):
+            return {"bytes": value, "from": f"index.json headline {key}"}
+    factory = (data.get("settings") or {}).get("auto_factory")
+    sizes = [e.get("bytes_per_fingerprint") for e in data.get("sweep") or [] if e.get("factory") == factory]
+    sizes = [b for b in sizes if isinstance(b, (int, float))]
+    return {"bytes": max(sizes), "from": f"index.json sweep, {factory}"} if sizes else None
+
+
 def arithmetic(stores: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
     """Bytes and hours at 1M and 10M series from the measured parts (None where a part was not measured)."""
     verifications_per_series = len(template["verifications"]) / max(1, len(template["series"]))
@@ -171,6 +187,11 @@ def arithmetic(stores: dict[str, Any], template: dict[str, Any]) -> dict[str, An
                 "total_gb": round((per_series + per_brain + per_verification) * n / 1e9, 1),
             } for n in SIZES},
         }
+    approximate = index_bytes_per_fingerprint()
+    if approximate:
+        out["index_approximate"] = {"bytes_per_fingerprint": approximate["bytes"], "from": approximate["from"],
+                                    **{f"{n // 1_000_000}M_gb": round(approximate["bytes"] * n / 1e9, 2)
+                                       for n in SIZES}}
     flat = 512 * 4
     out["index_flat_float32_gb"] = {f"{n // 1_000_000}M": round(flat * n / 1e9, 2) for n in SIZES}
     out["index_flat_float16_gb"] = {f"{n // 1_000_000}M": round(flat / 2 * n / 1e9, 2) for n in SIZES}
@@ -202,7 +223,8 @@ def markdown(result: dict[str, Any]) -> str:
             e = arithmetic_[kind][size]
             lines.append(f"| {kind} | {size} | {e['series_rows_gb']} | {e['brains_gb']} | {e['verifications_gb']} | "
                          f"{e['total_gb']} |")
-    lines += ["", f"Index, flat float32: {arithmetic_['index_flat_float32_gb']} GB; float16: "
+    lines += ["", f"Index, approximate: {arithmetic_.get('index_approximate', 'missing')}.  ",
+              f"Index, flat float32: {arithmetic_['index_flat_float32_gb']} GB; float16: "
               f"{arithmetic_['index_flat_float16_gb']} GB (index.json headline: {arithmetic_['index_headline']}).",
               f"Enroll, days on one machine: {arithmetic_['enroll_days']}.",
               f"Verifications per series in the template archive: "
