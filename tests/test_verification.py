@@ -160,3 +160,27 @@ def test_two_files_of_one_older_adult_verify_as_one_person(shared_data):
     assert same > 0.8 and other < 0.388, (same, other)
     assert person_of("oa-subj16") == person_of("oa-subj15") == "oa-subj15" and person_of("oa-subj17") == "oa-subj17"
     assert set(SAME_PERSON_HEADS) == {"oa-subj10", "oa-subj16", "oa-subj20"}
+
+
+def test_faster_registration_keeps_the_scores(brains):
+    """Issue 16: the shipped registration settings against those before, on the same head moved and on another head.
+    Leaving out the fixed image's gradient filter alone must change nothing at all (its output was never read); the
+    coarser stopping step may move a score by at most SCORE_TOLERANCE."""
+    from fingerprint.identity.verification import (
+        REGISTRATION,
+        REGISTRATION_BEFORE,
+        SCORE_TOLERANCE,
+        RegistrationSettings,
+    )
+
+    assert REGISTRATION != REGISTRATION_BEFORE
+    fixed = prepare(brains["same"])
+    for name in ("turned", "other"):
+        moving = prepare(brains[name])
+        before = verify(fixed, moving, settings=REGISTRATION_BEFORE)
+        no_filter = verify(fixed, moving, settings=RegistrationSettings(REGISTRATION_BEFORE.min_step, False))
+        after = verify(fixed, moving)
+        assert no_filter.score == before.score and no_filter.rotation_deg == before.rotation_deg, name
+        assert before.score is not None and after.score is not None
+        assert abs(after.score - before.score) <= SCORE_TOLERANCE, (name, before.score, after.score)
+        assert after.shared_fraction == pytest.approx(before.shared_fraction, abs=0.01)
