@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +65,8 @@ class GroupSync:
     def write(self, target: Path, data: bytes) -> None:
         """Write ``data`` to ``target`` durably (temp file in the same folder, data sync, rename, folder sync).
         Returns only when all of it is on disk; raises OSError otherwise and leaves no temp file behind."""
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        # one write at a time per thread, so process and thread ids name the temp file uniquely (no random syscall)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)

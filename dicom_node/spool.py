@@ -104,6 +104,7 @@ class Spool:
         self.root = Path(root)
         self.fsync = fsync  # False only for benchmarks that want to see what durability costs
         self.group_sync = group_sync or GroupSync(fsync=fsync)
+        self._known_folders: set[Path] = set()  # instance folders seen to exist (saves a stat per instance)
 
     # --- layout -------------------------------------------------------------------------------------------------
     @property
@@ -166,11 +167,21 @@ class Spool:
         """Write one instance (DICOM file bytes) durably. Returns (path, replaced): ``replaced`` is True when this
         SOP Instance UID was already spooled, in which case the one file now holds the latest copy."""
         folder = self.instances_dir(series_key)
-        if not folder.is_dir():
-            self._makedirs(folder)
+        if folder not in self._known_folders:
+            if not folder.is_dir():
+                self._makedirs(folder)
+            self._known_folders.add(folder)
         target = folder / f"{uid_key(sop_instance_uid, 'sop')}{INSTANCE_SUFFIX}"
         replaced = target.exists()
-        self._write_atomic(target, encoded)
+        try:
+            self._write_atomic(target, encoded)
+        except SpoolWriteError as exc:
+            if exc.errno != errno.ENOENT or folder.is_dir():
+                raise
+            self._known_folders.discard(folder)  # purged or erased meanwhile: make it again, once
+            self._makedirs(folder)
+            self._known_folders.add(folder)
+            self._write_atomic(target, encoded)
         return target, replaced
 
     def store_rejected(self, sop_instance_uid: str, encoded: bytes, reason: str) -> Path:
@@ -293,6 +304,7 @@ class Spool:
             self._makedirs(trash)
             moved = trash / f"{series_key}-{uuid.uuid4().hex[:8]}"
             os.replace(self.series_dir(series_key), moved)
+            self._known_folders.discard(self.instances_dir(series_key))
         shutil.rmtree(moved, ignore_errors=True)
         return True
 
@@ -317,6 +329,7 @@ class Spool:
                     continue
                 self._makedirs(trash)
                 os.replace(self.series_dir(key), trash / f"{key}-{uuid.uuid4().hex[:8]}")
+                self._known_folders.discard(self.instances_dir(key))
                 purged.append(key)
         if trash.is_dir():
             for leftover in trash.iterdir():

@@ -319,3 +319,16 @@ def test_the_completion_loop_sleeps_exactly_until_the_next_series_falls_due(tmp_
     assert 2.0 - 0.2 - elapsed < wait <= 2.0 + 0.002, wait
     assert tracker.next_wait_s(0.25) == 0.25, "never longer than the longest sleep"
     assert tracker.check_once() == 0, "not due yet"
+
+
+def test_a_series_erased_by_another_process_is_written_again_into_a_new_folder(tmp_path: Path) -> None:
+    """The spool remembers which instance folders exist; one removed behind its back (``deepbrainprint erase``
+    in another process) is made again on the next write, not reported as a failure."""
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    spool.store_instance(key, SOP_UID, b"before")
+    assert Spool(spool.root).erase(key)  # another Spool object: this one's memory of the folder is now wrong
+    assert not spool.instances_dir(key).exists()
+    path, replaced = spool.store_instance(key, SOP_UID + ".2", b"after")
+    assert not replaced and path.read_bytes() == b"after"
+    assert [p.read_bytes() for p in spool.instance_paths(key)] == [b"after"]
