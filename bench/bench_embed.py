@@ -1,93 +1,265 @@
-"""Embedding benchmark: median milliseconds per slice for the encoder on CPU, at batch 1 and batch 32, and peak RSS.
+"""Embedding benchmark: ms per slice of each way to run the encoder on CPU, their fingerprints against fp32 torch, and
+recall@1 on held-out slices; before (torch eager, the old path) and after (the shipped path) in one run.
 
-What a worker pays per series once the slice exists (slicing is measured by the slice part). The model is the one
-``fingerprint.model.fingerprinter.load_model()`` returns (shipped weights, else the untrained encoder: same architecture, same cost).
-Threads: 1 (the product's default per worker process) and, in the same run, all cores, so the ratio is same-run.
+What a worker pays per series once the slice exists, and per slice when it enrolls or reindexes in batches. The model
+is the one ``load_model()`` returns (shipped weights, else the untrained encoder: same architecture, same cost).
+Ways measured, batch 1 and 32, 2 threads (1 thread too for the before/after pair): torch eager under inference_mode
+(before), channels-last, ``torch.jit.trace`` + ``freeze``, ``optimize_for_inference``, ``torch.compile``
+(``--compile``: minutes to build), ONNX Runtime float32 (the shipped path, :mod:`fingerprint.model.runtime`) and
+ONNX Runtime int8 (static quantization, QDQ, per-channel weights, calibrated on the real slices of the shared data).
+
+Accuracy: the held-out benchmark cohort's slices (``cohort generate --kind benchmark --format slices``: the held-out
+heads Colin27 and siemens-trio, seed 20230227; first ``--subjects`` subjects × 3 visits, made once and cached):
+largest difference and lowest cosine of each path's fingerprints against fp32 torch, and recall@1 (leave-one-out).
 
 Usage::
 
-    nice -n 5 .venv/bin/python bench/bench_embed.py [--repeats 15]
+    nice -n 5 .venv/bin/python bench/bench_embed.py [--repeats 30] [--subjects 50] [--compile]
 
-Writes bench/results/embed.json and embed.md.
+Writes bench/results/embed.json, embed.md and profile_embed.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import cProfile
+import io
 import json
 import os
 import platform
-import resource
+import pstats
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fingerprint.model.fingerprinter import load_model  # noqa: E402
+from fingerprint.evaluation.identity_benchmark import retrieval_and_pairs  # noqa: E402
+from fingerprint.model.fingerprinter import Fingerprinter, load_model  # noqa: E402
+from fingerprint.model.runtime import OnnxEncoder, normalise, onnx_encoder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path.home() / ".cache" / "deepbrainprint"
+Forward = Callable[[np.ndarray], np.ndarray]  # (N,1,128,128) float32 -> (N,512) features
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def measure(model, batch: int, threads: int, repeats: int) -> dict:
-    """Median and quartiles of ms per slice over ``repeats`` timed calls (after two warm-up calls)."""
-    model.num_threads = threads
-    pixels = np.random.default_rng(0).random((batch, 128, 128), dtype=np.float32)
-    for _ in range(2):
-        model.embed(pixels)
-    per_slice = []
+def timed(forward: Forward, batch: int, repeats: int) -> dict:
+    """Median and quartiles of wall ms per slice over ``repeats`` calls on random slices (after three warm-up calls),
+    and the median CPU ms per slice of this process (all its threads): on a loaded machine the wall time includes
+    waiting for a core, the CPU time does not (at one thread it stands for the quiet machine's wall time)."""
+    pixels = np.random.default_rng(0).random((batch, 1, 128, 128), dtype=np.float32)
+    for _ in range(3):
+        forward(pixels)
+    per_slice, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        model.embed(pixels)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        forward(pixels)
         per_slice.append((time.perf_counter() - start) * 1000.0 / batch)
+        cpu.append((time.process_time() - start_cpu) * 1000.0 / batch)
     q = statistics.quantiles(per_slice, n=4)
-    return {"batch": batch, "threads": threads, "repeats": repeats, "median_ms_per_slice": statistics.median(per_slice),
-            "q1_ms": q[0], "q3_ms": q[2]}
+    return {"median_ms_per_slice": statistics.median(per_slice), "q1_ms": q[0], "q3_ms": q[2], "repeats": repeats,
+            "median_cpu_ms_per_slice": statistics.median(cpu)}
+
+
+def torch_forwards(encoder: torch.nn.Module, compile_too: bool) -> dict[str, Forward]:
+    """The torch alternatives, each a function of a float32 array (run at the thread count set by the caller)."""
+    example = torch.zeros(1, 1, 128, 128)
+
+    def run(module: torch.nn.Module, channels_last: bool = False) -> Forward:
+        def forward(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                t = torch.from_numpy(x)
+                return module(t.contiguous(memory_format=torch.channels_last) if channels_last else t).numpy()
+
+        return forward
+
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(copy.deepcopy(encoder).eval(), example))
+        optimised = torch.jit.optimize_for_inference(torch.jit.trace(copy.deepcopy(encoder).eval(), example))
+    ways = {
+        "torch eager, inference_mode (before)": run(encoder),
+        "torch channels_last": run(copy.deepcopy(encoder).to(memory_format=torch.channels_last), channels_last=True),
+        "torch.jit.trace + freeze": run(frozen),
+        "torch.jit optimize_for_inference": run(optimised),
+    }
+    if compile_too:
+        ways["torch.compile (inductor)"] = run(torch.compile(copy.deepcopy(encoder).eval()))
+    return ways
+
+
+def int8_encoder(fp32_path: Path, calibration: np.ndarray, out_dir: Path, threads: int) -> OnnxEncoder:
+    """ONNX Runtime static int8 quantization of the exported graph (QDQ, per-channel weights), calibrated on
+    ``calibration`` slices."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"slices": s[None, None].astype(np.float32)} for s in calibration])
+
+        def get_next(self):  # noqa: ANN201 - the library's interface
+            return next(self.items, None)
+
+    prepared = out_dir / "prepared.onnx"
+    quant_pre_process(str(fp32_path), str(prepared))
+    quantised = out_dir / "int8.onnx"
+    quantize_static(str(prepared), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return OnnxEncoder(quantised, threads)
+
+
+def held_out_slices(subjects: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The held-out benchmark cohort's slices and subjects (generated once into the cache), and the command."""
+    folder = CACHE / f"bench-embed-heldout-{subjects}"
+    command = (f"deepbrainprint cohort generate --out {folder} --kind benchmark --format slices "
+               f"--subjects {subjects}")
+    if not (folder / "slices.npz").exists():
+        subprocess.run([str(Path(sys.executable).parent / "deepbrainprint"), *command.split()[1:]], check=True)
+    data = np.load(folder / "slices.npz")
+    subject_of = {}
+    for line in (folder / "cohort.csv").read_text().splitlines()[1:]:
+        scan_id, subject_id = line.split(",")[:2]
+        subject_of[scan_id] = subject_id
+    return data["slices"].astype(np.float32), np.asarray([subject_of[s] for s in data["scan_id"]]), command
+
+
+def calibration_slices() -> np.ndarray:
+    """Real slices that are not in the held-out cohort: the shared data's series (cached views), else random."""
+    from fingerprint.evaluation.identity_data import shared_views
+    from fingerprint.evaluation.slice_benchmark import default_real_data_dir
+
+    shared = default_real_data_dir()
+    if shared is None:
+        return np.random.default_rng(1).random((16, 128, 128), dtype=np.float32)
+    return shared_views(shared, CACHE / "real-views").slices.astype(np.float32)
+
+
+def accuracy(name: str, forward: Forward, reference: np.ndarray, slices: np.ndarray, people: np.ndarray) -> dict:
+    vectors = np.concatenate([normalise(forward(slices[i : i + 32, None])) for i in range(0, len(slices), 32)])
+    metrics = retrieval_and_pairs(vectors @ vectors.T, people)
+    return {"path": name, "max_abs_diff_vs_fp32_torch": float(np.abs(vectors - reference).max()),
+            "min_cosine_vs_fp32_torch": float((vectors * reference).sum(axis=1).min()),
+            "recall@1": metrics["recall@1"], "tpr@fpr0.001": metrics["tpr@fpr0.001"]}
+
+
+def profile_text(label: str, embed: Callable[[np.ndarray], np.ndarray]) -> str:
+    """cProfile's top functions of 32 batch-1 embeddings through ``embed``."""
+    pixels = np.random.default_rng(2).random((1, 128, 128), dtype=np.float32)
+    embed(pixels)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(32):
+        embed(pixels)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+    return f"## {label}: 32 calls of Fingerprinter.embed at batch 1, 2 threads\n{out.getvalue()}\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--subjects", type=int, default=50)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (builds for minutes)")
     args = parser.parse_args()
-    rss_before = peak_rss_mib()
-    model = load_model()
-    rss_loaded = peak_rss_mib()
-    cores = os.cpu_count() or 1
-    rows = [measure(model, batch, threads, args.repeats) for threads in sorted({1, cores}) for batch in (1, 32)]
+    shipped = load_model()
+    encoder = shipped.encoder
+    before = Fingerprinter(encoder, shipped.model_version, runtime="torch")
+    after = Fingerprinter(encoder, shipped.model_version, runtime="onnx")
+
+    rows = []  # the product's own entry point, before and after
+    for label, model in (("before: torch eager", before), ("after: ONNX Runtime fp32 (shipped)", after)):
+        for threads in (1, 2):
+            model.num_threads = threads
+            for batch in (1, 32):
+                embed = lambda x, m=model: m.embed(x[:, 0])  # noqa: E731
+                rows.append({"path": label, "threads": threads, "batch": batch,
+                             **timed(embed, batch, args.repeats if batch == 1 else max(4, args.repeats // 4))})
+
+    torch.set_num_threads(2)
+    ways = torch_forwards(encoder, args.compile)
+    ort32 = onnx_encoder(encoder, 2)
+    assert ort32 is not None, "ONNX Runtime is needed for this benchmark"
+    ways["ONNX Runtime fp32 (shipped)"] = ort32
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration = calibration_slices()
+        ways["ONNX Runtime int8 (static, QDQ)"] = int8_encoder(ort32.path, calibration, Path(tmp), 2)
+        alternatives = []
+        for name, forward in ways.items():
+            alternatives.append({"path": name, "threads": 2,
+                                 "batch1": timed(forward, 1, args.repeats),
+                                 "batch32": timed(forward, 32, max(4, args.repeats // 4))})
+        slices, people, cohort_command = held_out_slices(args.subjects)
+        reference = np.concatenate([normalise(ways["torch eager, inference_mode (before)"](slices[i : i + 32, None]))
+                                    for i in range(0, len(slices), 32)])
+        checks = [accuracy(name, ways[name], reference, slices, people) for name in
+                  ("torch eager, inference_mode (before)", "torch.jit.trace + freeze", "ONNX Runtime fp32 (shipped)",
+                   "ONNX Runtime int8 (static, QDQ)")]
+
+    before.num_threads = after.num_threads = 2
+    profile = profile_text("before (torch eager)", before.embed) + profile_text("after (ONNX Runtime)", after.embed)
+    by = {(r["path"], r["threads"], r["batch"]): r["median_ms_per_slice"] for r in rows}
+    cpu = {(r["path"], r["threads"], r["batch"]): r["median_cpu_ms_per_slice"] for r in rows}
+    shipped_label, before_label = "after: ONNX Runtime fp32 (shipped)", "before: torch eager"
+    load = os.getloadavg()
     result = {
-        "model_version": model.model_version,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores,
-                    "python": platform.python_version()},
-        "peak_rss_mib": {"before_model": round(rss_before, 1), "after_load": round(rss_loaded, 1),
-                         "after_all_runs": round(peak_rss_mib(), 1)},
+        "model_version": shipped.model_version,
+        "command": "nice -n 5 .venv/bin/python bench/bench_embed.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "load_average_1_5_15_at_end": [round(v, 2) for v in load]},
+        "headline": {"embed_ms_p50": round(by[(shipped_label, 2, 1)], 3),
+                     "embed_ms_p50_batch32": round(by[(shipped_label, 2, 32)], 3),
+                     "embed_ms_p50_before": round(by[(before_label, 2, 1)], 3),
+                     "embed_ms_p50_batch32_before": round(by[(before_label, 2, 32)], 3),
+                     "embed_cpu_ms_p50_1thread": round(cpu[(shipped_label, 1, 1)], 3),
+                     "embed_cpu_ms_p50_1thread_before": round(cpu[(before_label, 1, 1)], 3)},
+        "speedup_shipped_vs_before": {
+            f"{t} threads, batch {b}": round(by[(before_label, t, b)] / by[(shipped_label, t, b)], 2)
+            for t in (1, 2)
+            for b in (1, 32)
+        },
         "rows": rows,
+        "alternatives_2_threads": alternatives,
+        "held_out_accuracy": {"cohort_command": cohort_command, "slices": int(len(slices)),
+                              "subjects": int(len(set(people))), "calibration_slices_for_int8": int(len(calibration)),
+                              "paths": checks},
     }
-    one = {r["batch"]: r["median_ms_per_slice"] for r in rows if r["threads"] == 1}
-    result["batch32_speedup_vs_batch1_1thread"] = one[1] / one[32]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "embed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "profile_embed.txt").write_text(profile)
     lines = [
-        f"# Embedding benchmark ({model.model_version}, {cores} cores, CPU)",
+        f"# Embedding benchmark ({shipped.model_version}, {os.cpu_count()} cores, CPU)",
         "",
-        "Command: `nice -n 5 .venv/bin/python bench/bench_embed.py` (medians of "
-        f"{args.repeats} timed calls after 2 warm-up calls; 128x128 slices).",
+        f"Command: `{result['command']}`. Medians of timed calls after 3 warm-up calls, 128x128 slices; load average "
+        f"at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (a shared machine: compare rows of this run only).",
         "",
-        "| threads | batch | median ms / slice | IQR ms |",
-        "|---|---|---|---|",
+        "## Before and after, through `Fingerprinter.embed`",
+        "",
+        "| path | threads | batch | median ms / slice | IQR ms | median CPU ms / slice |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(f"| {r['threads']} | {r['batch']} | {r['median_ms_per_slice']:.2f} | "
-                     f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f} |")
-    lines += ["", f"Batch 32 vs batch 1 (1 thread, same run): {result['batch32_speedup_vs_batch1_1thread']:.2f}x "
-              "faster per slice.", "",
-              f"Peak RSS: {rss_before:.0f} MiB before loading, {rss_loaded:.0f} MiB after loading the model, "
-              f"{result['peak_rss_mib']['after_all_runs']:.0f} MiB after all runs."]
+    lines += [f"| {r['path']} | {r['threads']} | {r['batch']} | {r['median_ms_per_slice']:.2f} | "
+              f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f} | {r['median_cpu_ms_per_slice']:.2f} |" for r in rows]
+    lines += ["", "Shipped vs before, same run: " + ", ".join(f"{k}: {v:.2f}x" for k, v in
+                                                               result["speedup_shipped_vs_before"].items()) + ".",
+              "", "## Every way measured (encoder forward only, 2 threads)", "",
+              "| path | batch 1 ms / slice | batch 32 ms / slice | batch 1 CPU ms | batch 32 CPU ms |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {a['path']} | {a['batch1']['median_ms_per_slice']:.2f} | {a['batch32']['median_ms_per_slice']:.2f} | "
+              f"{a['batch1']['median_cpu_ms_per_slice']:.2f} | {a['batch32']['median_cpu_ms_per_slice']:.2f} |"
+              for a in alternatives]
+    lines += ["", f"## Fingerprints against fp32 torch, held-out slices ({len(slices)} slices of "
+              f"{len(set(people))} subjects; `{cohort_command}`)", "",
+              "| path | max abs diff | min cosine | recall@1 | TPR @ FPR 0.1 % |", "|---|---|---|---|---|"]
+    lines += [f"| {c['path']} | {c['max_abs_diff_vs_fp32_torch']:.2e} | {c['min_cosine_vs_fp32_torch']:.6f} | "
+              f"{c['recall@1']:.4f} | {c['tpr@fpr0.001']:.4f} |" for c in checks]
     (RESULTS / "embed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
