@@ -45,8 +45,8 @@ def service_settings(home: Path, redis_url: str, **overrides) -> Settings:  # ty
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("DBP_") and name != "DBP_SHARED_DATA":
+    for name in list(os.environ):  # the shared data and the reliability bench's log are the test run's, not settings
+        if name.startswith("DBP_") and name not in ("DBP_SHARED_DATA", "DBP_RELIABILITY_LOG"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
