@@ -112,6 +112,27 @@ def test_reprocessing_a_series_updates_its_row_never_duplicates(archive, synthet
     assert index.search(v[1], 1)[0].similarity == pytest.approx(1.0, abs=1e-5)  # the index holds the new vector
 
 
+def test_a_retried_series_keeps_its_recorded_verdict_and_is_not_flagged_against_what_came_after(
+    archive, synthetic_fingerprint
+):
+    """A worker retrying a series whose verdict was committed (but whose job was never marked done) must not decide it
+    again: the second PatientID recorded meanwhile would flag the pair twice. Other content is decided again."""
+    v = unit_vectors(2, seed=6)
+    first = archive.decide_and_record(synthetic_fingerprint(v[0], "P-ONE", "6.1"), {})
+    second = archive.decide_and_record(synthetic_fingerprint(mix(v[0], v[1], 0.999), "P-TWO", "6.2"), {})
+    assert (first["verdict"], second["verdict"]) == ("new_patient", "possible_duplicate")
+
+    retry = archive.decide_and_record(synthetic_fingerprint(v[0], "P-ONE", "6.1"), {})
+    assert retry["verdict"] == "new_patient" and retry["row_id"] == first["row_id"]
+    assert retry["evidence"]["already_recorded"] is True
+    assert retry["neighbours"] == first["neighbours"] and retry["score"] == first["score"]
+
+    corrected = archive.decide_and_record(synthetic_fingerprint(v[0], "P-TWO", "6.1"), {})  # PatientID corrected
+    assert corrected["verdict"] == "consistent" and "already_recorded" not in corrected["evidence"]
+    moved = archive.decide_and_record(synthetic_fingerprint(mix(v[0], v[1], 0.98), "P-TWO", "6.1"), {})
+    assert "already_recorded" not in moved["evidence"]  # other content: decided again
+
+
 def test_rejection_recorded_with_reason_and_nothing_searched(archive):
     out = archive.decide_and_record(
         SeriesRejected(RejectReason.NOT_MR, "modality CT"),

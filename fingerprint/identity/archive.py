@@ -35,6 +35,7 @@ from fingerprint.identity.store import (
     STATUS_REJECTED,
     Store,
     slice_to_bytes,
+    vector_from_bytes,
     vector_to_bytes,
 )
 from fingerprint.identity.verdicts import Candidate, decide, rejected_verdict
@@ -204,6 +205,10 @@ class Archive:
                 self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
         transaction = self.store.locked() if record else self.store.reading()
         with transaction as conn:
+            recorded = self._recorded_decision(conn, ids, model_version, vector, patient_hash) if record else None
+            if recorded is not None:
+                row_id, verdict = recorded
+                return self._output(verdict, ids, patient_hash, model_version, source_info, row_id)
             own, neighbours = self._candidates(conn, model_version, vector, patient_hash, ids.series_instance_uid)
             if verifier is not None:  # only what other processes recorded meanwhile is verified here
                 self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
@@ -234,6 +239,39 @@ class Archive:
             index.add(row_id, seq, vector)  # after the commit: the index never holds an uncommitted row
             self._save_if_due(index)
         return self._output(verdict, ids, patient_hash, model_version, source_info, row_id)
+
+    def _recorded_decision(
+        self, conn: Any, ids: SeriesIdentifiers, model_version: str, vector: np.ndarray, patient_hash: str
+    ) -> tuple[int, dict[str, Any]] | None:
+        """(row id, verdict) already recorded for exactly this series, or None when it must be decided.
+
+        A worker retrying a series whose verdict was committed but whose job was never marked done (a database gone
+        between the two, a worker killed between them) must not decide it again: the archive now holds what was
+        recorded since, possibly the very scan this one was flagged against, and the pair would be flagged twice.
+        "Exactly this series" is the same PatientID, the same instances and the same fingerprint (to ``SAME_FINGERPRINT``); a series re-sent
+        with other instances or under a corrected PatientID is decided again.
+        """
+        row = self.store.series_row(conn, ids.series_instance_uid, model_version)
+        if (
+            row is None
+            or row["status"] != STATUS_FINGERPRINTED
+            or row["patient_id_hash"] != patient_hash
+            or json.loads(row["sop_instance_uids"] or "[]") != list(ids.sop_instance_uids)
+            or not row["vector"]
+            or float(vector_from_bytes(row["vector"]) @ vector) < SAME_FINGERPRINT
+        ):
+            return None
+        evidence = json.loads(row["evidence"] or "{}")
+        verdict = {
+            "verdict": row["verdict"],
+            "score": row["score"],
+            "verification_score": evidence.pop("verification_score", None),
+            "decided_by": evidence.get("decided_by"),
+            "matched_patient_id_hash": evidence.pop("matched_patient_id_hash", None),
+            "neighbours": evidence.pop("neighbours", []),
+            "evidence": {**evidence, "already_recorded": True},
+        }
+        return int(row["id"]), verdict
 
     def _candidates(
         self, conn: Any, model_version: str, vector: np.ndarray, patient_hash: str, series_uid: str
@@ -416,8 +454,14 @@ def _verdict_columns(verdict: dict[str, Any]) -> dict[str, Any]:
     evidence = {**verdict["evidence"], "neighbours": verdict["neighbours"]}
     if verdict.get("matched_patient_id_hash"):
         evidence["matched_patient_id_hash"] = verdict["matched_patient_id_hash"]
+    if verdict.get("verification_score") is not None:
+        evidence["verification_score"] = verdict["verification_score"]
     return {"verdict": verdict["verdict"], "score": verdict["score"], "evidence": json.dumps(evidence)}
 
+
+#: Cosine at or above which a recorded fingerprint is the same computation again (runtimes and thread counts differ
+#: in the last bits of a float32 fingerprint; two different series of one person stay far below).
+SAME_FINGERPRINT = 1.0 - 1e-5
 
 #: Store key prefix of series that had no readable SeriesInstanceUID (keyed by where they came from instead).
 SOURCE_KEY_PREFIX = "source:"
