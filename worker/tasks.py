@@ -109,7 +109,11 @@ def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
         ctx.ledger.fail_attempt(job_key, error_text(error), None)
         log.error("job %s failed: %s", job_key, error_text(error))
         return {"job_key": job_key, "verdict": None, "error": type(error).__name__}
-    if ctx.ledger.get(job_key).writeback_state == WRITEBACK_PENDING:
+    try:
+        pending = ctx.ledger.get(job_key).writeback_state == WRITEBACK_PENDING
+    except TRANSIENT_ERRORS:  # the job is done; the write-back task reads the ledger again and skips what is written
+        pending = ctx.orthanc is not None
+    if pending:
         send_writeback(config, job_key)
     return {"job_key": job_key, "verdict": verdict.get("verdict")}
 
