@@ -14,8 +14,10 @@ of view do not pull the alignment.
 
 How it stays fast: the volume is block-averaged to about 2 mm, the start comes from the head itself (the vertex and
 the centroid of the top of the head, robust to how much neck the field of view holds), the scaled registration runs
-on three resolutions (8, 4, 2 mm, densely sampled at the coarse level so the search lands in the same basin from one
-head position to the next), then is polished at 2 mm inside the brain mask itself.
+on two resolutions (8 and 4 mm, on a 4 mm copy of the volume, densely sampled at the coarse level so the search lands
+in the same basin from one head position to the next), then is polished at 2 mm inside the brain mask itself. The
+metric takes image gradients at its sample points only, and each stage stops once its steps are small against what
+the next stage refines (``COARSE_MIN_STEP``, ``REFINE_MIN_STEP``).
 
 Repeatable: sampling uses a fixed seed and each registration runs on one thread (``REGISTRATION_THREADS``), so a
 volume gives the same transform, bit for bit, on any machine and in any worker, whatever its core count.
@@ -89,9 +91,39 @@ EXTRA_STARTS: tuple[tuple[float, float, float], ...] = (
 )
 RANDOM_SEED = 20230227
 _THREADS_LOCK = threading.Lock()
-#: Fraction of the metric-mask voxels sampled per iteration at 8, 4 and 2 mm (random, fixed seed), and in the polish.
-SAMPLING_FRACTIONS = (1.0, 0.3, 0.1)
+#: The coarse search's levels: the reference shrunk 4x and 2x (8 and 4 mm), smoothed by these sigmas (mm), with
+#: this fraction of the metric-mask voxels sampled per iteration (random, fixed seed). The brain-only polish at 2 mm
+#: (:func:`_refine`) follows, so the coarse search stops at 4 mm: a third 2 mm level found the same pose again.
+COARSE_SHRINK = (4, 2)
+COARSE_SIGMAS_MM = (4.0, 2.0)
+COARSE_SIGMAS_IN_MM = True  # False: COARSE_SIGMAS_MM are read in voxels of each image (as before issue 16)
+SAMPLING_FRACTIONS = (1.0, 0.3)
+#: The coarse search moves a copy of the volume block-averaged to this spacing (mm): its levels are 8 and 4 mm, and
+#: the registration smooths the moving image at every level, which on the 2 mm copy cost more than the search.
+COARSE_MOVING_SPACING_MM = 4.0
+#: The coarse fit's metric (what RETRY_METRIC and POOR_METRIC are compared with) is read at the working 2 mm
+#: resolution with this sampling fraction, as when the search had a 2 mm level.
+METRIC_CHECK_FRACTION = 0.1
+#: The smallest optimizer step (regular-step descent) before a stage stops: the coarse search hands over to the polish,
+#: which only has to settle.
+COARSE_MIN_STEP = 0.05
+REFINE_MIN_STEP = 0.02
+#: The rigid search (the fallback of the scaled one, and how the cohort places its base heads) keeps three levels
+#: (8, 4, 2 mm) on the 2 mm volume and the finer stopping step in both stages: started from the careful placement
+#: of the 2 mm Prisma head, a rigid search with the scaled search's two levels and coarser steps settled at another
+#: level (model card, "Why the pipeline is built as it is").
+RIGID_COARSE_SHRINK = (4, 2, 1)
+RIGID_COARSE_SIGMAS_VOXELS = (2.0, 1.0, 0.0)
+RIGID_SAMPLING_FRACTIONS = (1.0, 0.3, 0.1)
+RIGID_MIN_STEP = 0.01
+#: Fraction of the brain-mask voxels sampled per iteration of the polish at 2 mm.
 REFINE_SAMPLING_FRACTION = 0.3
+#: The start point is read from the volume block-averaged to this spacing (mm): the head outline is all it needs.
+START_SPACING_MM = 4.0
+#: Whether the metric precomputes a smoothed gradient image of the whole moving volume at every level of every
+#: registration (ITK's default), instead of central differences at the sampled points only. Precomputing cost more
+#: than the iterations it served.
+PRECOMPUTED_GRADIENT = False
 #: Threads per registration: one, so results do not depend on the machine (see the module docstring). Workers run
 #: series side by side instead.
 REGISTRATION_THREADS = 1
@@ -242,7 +274,7 @@ def _align(image: sitk.Image, search: str) -> Alignment:
             f"{MAX_TILT_FROM_PATIENT_FRAME_DEG:.0f} is plausible; best start: {name}): the pose search failed, or the "
             "series' patient position is wrong",
         )
-    covered = coverage(image, transform, reference.mask)
+    covered = coverage(image, transform, reference.mask_points)
     if covered < MIN_BRAIN_COVERAGE:
         raise SeriesRejected(
             RejectReason.NOT_T1_BRAIN,
@@ -267,7 +299,7 @@ def _search_starts(
 ) -> tuple[float, sitk.Euler3DTransform | sitk.ScaleVersor3DTransform, str] | None:
     """The coarse search from the head's own start, then from the rotated starts while the metric stays poor; the
     best (metric, transform, start name), or None when every start failed. Appends one record per start."""
-    centre_guess = head_start_point(moving)
+    centre_guess = head_start_point(downsample(moving, START_SPACING_MM))
     best: tuple[float, sitk.Euler3DTransform | sitk.ScaleVersor3DTransform, str] | None = None
     for name, angles in ((PATIENT_FRAME_START, (0.0, 0.0, 0.0)), *[(f"rotated start {i + 1}", a) for i, a in enumerate(EXTRA_STARTS)]):
         start = sitk.Euler3DTransform()
@@ -339,19 +371,26 @@ def _polar_factors(transform: sitk.ScaleVersor3DTransform | sitk.AffineTransform
     return rotation, rotation.T @ matrix
 
 
-def coverage(image: sitk.Image, transform: sitk.Transform, mask: sitk.Image) -> float:
-    """Fraction of the voxels of ``mask`` (a reference-space mask) that ``transform`` maps inside ``image``'s volume."""
-    inside = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-    inside.CopyInformation(image)
-    mapped = sitk.Resample(inside, mask, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    wanted = sitk.GetArrayViewFromImage(mask) > 0
-    return float(sitk.GetArrayViewFromImage(mapped)[wanted].mean()) if wanted.any() else 0.0
+def coverage(image: sitk.Image, transform: sitk.Euler3DTransform, points: np.ndarray) -> float:
+    """Fraction of ``points`` (reference LPS mm: the reference brain mask's voxels) that ``transform`` maps inside
+    ``image``'s volume: within half a voxel of its grid, where a nearest-neighbour resample would find a voxel.
+    The points are mapped directly, so the volume is neither copied nor resampled."""
+    if len(points) == 0:
+        return 0.0
+    matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    centre = np.asarray(transform.GetCenter())
+    mapped = (points - centre) @ matrix.T + centre + np.asarray(transform.GetTranslation())
+    to_index = np.linalg.inv(np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing()))
+    index = (mapped - np.asarray(image.GetOrigin())) @ to_index.T
+    size = np.asarray(image.GetSize())
+    return float(np.all((index >= -0.5) & (index < size - 0.5), axis=1).mean())
 
 
 def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """Block-average ``image`` to about ``spacing_mm`` per axis (fast, and it smooths before the coarse levels)."""
     factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
     return sitk.BinShrink(image, factors) if any(f > 1 for f in factors) else image
 
 
@@ -396,7 +435,8 @@ def _refine(
 
 def _polish_method(reference: Reference, *, nine_dof: bool) -> sitk.ImageRegistrationMethod:
     """One level at 2 mm, metric inside the brain mask itself, 30 % sampled, up to 100 iterations."""
-    return _mattes_method(reference.mask, REFINE_SAMPLING_FRACTION, learning_rate=1.0, min_step=0.01, iterations=100, nine_dof=nine_dof)
+    min_step = REFINE_MIN_STEP if nine_dof else RIGID_MIN_STEP
+    return _mattes_method(reference.mask, REFINE_SAMPLING_FRACTION, learning_rate=1.0, min_step=min_step, iterations=100, nine_dof=nine_dof)
 
 
 def _plausible(transform: sitk.ScaleVersor3DTransform) -> bool:
@@ -418,10 +458,23 @@ def _register(
     """
     if search == "scaled":
         for proportions in SCALED_START_PROPORTIONS:
-            scaled, metric = _run(_coarse_method(reference, nine_dof=True), reference, moving, _scaled_copy(start, proportions))
+            scaled, metric = _run_coarse(reference, moving, _scaled_copy(start, proportions), nine_dof=True)
             if _plausible(scaled):
                 return scaled, metric
-    return _run(_coarse_method(reference, nine_dof=False), reference, moving, start)
+    return _run_coarse(reference, moving, start, nine_dof=False)
+
+
+def _run_coarse(reference: Reference, moving: sitk.Image, start: TransformT, *, nine_dof: bool) -> tuple[TransformT, float]:
+    """The coarse search (:func:`_coarse_method`); the scaled one moves ``moving`` block-averaged to
+    COARSE_MOVING_SPACING_MM. Returns the transform and its metric at the working resolution (see
+    METRIC_CHECK_FRACTION)."""
+    coarse_moving = downsample(moving, COARSE_MOVING_SPACING_MM) if nine_dof else moving
+    transform, metric = _run(_coarse_method(reference, nine_dof=nine_dof), reference, coarse_moving, start)
+    if nine_dof and (COARSE_SHRINK[-1] != 1 or coarse_moving is not moving):
+        check = _mattes_method(reference.metric_mask, METRIC_CHECK_FRACTION, learning_rate=1.0, min_step=1.0, iterations=1, nine_dof=nine_dof)
+        check.SetInitialTransform(type(transform)(transform), inPlace=True)
+        metric = float(check.MetricEvaluate(reference.image, moving))
+    return transform, metric
 
 
 def _search_of(transform: sitk.Transform) -> str:
@@ -432,14 +485,21 @@ def _search_of(transform: sitk.Transform) -> str:
 
 
 def _coarse_method(reference: Reference, *, nine_dof: bool) -> sitk.ImageRegistrationMethod:
-    """Three levels (8, 4, 2 mm), dense sampling at the coarse ones, metric inside the dilated brain mask."""
-    method = _mattes_method(
-        reference.metric_mask, SAMPLING_FRACTIONS[-1], learning_rate=4.0, min_step=0.01, iterations=150, nine_dof=nine_dof
+    """The scaled search's levels (COARSE_SHRINK: 8 and 4 mm) or the rigid search's (RIGID_COARSE_SHRINK: 8, 4 and
+    2 mm), dense sampling at the coarsest, metric inside the dilated brain mask."""
+    shrink, sigmas, fractions, min_step = (
+        (COARSE_SHRINK, COARSE_SIGMAS_MM, SAMPLING_FRACTIONS, COARSE_MIN_STEP)
+        if nine_dof
+        else (RIGID_COARSE_SHRINK, RIGID_COARSE_SIGMAS_VOXELS, RIGID_SAMPLING_FRACTIONS, RIGID_MIN_STEP)
     )
-    method.SetMetricSamplingPercentagePerLevel(list(SAMPLING_FRACTIONS), RANDOM_SEED)
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method = _mattes_method(reference.metric_mask, fractions[-1], learning_rate=4.0, min_step=min_step, iterations=150, nine_dof=nine_dof)
+    method.SetMetricSamplingPercentagePerLevel(list(fractions), RANDOM_SEED)
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    if nine_dof and COARSE_SIGMAS_IN_MM:
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    else:
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     return method
 
 
@@ -478,6 +538,8 @@ def _mattes_method(
     # one radian moves the brain surface by about 80 mm, hence (80 mm)^2 for the angles; a unit of versor or of
     # scale moves it by tens of mm too.
     method.SetOptimizerScales([ROTATION_SCALE] * 3 + [1.0] * 3 + ([ROTATION_SCALE] * 3 if nine_dof else []))
+    method.SetMetricUseFixedImageGradientFilter(PRECOMPUTED_GRADIENT)
+    method.SetMetricUseMovingImageGradientFilter(PRECOMPUTED_GRADIENT)
     return method
 
 

@@ -373,10 +373,20 @@ def _decode(frames: list[_Frame]) -> np.ndarray:
         plane = pixels if frame.frame_index is None else pixels[frame.frame_index]
         if plane.ndim != 2:
             raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "colour or multi-sample pixels, not a greyscale MR image")
-        out[k] = plane.astype(np.float32) * frame.slope + frame.intercept
+        _rescale_into(out[k], plane, frame.slope, frame.intercept)
     if str(frames[0].dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        out = -out  # MONOCHROME1 displays low values bright; the pipeline expects T1 brightness (WM bright)
+        np.negative(out, out=out)  # MONOCHROME1 displays low values bright; the pipeline expects T1 brightness (WM bright)
     return out
+
+
+def _rescale_into(target: np.ndarray, plane: np.ndarray, slope: float, intercept: float) -> None:
+    """``target`` (float32) = ``plane`` * slope + intercept, written in place: no temporary copies of the slice."""
+    if slope == 1.0:
+        target[...] = plane
+    else:
+        np.multiply(plane, np.float32(slope), out=target, casting="unsafe")
+    if intercept != 0.0:
+        target += np.float32(intercept)
 
 
 def _pixel_array(ds: Dataset) -> np.ndarray:

@@ -40,6 +40,7 @@ class Reference:
     image: sitk.Image
     mask: sitk.Image
     metric_mask: sitk.Image
+    mask_points: np.ndarray  # (N, 3) LPS mm of the brain mask's voxels
     brain_centre: tuple[float, float, float]
     brain_top_z: float
     brain_top_centroid: tuple[float, float, float]
@@ -59,6 +60,7 @@ def load_reference() -> Reference:
         image=image,
         mask=mask,
         metric_mask=metric_mask,
+        mask_points=points,
         brain_centre=tuple(float(v) for v in points.mean(axis=0)),
         brain_top_z=top_z,
         brain_top_centroid=tuple(float(v) for v in top.mean(axis=0)),
