@@ -59,11 +59,11 @@ AUTO = "auto"
 AUTO_EXACT_UP_TO = 50_000
 #: ``"auto"``: the approximate index above ``AUTO_EXACT_UP_TO`` and its search parameters (measured at 1M).
 AUTO_APPROXIMATE_FACTORY = "HNSW32"
-AUTO_SEARCH_PARAMS = "efSearch=128,k_factor_rf=8"
+AUTO_SEARCH_PARAMS = "efSearch=256,k_factor_rf=16"
 #: HNSW graph construction depth: deeper builds a better graph, slower (``bench/results/index.md``).
 HNSW_EF_CONSTRUCTION = 64
 #: Candidates fetched from the approximate index per neighbour asked for, then re-ranked exactly.
-DEFAULT_K_FACTOR = 4
+DEFAULT_K_FACTOR = 16
 
 
 @dataclass
@@ -133,7 +133,7 @@ def _hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
 
 
 #: Search parameters when the settings give none (``bench/results/index.md``: recall against exact search).
-DEFAULT_SEARCH_PARAMS = (("HNSW", "efSearch=128,k_factor_rf=8"), ("IVF", "nprobe=32,k_factor_rf=8"))
+DEFAULT_SEARCH_PARAMS = (("HNSW", "efSearch=256,k_factor_rf=16"), ("IVF", "nprobe=32,k_factor_rf=8"))
 
 
 def default_search_params(factory: str) -> str:
@@ -350,7 +350,14 @@ class FingerprintIndex:
         if self.index is None or self.index.ntotal == 0 or k <= 0:
             return []
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, VECTOR_DIM)
-        sims, labels = self.index.search(query, min(k, int(self.index.ntotal)))
+        ntotal = int(self.index.ntotal)
+        k = min(k, ntotal)
+        params = None
+        refine = faiss.downcast_index(self.index.index) if self.effective_factory != "Flat" else None
+        if isinstance(refine, faiss.IndexRefine) and k * refine.k_factor > ntotal:
+            # never ask the candidates' index for more than it holds: its empty slots would outrank real neighbours
+            params = faiss.IndexRefineSearchParameters(k_factor=float(max(1, ntotal // k)))
+        sims, labels = self.index.search(query, k, params=params)
         return [Neighbour(int(i), float(s)) for s, i in zip(sims[0], labels[0]) if i >= 0]
 
     def _add(self, ids: list[int], matrix: np.ndarray) -> None:
