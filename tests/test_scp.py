@@ -297,7 +297,8 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
     try:
         node, collector = start_node(spool_dir=mount_point / "spool")
         series = noise_series(10, size=64)  # ~8 KiB of pixels each: about 80 KiB + state files; 128 KiB fills up
-        statuses = send_instances(series + noise_series(20, size=64, seed=3), node.port).statuses
+        sent = series + noise_series(20, size=64, seed=3)
+        statuses = send_instances(sent, node.port).statuses
         assert statuses[0] == 0 and 0xA700 in statuses, statuses
         assert set(statuses) <= {0, 0xA700}
         stored = sum(node.spool.instance_count(k) for k in node.spool.series_keys())
@@ -310,6 +311,14 @@ def test_full_disk_answers_out_of_resources(start_node: NodeFactory, tmp_path: P
         assert collector.none_beyond(len(with_files), QUIET_S * 2), "no empty hand-on"
         assert sorted(c.series_key for c in collector.completed) == sorted(with_files), "no empty hand-on"
         assert sum(c.instance_count for c in completed) == stored
+
+        # Space returns (the volume grows): the same node, never restarted, stores what it refused when resent.
+        grown = subprocess.run(["mount", "-o", "remount,size=4m", str(mount_point)], capture_output=True)
+        assert grown.returncode == 0, grown.stderr.decode()
+        refused = [ds for ds, status in zip(sent, statuses) if status == 0xA700]
+        assert send_instances(refused, node.port).statuses == [0] * len(refused)
+        assert sum(node.spool.instance_count(k) for k in node.spool.series_keys()) == len(sent)
+        assert not list(mount_point.rglob("*.tmp"))
     finally:
         if node is not None:
             node.stop()
