@@ -1,5 +1,5 @@
-"""Index benchmark: exact search against approximate search in the model's whitened space, on fingerprints shaped like
-the shipped model's, up to 1M.
+"""Index benchmark: exact search against approximate search in the model's search space (PCA), on fingerprints
+shaped like the shipped model's, up to 1M.
 
 Data. Synthetic fingerprints drawn from the distribution of the shipped model's own fingerprints: the model embeds a
 slices cohort of warped real people (``deepbrainprint cohort generate --kind train --heads real-calibration``, its own
@@ -23,7 +23,7 @@ Usage (long: nice it)::
     # once: the fingerprints the generator and the transform are fitted on (bench/data/index_fingerprints.npz)
     nice -n 10 .venv/bin/python bench/bench_index.py --make-cohort cohorts/index-fit --subjects 120
     nice -n 10 .venv/bin/python bench/bench_index.py --prepare cohorts/index-fit
-    nice -n 10 .venv/bin/python -m fingerprint.identity.whitening --cohort cohorts/index-fit --d-out 64
+    nice -n 10 .venv/bin/python -m fingerprint.identity.whitening --cohort cohorts/index-fit --d-out 128
     # the full run: exact at several sizes, the 100k sweep, the chosen and the compressed configuration at 1M
     nice -n 10 .venv/bin/python bench/bench_index.py --all
     # the performance command's figure: only the chosen configuration at 1M (the built index is cached on disk)
