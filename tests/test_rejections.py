@@ -190,3 +190,28 @@ def test_malformed_headers_are_refused_not_raised(small_head: sitk.Image, tmp_pa
     with pytest.raises(SeriesRejected) as caught:
         read_series(tmp_path)
     assert caught.value.reason is RejectReason.INCONSISTENT_GEOMETRY
+
+
+def test_a_skull_stripped_volume_ends_in_a_slice_or_a_stated_reason_and_the_next_series_still_reads(
+    small_heads: dict, tmp_path: Path
+) -> None:
+    """A brain-only (skull-stripped) export is not what the alignment expects (it fits whole heads): whatever comes out,
+    it is a canonical slice or a rejection with a stable reason, and the unstripped head written next still slices."""
+    from fingerprint.imaging.reference import load_reference
+
+    head = small_heads["colin"]
+    mask = sitk.Resample(load_reference().mask, head, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    mask = sitk.BinaryDilate(mask, [2, 2, 2], sitk.sitkBall)  # a stripping tool keeps a rim of CSF
+    stripped = sitk.Mask(head, mask)
+    kept = sitk.GetArrayViewFromImage(stripped)
+    assert 0 < np.count_nonzero(kept) < 0.5 * kept.size, "the planted volume is brain only"
+    _write(stripped, tmp_path / "stripped")
+    try:
+        result = slice_series(tmp_path / "stripped")
+    except SeriesRejected as rejection:
+        assert rejection.reason in set(RejectReason) and rejection.detail
+        assert PATIENT_ID not in rejection.detail and PATIENT_NAME not in rejection.detail
+    else:
+        assert np.isfinite(result.pixels).all() and result.pixels.std() > 0.05
+    _write(head, tmp_path / "whole")
+    assert np.isfinite(slice_series(tmp_path / "whole").pixels).all()
