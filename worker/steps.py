@@ -152,11 +152,16 @@ def process_job(ctx: WorkerContext, job: Job) -> dict[str, Any]:
         verdict = ctx.archive.process(completed.path, job.source_info)
     except SeriesRejected as rejected:  # the archive records rejections itself; this is the belt to its braces
         verdict = {"verdict": "rejected", **rejected.as_json()}
-    writeback = WRITEBACK_PENDING if ctx.config.orthanc_url and verdict.get("series_instance_uid") else WRITEBACK_NONE
-    finish_recorded(ctx, job.job_key, verdict, writeback)
+    finish_recorded(ctx, job.job_key, verdict, writeback_state_for(ctx, verdict))
     release_spool(ctx, completed)
     log.info("series %s: %s", completed.series_key, verdict.get("verdict"))
     return verdict
+
+
+def writeback_state_for(ctx: WorkerContext, verdict: dict[str, Any]) -> str:
+    """The write-back state a finished job starts in: pending when an Orthanc is configured and the verdict names a
+    real series (a series without a SeriesInstanceUID has nothing in Orthanc to write to), else none."""
+    return WRITEBACK_PENDING if ctx.config.orthanc_url and verdict.get("series_instance_uid") else WRITEBACK_NONE
 
 
 def finish_recorded(ctx: WorkerContext, job_key: str, verdict: dict[str, Any], writeback: str) -> None:

@@ -21,7 +21,14 @@ from worker.celery_app import (
     send_writeback,
 )
 from worker.ledger import DONE, WRITEBACK_PENDING, backoff_s
-from worker.steps import TRANSIENT_ERRORS, WorkerContext, error_text, process_job, writeback_job
+from worker.steps import (
+    TRANSIENT_ERRORS,
+    WorkerContext,
+    error_text,
+    process_job,
+    writeback_job,
+    writeback_state_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +116,7 @@ def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
         ctx.ledger.fail_attempt(job_key, error_text(error), None)
         log.error("job %s failed: %s", job_key, error_text(error))
         return {"job_key": job_key, "verdict": None, "error": type(error).__name__}
-    try:
-        pending = ctx.ledger.get(job_key).writeback_state == WRITEBACK_PENDING
-    except TRANSIENT_ERRORS:  # the job is done; the write-back task reads the ledger again and skips what is written
-        pending = ctx.orthanc is not None
-    if pending:
+    if writeback_state_for(ctx, verdict) == WRITEBACK_PENDING:  # what process_job has just stored, not read back
         send_writeback(config, job_key)
     return {"job_key": job_key, "verdict": verdict.get("verdict")}
 
