@@ -133,12 +133,10 @@ def _hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
 
 
 #: Search parameters when the settings give none (``bench/results/index.md``: recall against exact search).
-DEFAULT_SEARCH_PARAMS = (("HNSW", "efSearch=256,k_factor_rf=16"), ("IVF", "nprobe=32,k_factor_rf=8"))
+DEFAULT_SEARCH_PARAMS = (("HNSW", AUTO_SEARCH_PARAMS), ("IVF", "nprobe=32,k_factor_rf=8"))
 
 
 def default_search_params(factory: str) -> str:
-    if factory == AUTO_APPROXIMATE_FACTORY:
-        return AUTO_SEARCH_PARAMS
     return next((params for family, params in DEFAULT_SEARCH_PARAMS if family in factory), "")
 
 
@@ -162,7 +160,6 @@ def planned_factory(factory: str, count: int) -> str:
     if factory == "Flat":
         return factory
     return factory if count >= training_size(factory) else "Flat"
-
 
 
 class FingerprintIndex:
