@@ -11,8 +11,8 @@ Layout (no PHI in any path: folder and file names are hashes of UIDs)::
 Why write-then-rename with fsyncs: a power cut must leave either the old file or the complete new one, never a
 truncated instance that the worker would later read as a broken series; fsync of the file makes the bytes durable,
 fsync of the directory makes the rename durable. Writers arriving together (concurrent associations) share the
-folder fsyncs (``dicom_node.group_sync``), and each is still answered only once its own instance is durable. The state file is shared with worker processes (``mark_done``),
-hence the per-series ``flock``.
+folder fsyncs (``dicom_node.group_sync``), and each is still answered only once its own instance is durable. The
+state file is shared with worker processes (``mark_done``), hence the per-series ``flock``.
 """
 
 from __future__ import annotations
@@ -294,17 +294,22 @@ class Spool:
 
         return self.update_state(series_key, change).state == "done"
 
+    def _move_to_trash(self, series_key: str) -> Path:
+        """Move one series' folder into ``<root>/trash`` (atomic; the caller holds the series lock), where it is
+        deleted outside the lock; returns where it went."""
+        trash = self.root / "trash"
+        self._makedirs(trash)
+        moved = trash / f"{series_key}-{uuid.uuid4().hex[:8]}"
+        os.replace(self.series_dir(series_key), moved)
+        self._known_folders.discard(self.instances_dir(series_key))
+        return moved
 
     def erase(self, series_key: str) -> bool:
         """Delete one series from the spool now, whatever its state (right to erasure); False if it was not here."""
         if not self.series_dir(series_key).exists():
             return False
-        trash = self.root / "trash"
         with self._locked(series_key):
-            self._makedirs(trash)
-            moved = trash / f"{series_key}-{uuid.uuid4().hex[:8]}"
-            os.replace(self.series_dir(series_key), moved)
-            self._known_folders.discard(self.instances_dir(series_key))
+            moved = self._move_to_trash(series_key)
         shutil.rmtree(moved, ignore_errors=True)
         return True
 
@@ -327,9 +332,7 @@ class Spool:
             with self._locked(key):
                 if not expired(self.read_state(key)):
                     continue
-                self._makedirs(trash)
-                os.replace(self.series_dir(key), trash / f"{key}-{uuid.uuid4().hex[:8]}")
-                self._known_folders.discard(self.instances_dir(key))
+                self._move_to_trash(key)
                 purged.append(key)
         if trash.is_dir():
             for leftover in trash.iterdir():
