@@ -17,7 +17,8 @@ visit scanner's contrast. We compose exactly that chain of maps and sample only 
   then the pipeline's own mask and percentile normalisation (:func:`fingerprint.imaging.slicing.normalise`).
 
 Output folder: ``cohort.csv`` (scan_id, subject_id, visit, date, base_head, split), ``slices.npz`` (float16 ``slices``
-(N, 128, 128) and ``scan_id``), and ``cohort.json`` (how it was made).
+(N, 128, 128) and ``scan_id``), and ``cohort.json`` (how it was made). With level offsets (the multi-level input of
+an experiment, :func:`fast_levels`), ``slices`` is (N, L, 128, 128).
 """
 
 from __future__ import annotations
@@ -75,24 +76,51 @@ def slab_offsets_mm(thickness_mm: float) -> tuple[float, ...]:
 
 def fast_slice(anatomy: SubjectAnatomy, visit: VisitPlan) -> np.ndarray:
     """The canonical slice (float32 128 x 128, ~[0, 1], masked) the pipeline would give for this subject's visit."""
-    from fingerprint.imaging.slicing import canonical_mask, normalise, slice_grid
+    return _VisitSampler(anatomy, visit).plane(None, visit.rng())
 
-    grid = slice_grid()
-    head = head_variant(anatomy.base_head, visit.appearance.pixel_mm > SHARP_LIMIT_MM)
-    to_base = anatomy.to_base(visit.years)
-    residual = residual_transform(visit)
-    pose = pose_transform(visit)
-    normal = np.asarray(pose.GetMatrix()).reshape(3, 3) @ scanner_direction(visit)[:, 2]
-    planes = []
-    for offset in slab_offsets_mm(visit.appearance.thickness_mm):
-        slab = sitk.TranslationTransform(3, tuple(float(v) for v in normal * offset))
-        chain = sitk.CompositeTransform([to_base, slab, residual])
-        planes.append(sitk.GetArrayFromImage(sitk.Resample(head, grid, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32))[0])
-    pixels = np.mean(planes, axis=0)
-    frame = _acquisition_points(grid, residual, pose) @ scanner_direction(visit)  # acquisition frame, as the volume's
-    coords = (frame[..., 0], frame[..., 1], frame[..., 2])
-    shaded = apply_appearance(pixels, coords, visit.appearance, visit.rng(), INTERPOLATED_NOISE_FACTOR)
-    return normalise(shaded, canonical_mask())
+
+def fast_levels(anatomy: SubjectAnatomy, visit: VisitPlan, offsets_mm: tuple[float, ...]) -> np.ndarray:
+    """Several axial levels of this subject's visit, (L, 128, 128) float32, offsets in mm from the canonical plane
+    (:func:`fingerprint.imaging.slicing.level_mm`), as :func:`fingerprint.imaging.pipeline.canonical_levels` cuts a
+    real volume. The canonical level is drawn first from the visit's noise stream, so it is :func:`fast_slice` bit
+    for bit; the other levels continue that stream (their own noise, the same scanner and residual error)."""
+    from fingerprint.imaging.slicing import level_mm
+
+    sampler = _VisitSampler(anatomy, visit)
+    rng = visit.rng()
+    order = sorted(range(len(offsets_mm)), key=lambda k: float(offsets_mm[k]) != 0.0)  # the canonical level first
+    planes: dict[int, np.ndarray] = {k: sampler.plane(level_mm(offsets_mm[k]), rng) for k in order}
+    return np.stack([planes[k] for k in range(len(offsets_mm))])
+
+
+class _VisitSampler:
+    """The chain of maps of one subject's visit (see the module docstring), sampled at any axial level."""
+
+    def __init__(self, anatomy: SubjectAnatomy, visit: VisitPlan) -> None:
+        self.visit = visit
+        self.head = head_variant(anatomy.base_head, visit.appearance.pixel_mm > SHARP_LIMIT_MM)
+        self.to_base = anatomy.to_base(visit.years)
+        self.residual = residual_transform(visit)
+        self.pose = pose_transform(visit)
+        self.normal = np.asarray(self.pose.GetMatrix()).reshape(3, 3) @ scanner_direction(visit)[:, 2]
+
+    def plane(self, level_mm: float | None, rng: np.random.Generator) -> np.ndarray:
+        """The masked, normalised plane at reference z ``level_mm`` (None: the canonical level), noise from ``rng``."""
+        from fingerprint.imaging.slicing import canonical_mask, normalise, slice_grid
+
+        grid = slice_grid(level_mm)
+        planes = []
+        for offset in slab_offsets_mm(self.visit.appearance.thickness_mm):
+            slab = sitk.TranslationTransform(3, tuple(float(v) for v in self.normal * offset))
+            chain = sitk.CompositeTransform([self.to_base, slab, self.residual])
+            planes.append(
+                sitk.GetArrayFromImage(sitk.Resample(self.head, grid, chain, sitk.sitkLinear, 0.0, sitk.sitkFloat32))[0]
+            )
+        pixels = np.mean(planes, axis=0)
+        frame = _acquisition_points(grid, self.residual, self.pose) @ scanner_direction(self.visit)  # as the volume's
+        coords = (frame[..., 0], frame[..., 1], frame[..., 2])
+        shaded = apply_appearance(pixels, coords, self.visit.appearance, rng, INTERPOLATED_NOISE_FACTOR)
+        return normalise(shaded, canonical_mask(level_mm))
 
 
 def _acquisition_points(grid: sitk.Image, residual: sitk.Transform, pose: sitk.Euler3DTransform) -> np.ndarray:
@@ -114,10 +142,16 @@ def _apply_rigid(transform: sitk.Euler3DTransform, points: np.ndarray) -> np.nda
 
 
 def subject_slices(
-    subject: SubjectPlan, visits: int, residual: ResidualModel = MEASURED_RESIDUAL
+    subject: SubjectPlan,
+    visits: int,
+    residual: ResidualModel = MEASURED_RESIDUAL,
+    offsets_mm: tuple[float, ...] | None = None,
 ) -> list[tuple[VisitPlan, np.ndarray]]:
-    """All visits of one subject, as (visit plan, slice) pairs. Picklable entry point for worker processes."""
+    """All visits of one subject, as (visit plan, slice) pairs; with ``offsets_mm``, (visit plan, (L,128,128)
+    levels) pairs (:func:`fast_levels`). Picklable entry point for worker processes."""
     anatomy = subject.anatomy()
+    if offsets_mm is not None:
+        return [(visit, fast_levels(anatomy, visit, offsets_mm)) for visit in plan_visits(subject, visits, residual)]
     return [(visit, fast_slice(anatomy, visit)) for visit in plan_visits(subject, visits, residual)]
 
 
@@ -127,9 +161,11 @@ def generate_slices(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     residual: ResidualModel = MEASURED_RESIDUAL,
+    offsets_mm: tuple[float, ...] | None = None,
 ) -> Iterator[tuple[SubjectPlan, list[tuple[VisitPlan, np.ndarray]]]]:
-    """Yield each subject with its slices, in subject order, on ``workers`` processes (1: in this process)."""
-    return ordered_map(subject_slices, subjects, (visits, residual), workers, progress, chunksize=4)
+    """Yield each subject with its slices (or levels, see :func:`subject_slices`), in subject order, on ``workers``
+    processes (1: in this process)."""
+    return ordered_map(subject_slices, subjects, (visits, residual, offsets_mm), workers, progress, chunksize=4)
 
 
 def write_slice_cohort(
@@ -139,12 +175,17 @@ def write_slice_cohort(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     residual: ResidualModel = MEASURED_RESIDUAL,
+    offsets_mm: tuple[float, ...] | None = None,
 ) -> int:
-    """Write ``cohort.csv`` + ``slices.npz`` (float16) for these subjects into ``out``; returns the number of scans."""
+    """Write ``cohort.csv`` + ``slices.npz`` (float16) for these subjects into ``out``; returns the number of scans.
+
+    ``offsets_mm`` (default None: one canonical slice per scan, (N, 128, 128)): several axial levels per scan
+    instead, ``slices`` then (N, L, 128, 128) (see :func:`fast_levels`)."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
-    slices = np.empty((len(subjects) * visits, SLICE_SIZE, SLICE_SIZE), dtype=np.float16)
-    for subject, results in generate_slices(subjects, visits, workers, progress, residual):
+    levels = () if offsets_mm is None else (len(offsets_mm),)
+    slices = np.empty((len(subjects) * visits, *levels, SLICE_SIZE, SLICE_SIZE), dtype=np.float16)
+    for subject, results in generate_slices(subjects, visits, workers, progress, residual, offsets_mm):
         for visit, pixels in results:
             slices[len(rows)] = pixels.astype(np.float16)
             rows.append(scan_row(subject, visit))

@@ -30,7 +30,9 @@ from fingerprint.imaging.face import face_check
 from fingerprint.imaging.dicom_read import read_series
 from fingerprint.imaging.slicing import (
     DEFAULT_LEVEL_MM,
+    LEVEL_OFFSETS_MM,
     normalise,
+    sample_levels,
     sample_plane,
     trusted_interior,
 )
@@ -123,6 +125,23 @@ def canonical_views(
         "interpolation": "linear",
     }
     return pixels, geometry, brain
+
+
+def canonical_levels(image: sitk.Image, offsets_mm: tuple[float, ...] = LEVEL_OFFSETS_MM) -> tuple[np.ndarray, list[float]]:
+    """Several axial levels of one volume from one alignment (the multi-level input of bench/experiment_richer_input.py):
+    float32 (L, SLICE_SIZE, SLICE_SIZE), offset 0 being the canonical slice of :func:`canonical_views` bit for bit, and
+    each level's coverage. Refused as :func:`canonical_views` refuses, on the canonical plane's coverage, so both
+    inputs are made of the same scans."""
+    alignment = align(image)
+    planes = sample_levels(trusted_interior(image), alignment.transform, offsets_mm)
+    canonical = planes[list(offsets_mm).index(0.0)] if 0.0 in offsets_mm else min(planes, key=lambda p: p.coverage)
+    if canonical.coverage < MIN_PLANE_COVERAGE:
+        raise SeriesRejected(
+            RejectReason.NOT_T1_BRAIN,
+            f"the field of view holds only {100 * canonical.coverage:.0f}% of the canonical plane's brain "
+            f"(needs {100 * MIN_PLANE_COVERAGE:.0f}%)",
+        )
+    return np.stack([p.pixels for p in planes]), [p.coverage for p in planes]
 
 
 def describe_volume(image: sitk.Image) -> dict[str, Any]:

@@ -51,6 +51,10 @@ MASK_DILATION_MM = 4.0
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.0
 #: Voxel layers dropped from every side of a series before its plane is cut (see :func:`trusted_interior`).
 EDGE_LAYERS_DROPPED = 1
+#: Offsets (mm along the reference's z axis) of the axial levels of the multi-level input (an experiment of issue 13,
+#: bench/experiment_richer_input.py; the shipped model sees the canonical level alone): 12 mm below the canonical
+#: plane (thalami, third ventricle, insula) and 12 mm above it (tops of the lateral ventricles, corona radiata).
+LEVEL_OFFSETS_MM: tuple[float, ...] = (-12.0, 0.0, 12.0)
 
 
 def slice_grid(level_mm: float | None = None) -> sitk.Image:
@@ -94,6 +98,20 @@ def sample_plane(image: sitk.Image, transform: sitk.Transform, level_mm: float |
     pixels, filled = fill_from_mirror(pixels, inside, mask, mirror_columns(grid))
     covered = float(inside[mask].mean()) if mask.any() else 0.0
     return SampledPlane(normalise(pixels, mask), covered, filled)
+
+
+def level_mm(offset_mm: float) -> float | None:
+    """The reference z (mm) of the axial level ``offset_mm`` from the canonical plane; None for offset 0, so the
+    canonical level is cut exactly as the single-slice path cuts it."""
+    return None if float(offset_mm) == 0.0 else DEFAULT_LEVEL_MM + float(offset_mm)
+
+
+def sample_levels(
+    image: sitk.Image, transform: sitk.Transform, offsets_mm: tuple[float, ...] = LEVEL_OFFSETS_MM
+) -> list[SampledPlane]:
+    """:func:`sample_plane` at several axial levels (offsets from the canonical plane, in mm), each masked and
+    normalised on its own plane; the plane at offset 0 is the canonical slice bit for bit."""
+    return [sample_plane(image, transform, level_mm(offset)) for offset in offsets_mm]
 
 
 def trusted_interior(image: sitk.Image, layers: int = EDGE_LAYERS_DROPPED) -> sitk.Image:

@@ -72,7 +72,8 @@ def slicer_region(slices) -> torch.Tensor:
     """The area any slice of a set is non-zero in (for slices of one slicer: its canonical mask), (H,W) boolean."""
     import numpy as np
 
-    return torch.from_numpy(np.asarray((np.asarray(slices) > 0).any(axis=0)))
+    array = np.asarray(slices)
+    return torch.from_numpy(np.asarray((array.reshape(-1, *array.shape[-2:]) > 0).any(axis=0)))
 
 
 def random_negative(images: torch.Tensor, chosen: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,7 +142,7 @@ def random_patches(images: torch.Tensor, chosen: torch.Tensor, count: int, size:
     for index in torch.nonzero(chosen).flatten().tolist():
         for k in range(count):
             r, c = int(rows[index, k]), int(cols[index, k])
-            out[index, 0, r : r + size, c : c + size] = low[index] + (high[index] - low[index]) * noise[index, k]
+            out[index, :, r : r + size, c : c + size] = low[index] + (high[index] - low[index]) * noise[index, k]
     return out
 
 
@@ -189,14 +190,15 @@ def augment_batch(
     generator: torch.Generator | None = None,
     region: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One random view of each image: (N,1,H,W) float -> same shape and dtype.
+    """One random view of each image: (N,C,H,W) float -> same shape and dtype. Several channels (axial levels of one
+    scan) get the same draws: one contrast, one geometry, the same patches through every channel.
 
     Same steps and probabilities as the public code; the order differs in one way: the intensity steps (negative,
     shift, bias field) come before the geometric ones, where the slicer's ``region`` (see :func:`foreground_mask`)
     still lines up with the image; rotation and elastic deformation are then one resampling; patches come last.
     """
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"expected (N, 1, H, W) images, got {tuple(images.shape)}")
+    if images.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got {tuple(images.shape)}")
     n = images.shape[0]
     device = images.device
     out = images.float()

@@ -52,6 +52,23 @@ def seeded_encoder(seed: int = UNTRAINED_SEED) -> nn.Module:
         return resnet18_encoder(in_channels=1)
 
 
+def spread_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
+    """A copy of a 1-channel ``encoder`` that takes ``channels`` input channels (axial levels of one scan): the first
+    convolution's weights divided equally over them, everything else as it was. Why this start: on a stack of
+    ``channels`` identical slices it gives the 1-channel encoder's output on that slice, so a multi-level model
+    starts from the shipped one and training decides what the extra levels add."""
+    import copy
+
+    widened = copy.deepcopy(encoder)
+    weight = encoder.conv1.weight.detach()
+    if weight.shape[1] != 1:
+        raise ValueError(f"expected a 1-channel encoder, got {weight.shape[1]} input channels")
+    widened.conv1 = nn.Conv2d(channels, weight.shape[0], kernel_size=7, stride=2, padding=3, bias=False)
+    with torch.no_grad():
+        widened.conv1.weight.copy_(weight.repeat(1, channels, 1, 1) / channels)
+    return widened
+
+
 def save_encoder(encoder: nn.Module, out_dir: Path, metadata: dict[str, Any]) -> Path:
     """Write the encoder as float16 safetensors plus ``model.json``; returns the folder."""
     from safetensors.torch import save_file
@@ -76,7 +93,7 @@ def load_encoder(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     meta_path = weights.parent / METADATA_FILE
     metadata: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     state = load_file(str(weights))
-    encoder = resnet18_encoder(in_channels=1)
+    encoder = resnet18_encoder(in_channels=int(state["conv1.weight"].shape[1]))  # 1, or L for a multi-level input
     template = encoder.state_dict()
     encoder.load_state_dict({k: v.to(template[k].dtype) for k, v in state.items()}, strict=True)
     metadata.setdefault("model_version", weights.stem)

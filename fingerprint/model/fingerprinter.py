@@ -132,7 +132,8 @@ def embed_batches(
     autocast_dtype: "torch.dtype | None" = None,
 ) -> np.ndarray:
     """The encoder's forward pass over slices, the one every fingerprint goes through (:meth:`Fingerprinter.embed`
-    and the validation during training): (N,128,128) -> (N,512) float32 rows of unit length, in batches, with the
+    and the validation during training): (N,128,128) (or (N,L,128,128) for an encoder with L input channels) ->
+    (N,512) float32 rows of unit length, in batches, with the
     encoder in eval mode (its mode restored afterwards). Slices may be float16 (converted a batch at a time);
     ``autocast_dtype`` (e.g. bfloat16, training only) runs the network under autocast, else in float32."""
     import torch
@@ -148,7 +149,8 @@ def embed_batches(
         with torch.inference_mode(), autocast:
             for start in range(0, len(slices), batch_size):
                 batch = torch.from_numpy(np.asarray(slices[start : start + batch_size], dtype=np.float32))
-                features = torch.nn.functional.normalize(encoder(batch.unsqueeze(1).to(device)).float(), dim=1)
+                batch = batch.unsqueeze(1) if batch.ndim == 3 else batch  # (N,L,128,128): levels as channels
+                features = torch.nn.functional.normalize(encoder(batch.to(device)).float(), dim=1)
                 out[start : start + len(batch)] = features.cpu().numpy()
     finally:
         encoder.train(was_training)

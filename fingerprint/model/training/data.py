@@ -31,7 +31,8 @@ SLICE_CACHE = "slices.npz"
 
 @dataclass
 class SliceSet:
-    """Slices (float16 (N,128,128)) with their scan ids, integer subject labels and split names."""
+    """Slices (float16 (N,128,128), or (N,L,128,128) for a multi-level input) with their scan ids, integer subject
+    labels and split names."""
 
     slices: np.ndarray
     scan_ids: np.ndarray
@@ -82,8 +83,9 @@ def load_slice_cache(cohort_dir: Path) -> SliceSet:
     rows = read_cohort_csv(cohort_dir)
     with np.load(Path(cohort_dir) / SLICE_CACHE, allow_pickle=False) as data:
         slices, scan_ids = data["slices"], data["scan_id"]
-    if slices.ndim != 3 or slices.shape[1:] != (SLICE_SIZE, SLICE_SIZE):
-        raise ValueError(f"slices must be (N, {SLICE_SIZE}, {SLICE_SIZE}), got {slices.shape}")
+    if slices.ndim not in (3, 4) or slices.shape[-2:] != (SLICE_SIZE, SLICE_SIZE):
+        raise ValueError(f"slices must be (N, {SLICE_SIZE}, {SLICE_SIZE}) or (N, levels, {SLICE_SIZE}, {SLICE_SIZE}), "
+                         f"got {slices.shape}")
     return _from_rows(rows, scan_ids, slices.astype(np.float16, copy=False), {})
 
 

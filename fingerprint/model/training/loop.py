@@ -32,6 +32,7 @@ import torch
 
 from fingerprint.metrics import all_metrics
 from fingerprint.model.augment import AugmentConfig, augment_batch, slicer_region
+from fingerprint.model.backbone import resnet18_encoder
 from fingerprint.model.encoder import TrainingNet, save_encoder
 from fingerprint.model.fingerprinter import embed_batches
 from fingerprint.model.losses import beta_at, branch_beta, deepbrainprint_loss
@@ -80,6 +81,8 @@ class TrainConfig:
     slice_method: str = "anatomical"  # used when the cohort holds volumes
     model_version: str | None = None
     init_weights: Path | None = None  # start the encoder from these weights (fine-tuning) instead of random
+    # The input channels follow the cohort: (N,128,128) slices train a 1-channel encoder, (N,L,128,128) level stacks an
+    # L-channel one (a 1-channel init_weights is then spread over the L channels: encoder.spread_input_channels).
     progress_bar: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -166,11 +169,14 @@ def _validation_subset(val: SliceSet, seed: int) -> SliceSet:
     return val.subset(np.isin(val.subjects, chosen))
 
 
-def _model_metadata(config: TrainConfig, state: dict[str, Any], data_info: dict[str, Any]) -> dict[str, Any]:
+def _model_metadata(
+    config: TrainConfig, state: dict[str, Any], data_info: dict[str, Any], channels: int = 1
+) -> dict[str, Any]:
     best = state.get("best") or {}
+    inputs = "1 input channel" if channels == 1 else f"{channels} input channels (axial levels)"
     return {
         "model_version": config.model_version or f"dbp-r18-{datetime.now(timezone.utc):%Y%m%d}-{config.branch}",
-        "architecture": "torchvision ResNet-18, 1 input channel, global-pooled 512-d output (fc = identity)",
+        "architecture": f"torchvision ResNet-18, {inputs}, global-pooled 512-d output (fc = identity)",
         "input": {
             "shape": [SLICE_SIZE, SLICE_SIZE],
             "spacing_mm": SLICE_SPACING_MM,
@@ -237,11 +243,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     budget_s = config.max_minutes * 60.0 if config.max_minutes else None
     validate_every = config.validate_every or steps_per_epoch
 
-    model = TrainingNet()
+    channels = 1 if train_set.slices.ndim == 3 else int(train_set.slices.shape[1])
+    model = TrainingNet(resnet18_encoder(in_channels=channels))
     if config.init_weights is not None:
-        from fingerprint.model.encoder import load_encoder
+        from fingerprint.model.encoder import load_encoder, spread_input_channels
 
-        model.encoder.load_state_dict(load_encoder(config.init_weights)[0].state_dict())
+        initial = load_encoder(config.init_weights)[0]
+        if channels != 1 and initial.conv1.weight.shape[1] == 1:
+            initial = spread_input_channels(initial, channels)
+        model.encoder.load_state_dict(initial.state_dict())
     model = model.to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
@@ -310,7 +320,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if tuner:
             torch.set_num_threads(threads)
         started = time.monotonic()
-        images = train_slices[torch.from_numpy(indices).to(device)].float().unsqueeze(1)
+        images = train_slices[torch.from_numpy(indices).to(device)].float()
+        images = images.unsqueeze(1) if images.ndim == 3 else images  # levels are already the channels
         labels = torch.from_numpy(labels_all[indices]).to(device)
         views = [augment_batch(images, config.augment, generator, region) for _ in range(2)]
         if device.type == "cpu":
@@ -386,7 +397,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if best_encoder_state is not None:
         encoder.load_state_dict(best_encoder_state)
     encoder = encoder.to(memory_format=torch.contiguous_format)
-    metadata = _model_metadata(config, state, data_info)
+    metadata = _model_metadata(config, state, data_info, channels)
     save_encoder(encoder, run_dir / EXPORT_DIR, metadata)
     summary = {
         "run_dir": str(run_dir), "model_dir": str(run_dir / EXPORT_DIR), "metadata": metadata,
