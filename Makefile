@@ -18,8 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/deepbrainprint demo
 
+# Two processes (pytest-xdist): each test module runs whole in one of them, so its fixtures are built once. Safe in
+# parallel because every test that touches a shared server keeps to its own Redis queue prefix, PostgreSQL schema,
+# free ports and temporary folders (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # The quick tier for the edit-test loop: unit tests and one end-to-end series (tests/conftest.py, QUICK_MODULES).
 check: $(STAMP)

@@ -233,7 +233,7 @@ def orthanc_server(tmp_path):
     )
     server.start(instance)
     yield instance
-    server.stop(instance)
+    server.stop(instance, timeout_s=0.0)  # thrown away: no need to wait for a clean shutdown
 
 
 def test_enroll_from_orthanc_over_its_rest_api(real_pair, shared_data, orthanc_server, tmp_path, monkeypatch):

@@ -153,7 +153,7 @@ def test_an_export_held_in_orthanc_is_checked_over_its_rest_api(heads, tmp_path)
             env={"DBP_EXPORT_ORTHANC_PASSWORD": "export-s3cret"},
         )
     finally:
-        server.stop(instance)
+        server.stop(instance, timeout_s=0.0)
     assert result.exit_code == 4, result.output  # the brain links back
     (row,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert row["series"].startswith("orthanc:") and row["reidentifiable"] and row["header_findings"] == []

@@ -193,7 +193,7 @@ def test_celery_writeback_retries_while_orthanc_is_down(tmp_path, redis_url, cle
         assert written
     finally:
         service.down(settings)
-        server.stop(instance)
+        server.stop(instance, timeout_s=0.0)
         ledger.close()
 
 

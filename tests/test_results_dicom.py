@@ -30,7 +30,7 @@ def orthanc(tmp_path):
     )
     server.start(instance)
     yield instance
-    server.stop(instance)
+    server.stop(instance, timeout_s=0.0)  # thrown away: no need to wait for a clean shutdown
 
 
 def test_open_flags_land_in_their_study_as_sr_and_secondary_capture(orthanc, tmp_path, synthetic_fingerprint) -> None:

@@ -191,7 +191,7 @@ def test_orthanc_down_during_writeback_keeps_the_verdict_and_retries(settings, t
                      rejected=int(stored.get(writeback.METADATA_VERDICT) == "rejected"))
         assert stored[writeback.METADATA_VERDICT] == "rejected"
     finally:
-        server.stop(instance)
+        server.stop(instance, timeout_s=0.0)
         ctx.close()
 
 

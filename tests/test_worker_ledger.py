@@ -142,5 +142,5 @@ def test_a_celery_worker_that_starts_sends_the_pending_write_backs(tmp_path: Pat
         assert writeback.read_verdict(client, uid)[writeback.METADATA_VERDICT] == "new_patient"
     finally:
         service.down(settings)
-        server.stop(instance)
+        server.stop(instance, timeout_s=0.0)
         ledger.close()

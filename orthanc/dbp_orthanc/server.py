@@ -183,8 +183,10 @@ def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
     stop_processes([pid], timeout_s)
 
 
-def stop(instance: OrthancInstance) -> None:
-    """Stop the instance recorded in its pid file, if any."""
+def stop(instance: OrthancInstance, timeout_s: float = 15.0) -> None:
+    """Stop the instance recorded in its pid file, if any: SIGTERM, then SIGKILL after ``timeout_s``.
+
+    ``timeout_s=0`` kills at once: for a throw-away instance (a test's), whose index nobody reads again."""
     if instance.pid_path.exists():
-        stop_pid(int(instance.pid_path.read_text()))
+        stop_pid(int(instance.pid_path.read_text()), timeout_s)
         instance.pid_path.unlink(missing_ok=True)
