@@ -271,7 +271,7 @@ def load_head(name: str, prepare: Callable[[str], sitk.Image] = prepare_head) ->
         return sitk.ReadImage(str(path), sitk.sitkFloat32)
     image = prepare(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.nii.gz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.nii.gz")  # one per process: two may prepare the same head at once
     sitk.WriteImage(image, str(tmp), useCompression=True)
     tmp.replace(path)
     return image

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -121,6 +122,15 @@ def _views(jobs: list[tuple[str, str, str]], cache: Path, workers: int) -> ViewS
     return ViewSet(scans, rejected)
 
 
+def _save_atomically(path: Path, **arrays: Any) -> None:
+    """``np.savez`` to a file of this process, then renamed onto ``path``: a reader (another process evaluating the
+    same scans) sees the whole cache file or none."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(partial, path)
+
+
 def _view_job(job: tuple[str, str, str], cache: str) -> dict[str, Any]:
     """One scan through the pipeline (or its cached result). Module level: the entry point for pool workers."""
     scan_id, _person, path = job
@@ -143,10 +153,10 @@ def _view_job(job: tuple[str, str, str], cache: str) -> dict[str, Any]:
         pixels, _geometry, brain = canonical_views(image)
     except SeriesRejected as exc:
         outcome: dict[str, Any] = exc.as_json()
-        np.savez(cached, method_version=METHOD_VERSION, rejected=json.dumps(outcome))
+        _save_atomically(cached, method_version=METHOD_VERSION, rejected=json.dumps(outcome))
         return outcome
     seconds = time.perf_counter() - started
-    np.savez(cached, method_version=METHOD_VERSION, slice=pixels.astype(np.float16), brain=brain, seconds=seconds)
+    _save_atomically(cached, method_version=METHOD_VERSION, slice=pixels.astype(np.float16), brain=brain, seconds=seconds)
     return {"slice": pixels.astype(np.float16), "brain": brain, "seconds": seconds}
 
 
