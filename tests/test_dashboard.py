@@ -194,3 +194,49 @@ def test_every_page_but_login_and_metrics_needs_a_login(archive_with_flags) -> N
         assert len(checked) >= 3, checked  # the list of flags, one flag, its review
     finally:
         server.shutdown()
+
+
+def test_metrics_open_one_ledger_per_app_and_still_follow_the_jobs(tmp_path: Path, monkeypatch) -> None:
+    """Scrapes share one ledger (one engine and one schema check per app, not one per scrape), opened at the first
+    scrape, and its counts still follow the jobs between scrapes. On a fresh SQLite archive, no demo needed."""
+    from deepbrainprint.dashboard import metrics
+    from worker.ledger import Ledger
+
+    opened: list[Ledger] = []
+
+    class CountingLedger(Ledger):  # a real ledger that remembers each construction
+        def __init__(self, url: str) -> None:
+            super().__init__(url)
+            opened.append(self)
+
+    monkeypatch.setattr(metrics, "Ledger", CountingLedger)
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    config = DashboardConfig(store_url=url, users={}, secret_key=b"test-key-" + b"x" * 32, ledger_url=url)
+    client = create_app(config).test_client()
+
+    def jobs() -> dict[str, str]:
+        text = client.get("/metrics").get_data(as_text=True)
+        return {line.split('"')[1]: line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith("dbp_jobs{")}
+
+    assert opened == []  # nothing opened before the first scrape
+    assert jobs()["queued"] == "0"
+    writer = Ledger(url)
+    try:
+        writer.enqueue("s1:a", "s1", {"series_key": "s1"}, {"via": "test"})
+        assert jobs()["queued"] == "1"
+        writer.finish("s1:a", {"verdict": "new_patient"}, "none")
+        assert jobs() == {"queued": "0", "running": "0", "done": "1", "failed": "0"}
+    finally:
+        writer.close()
+    assert len(opened) == 1  # three scrapes, one ledger
+    other = create_app(config).test_client()  # a second app has its own
+    assert other.get("/metrics").status_code == 200 and len(opened) == 2
+    # The plain function still takes a URL (opened and closed for that one call) or a ledger the caller keeps.
+    store = metrics.Store(url)
+    try:
+        assert 'dbp_jobs{state="done"} 1' in metrics.metrics_text(store, url)
+        assert 'dbp_jobs{state="done"} 1' in metrics.metrics_text(store, opened[0])
+    finally:
+        store.close()
+        for ledger in opened:
+            ledger.close()

@@ -118,9 +118,10 @@ def create_app(config: DashboardConfig) -> Flask:
     @app.get("/metrics")
     def metrics() -> Any:
         """Prometheus metrics: counts only, no patient data, so no login (a scraper has none)."""
-        from deepbrainprint.dashboard.metrics import metrics_text
+        from deepbrainprint.dashboard.metrics import app_ledger, metrics_text
 
-        return metrics_text(store, config.ledger_url, config.spool_dir), 200, {"Content-Type": "text/plain; version=0.0.4"}
+        ledger = app_ledger(app, config.ledger_url) if config.ledger_url else None  # one per app, not per scrape
+        return metrics_text(store, ledger, config.spool_dir), 200, {"Content-Type": "text/plain; version=0.0.4"}
 
     @app.get("/")
     @login_required

@@ -1,13 +1,16 @@
 """Service metrics in the Prometheus text format: queue depth, jobs by state, verdicts, open flags.
 
 Counts only, nothing about any patient, so ``/metrics`` needs no login (a scraper has none). Read fresh from the
-ledger, the spool and the store at each scrape.
+ledger, the spool and the store at each scrape. The dashboard keeps one ledger per app (:func:`app_ledger`, opened at
+the first scrape): a ledger is an engine and a schema check, too much to build again every few seconds.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -18,20 +21,47 @@ from fingerprint.identity.verdicts import ALARMS
 from worker.ledger import Ledger
 
 
-def metrics_text(store: Store, ledger_url: str | None = None, spool_dir: Path | None = None) -> str:
-    """The current metrics as Prometheus exposition text."""
+_APP_LEDGER_KEY = "dbp_metrics_ledger"
+_app_ledger_lock = threading.Lock()
+
+
+def app_ledger(app: Any, url: str) -> Ledger:
+    """The one ledger a dashboard app's scrapes share, opened at its first scrape and kept in ``app.extensions``.
+
+    Flask has no hook for an app being torn down (``teardown_appcontext`` runs after every request), so the ledger
+    lives as long as the app does, which for the dashboard is the process.
+    """
+    with _app_ledger_lock:  # the dashboard serves threaded: two first scrapes at once still open one
+        ledger = app.extensions.get(_APP_LEDGER_KEY)
+        if ledger is None:
+            ledger = app.extensions[_APP_LEDGER_KEY] = Ledger(url)
+        return ledger
+
+
+def _job_counts(ledger: Ledger | str) -> dict[str, int]:
+    if not isinstance(ledger, str):
+        return ledger.counts()
+    own = Ledger(ledger)
+    try:
+        return own.counts()
+    finally:
+        own.close()
+
+
+def metrics_text(store: Store, ledger: Ledger | str | None = None, spool_dir: Path | None = None) -> str:
+    """The current metrics as Prometheus exposition text.
+
+    ``ledger``: the worker's ledger, kept by the caller, or its URL (opened and closed for this one call); None
+    leaves the job counts out.
+    """
     lines: list[str] = []
 
     def gauge(name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
         lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} gauge"])
         lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
 
-    if ledger_url:
-        ledger = Ledger(ledger_url)
-        try:
-            counts = ledger.counts()
-        finally:
-            ledger.close()
+    if ledger:
+        counts = _job_counts(ledger)
         gauge("dbp_jobs", "Series jobs in the worker ledger, by state (queued is the queue depth).",
               [(f'{{state="{state}"}}', counts[state]) for state in ("queued", "running", "done", "failed")])
         gauge("dbp_writeback_pending", "Verdicts waiting to be written back to Orthanc.",
