@@ -54,6 +54,7 @@ class Settings:
     verify_own_scans: int = 2  # earlier scans of the same PatientID verified (the most similar fingerprints)
     verify_other_patients: int = 3  # other PatientIDs verified (best scan each, most similar fingerprints first)
     evidence_pictures: bool = True  # keep each verification's checkerboard picture in the store
+    verification_threads: int = 2  # candidates of one verification round verified side by side (one thread each)
 
     # --- DICOM node ----------------------------------------------------------------------------------------------
     ae_title: str = "DEEPBRAINPRINT"
@@ -125,6 +126,7 @@ class Settings:
             verify_own_scans=self.verify_own_scans,
             verify_other_patients=self.verify_other_patients,
             evidence_pictures=self.evidence_pictures,
+            verification_threads=self.verification_threads,
         )
 
     def node_config(self) -> NodeConfig:

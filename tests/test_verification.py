@@ -184,3 +184,71 @@ def test_faster_registration_keeps_the_scores(brains):
         assert before.score is not None and after.score is not None
         assert abs(after.score - before.score) <= SCORE_TOLERANCE, (name, before.score, after.score)
         assert after.shared_fraction == pytest.approx(before.shared_fraction, abs=0.01)
+
+
+def test_candidates_verified_side_by_side_score_as_one_at_a_time(brains, tmp_path):
+    """Issue 16: a round's candidates are verified on two threads (each registration on one thread, the GIL released)
+    with exactly the scores of verifying them one after the other, from a real store."""
+    from fingerprint.identity.store import Store
+    from fingerprint.identity.verdicts import Candidate
+    from fingerprint.identity.verification import METHOD_VERSION
+    from fingerprint.identity.verification_stage import PairVerifier
+
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    with store.locked() as conn:
+        for name in ("turned", "other"):
+            store.save_brain(conn, f"uid-{name}", METHOD_VERSION, brain_to_bytes(brains[name]))
+    candidates = [Candidate(k, 0.99, "p", f"uid-{name}") for k, name in enumerate(("turned", "other"))]
+    scores = {}
+    for threads in (1, 2):
+        verifier = PairVerifier(store, brains["same"], keep_pictures=False, threads=threads)
+        with store.reading() as conn:
+            verifier.run(conn, candidates)
+        scores[threads] = {uid: result.score for uid, result in verifier.results.items()}
+    assert set(scores[1]) == {"uid-turned", "uid-other"}
+    assert scores[2] == scores[1]
+    assert scores[1]["uid-turned"] > scores[1]["uid-other"]
+
+
+def test_registrations_of_one_thread_count_run_side_by_side_and_another_count_waits():
+    """Two blocks asking SimpleITK for one thread are inside at the same time (a lock once let one in at a time, so
+    two embedded workers aligned their series in turn); a block asking for another count waits until both have left,
+    and the process's own count is back afterwards."""
+    import threading
+
+    from fingerprint.imaging.canonical import registration_threads
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    both_inside = threading.Barrier(3, timeout=10)
+    leave = threading.Event()
+    seen: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def one_thread_block(name: str) -> None:
+        try:
+            with registration_threads(1):
+                seen[name] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+                both_inside.wait()
+                leave.wait(10)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    def other_count_block() -> None:
+        with registration_threads(2):
+            seen["other"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+            seen["other_while_held"] = int(not leave.is_set())
+
+    holders = [threading.Thread(target=one_thread_block, args=(f"holder-{k}",)) for k in range(2)]
+    for thread in holders:
+        thread.start()
+    both_inside.wait()  # raises BrokenBarrierError if only one holder could get in
+    waiting = threading.Thread(target=other_count_block)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive() and "other" not in seen  # another count waits while the one-thread blocks run
+    leave.set()
+    for thread in [*holders, waiting]:
+        thread.join(10)
+    assert not errors
+    assert seen == {"holder-0": 1, "holder-1": 1, "other": 2, "other_while_held": 0}
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before

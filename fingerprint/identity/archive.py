@@ -74,6 +74,7 @@ class ArchiveConfig:
     verify_own_scans: int = 2
     verify_other_patients: int = 3
     evidence_pictures: bool = True
+    verification_threads: int = 2
 
     @classmethod
     def at(cls, index_dir: Path, store_url: str | None = None, **options: Any) -> ArchiveConfig:
@@ -303,7 +304,8 @@ class Archive:
             if series_uid not in stored:
                 return None
             brain = brain_from_bytes(stored[series_uid])
-        return PairVerifier(self.store, brain, keep_pictures=self.config.evidence_pictures)
+        return PairVerifier(self.store, brain, keep_pictures=self.config.evidence_pictures,
+                            threads=int(self.config.verification_threads))
 
     def _verify(
         self,

@@ -13,6 +13,7 @@ write lock (the heavy part) and, inside it, verify only the candidates another p
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,10 +43,11 @@ class Picks:
 class PairVerifier:
     """Verifies one new series' canonical brain against stored candidates, each candidate at most once."""
 
-    def __init__(self, store: Any, brain: np.ndarray, keep_pictures: bool = True) -> None:
+    def __init__(self, store: Any, brain: np.ndarray, keep_pictures: bool = True, threads: int = 2) -> None:
         self.store = store
         self.brain = brain
         self.keep_pictures = keep_pictures
+        self.threads = max(1, int(threads))  # candidates of one round verified side by side, each on one thread
         self._prepared: PreparedBrain | None = None
         self.results: dict[str, VerificationResult] = {}  # by candidate SeriesInstanceUID
         self.with_brain: set[str] = set()  # candidates known to have a stored brain
@@ -88,8 +90,20 @@ class PairVerifier:
             return
         if self._prepared is None:
             self._prepared = prepare(self.brain)
-        for uid, data in brains.items():
-            self.results[uid] = verify(self._prepared, prepare(brain_from_bytes(data)), self.keep_pictures)
+        fixed = self._prepared
+
+        def verified(data: bytes) -> VerificationResult:
+            return verify(fixed, prepare(brain_from_bytes(data)), self.keep_pictures)
+
+        # Each registration runs on one thread and releases the GIL, so a round's candidates (up to the PatientID's
+        # own 2 scans, then up to 3 other PatientIDs) share the cores; the scores are those of one at a time.
+        uids = list(brains)
+        if self.threads == 1 or len(uids) == 1:
+            outcomes = [verified(brains[uid]) for uid in uids]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.threads, len(uids))) as pool:
+                outcomes = list(pool.map(verified, [brains[uid] for uid in uids]))
+        self.results.update(zip(uids, outcomes))
 
     def note_brains(self, conn: Any, candidates: list[Candidate]) -> None:
         """Find out which candidates have a stored brain (those only a verification may confirm)."""

@@ -38,6 +38,7 @@ pipeline is built as it is"); the speed is measured by bench/bench_slice.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -90,7 +91,6 @@ EXTRA_STARTS: tuple[tuple[float, float, float], ...] = (
     (0.0, math.pi, 0.0),
 )
 RANDOM_SEED = 20230227
-_THREADS_LOCK = threading.Lock()
 #: The coarse search's levels: the reference shrunk 4x and 2x (8 and 4 mm), smoothed by these sigmas (mm), with
 #: this fraction of the metric-mask voxels sampled per iteration (random, fixed seed). The brain-only polish at 2 mm
 #: (:func:`_refine`) follows, so the coarse search stops at 4 mm: a third 2 mm level found the same pose again.
@@ -212,17 +212,53 @@ def align(image: sitk.Image, search: str = "scaled") -> Alignment:
         return _align(image, search)
 
 
-@contextmanager
-def registration_threads(count: int) -> Iterator[None]:
-    """SimpleITK's default thread count set to ``count`` inside the block: the registration's metric, pyramid and
-    start-point filters all follow the global default, not only the registration method's own setting."""
-    with _THREADS_LOCK:
-        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+class _ThreadCountGate:
+    """Blocks that need SimpleITK's process-wide default thread count at one value: blocks asking for the same count
+    run side by side (two embedded workers aligning two series, or verifying two candidates, each on one thread);
+    a block asking for another count waits until none is running. The first block in sets the count, the last one
+    out puts the previous count back."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count: int | None = None
+        self._holders = 0
+        self._previous = 0
+
+    @contextmanager
+    def holding(self, count: int) -> Iterator[None]:
+        with self._changed:
+            while self._holders and self._count != count:
+                self._changed.wait()
+            if not self._holders:
+                self._previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+                self._count = count
+            self._holders += 1
         try:
             yield
         finally:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+            with self._changed:
+                self._holders -= 1
+                if not self._holders:
+                    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(self._previous)
+                    self._count = None
+                    self._changed.notify_all()
+
+
+_THREAD_COUNT = _ThreadCountGate()
+
+
+def registration_threads(count: int) -> contextlib.AbstractContextManager[None]:
+    """SimpleITK's default thread count set to ``count`` inside the block: the registration's metric, pyramid and
+    start-point filters all follow the global default, not only the registration method's own setting. Blocks of one
+    count may run in several threads at once (see :class:`_ThreadCountGate`).
+
+    Example::
+
+        with registration_threads(1):
+            method.Execute(fixed, moving)
+    """
+    return _THREAD_COUNT.holding(count)
 
 
 def _align(image: sitk.Image, search: str) -> Alignment:
