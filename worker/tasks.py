@@ -124,9 +124,20 @@ def process_series_task(self: Task, job_key: str) -> dict[str, Any]:
 @app.task(name=WRITEBACK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def writeback_task(self: Task, job_key: str) -> bool:
     """Write the verdict to Orthanc; while Orthanc is down, retry with capped exponential back-off, forever: the
-    verdict is safe in the ledger (``writeback_state = pending``) meanwhile."""
+    verdict is safe in the ledger (``writeback_state = pending``) meanwhile.
+
+    A ledger that cannot be read or written (the database briefly down) is retried too, at the back-off's cap, since
+    the attempt count is unknown: failing the task would leave the verdict unwritten until a worker next starts. Only
+    the error's class is logged: a database's message can quote the row.
+    """
     ctx = context()
-    if writeback_job(ctx, job_key):
-        return True
-    job = ctx.ledger.get(job_key)
-    raise self.retry(countdown=backoff_s(job.writeback_attempts, ctx.config.retry_backoff_max_s))
+    cap_s = ctx.config.retry_backoff_max_s
+    try:
+        if writeback_job(ctx, job_key):
+            return True
+        job = ctx.ledger.get(job_key)
+    except TRANSIENT_ERRORS as error:
+        log.warning("write-back %s: ledger unavailable (%s); trying again in %.0f s", job_key, type(error).__name__,
+                    cap_s)
+        raise self.retry(countdown=cap_s) from None
+    raise self.retry(countdown=backoff_s(job.writeback_attempts, cap_s) if job is not None else cap_s)
