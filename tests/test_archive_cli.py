@@ -94,9 +94,10 @@ def test_every_verdict_on_real_series_through_the_cli(real_pair, tmp_path):
     index = new_index(tmp_path, real_pair["thresholds"])
     person_a, person_b = real_pair["a"], real_pair["b"]
 
-    code, lines, err = cli("enroll", person_a, person_b, "--index", index, "--json", "--no-progress")
+    code, lines, err = cli("enroll", person_a, person_b, "--index", index, "--json", "--no-progress", "--show-paths")
     assert code == 0, err
     assert [l["series_dir"] for l in lines] == [str(person_a), str(person_b)]
+    assert [l["series"].split()[0] for l in lines] == ["1/2", "2/2"]  # the label, printed with or without paths
     assert [l["verdict"] for l in lines] == ["new_patient", "new_patient"]
     assert lines[1]["evidence"]["thresholds"]["source"] == "calibrated"
 
@@ -104,7 +105,7 @@ def test_every_verdict_on_real_series_through_the_cli(real_pair, tmp_path):
     assert code == 0 and lines == [] and "2 already recorded" in err  # resumable: nothing re-done
 
     same = refile(person_a, tmp_path / "a-resent")
-    code, lines, _ = cli("query", same, "--index", index, "--json", "--top-k", "2")
+    code, lines, _ = cli("query", same, "--index", index, "--json", "--top-k", "2", "--show-paths")
     assert code == 0
     (out,) = lines
     assert out["series_dir"] == str(same) and out["verdict"] == "consistent"
@@ -250,7 +251,7 @@ def test_enroll_from_orthanc_over_its_rest_api(real_pair, shared_data, orthanc_s
     assert code == 3, err  # the 12-bit test image is not a brain volume
     verdicts = sorted(l["verdict"] for l in lines)
     assert verdicts == ["new_patient", "rejected"]
-    assert all(l["series_dir"].startswith("orthanc:") and l["source"]["orthanc_id"] for l in lines)
+    assert all(l["series"].endswith(f" orthanc:{l['source']['orthanc_id']}") for l in lines)
     assert orthanc_server.password not in json.dumps(lines)
     code, again, _ = cli("enroll", "--orthanc", orthanc_server.url, "--index", index, "--json", "--no-progress")
     assert code == 0 and again == []
@@ -331,7 +332,7 @@ def test_a_folder_mixing_two_series_is_split_by_series_uid(shared_data, tmp_path
         (mixed / f"a{i:03d}").write_bytes(path.read_bytes())
     scout = next(iter_files(shared_data / "hard" / "12bit"))
     (mixed / "zz-other").write_bytes(scout.read_bytes())
-    code, lines, err = cli("query", mixed, "--index", tmp_path / "archive", "--json")
+    code, lines, err = cli("query", mixed, "--index", tmp_path / "archive", "--json", "--show-paths")
     assert code == 3, err
     assert sorted(l["verdict"] for l in lines) == ["new_patient", "rejected"]
     assert all(l["series_dir"].startswith(f"{mixed}#") for l in lines)

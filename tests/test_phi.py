@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,8 +144,9 @@ def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ign
     tmp_path, small_heads, clean_env, caplog, monkeypatch
 ) -> None:
     """Folders named after patients, headers with a planted name: ``slice`` prints neither (a rejection, whose
-    detail is where paths tend to show); ``enroll`` and ``query`` repeat only the path they were given, never a
-    header's name or ID, and a query never shows the folder of another patient it found as a neighbour."""
+    detail is where paths tend to show); ``enroll`` and ``query`` name each series by a label (its place in the run
+    and a hash of its UID), never by the folder they were given (the name in it), a header's name or ID, or the
+    folder of another patient a query found as a neighbour; only ``--show-paths`` prints the folder."""
     import torch
 
     torch.set_num_threads(1)
@@ -164,13 +166,29 @@ def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ign
         sliced = runner.invoke(app, args)
         assert sliced.exit_code == 3 and "too_few_slices" in sliced.output, sliced.output
         assert_no_phi(sliced.output, "slice's output", "DOE^JOHN", "12345")
-    for args in (["enroll", "--no-progress", "--index", str(index), str(john.parent)],
-                 ["query", "--json", "--index", str(index), str(jane.parent)]):
+    for args in (["enroll", "--no-progress", "--json", "--index", str(index), str(john.parent)],
+                 ["query", "--json", "--index", str(index), str(jane.parent)],
+                 ["query", "--index", str(index), str(jane.parent)]):
         result = runner.invoke(app, args)
         shown.append(result.output)
         assert result.exit_code in (EXIT_OK, EXIT_ALARM, EXIT_REJECTED), result.output  # the scout; John found
+    missing = runner.invoke(app, ["query", "--index", str(index), str(tmp_path / "DOE^JOHN_12345" / "gone")])
+    assert missing.exit_code == 2 and "PATH 1 does not exist" in missing.output, missing.output
+    shown.append(missing.output)
     assert john_uid in shown[1]  # the query did list John's series as a neighbour
     assert_no_phi("\n".join(shown), "enroll/query output", "PHI-ID-90211")
-    assert "DOE^JOHN" not in shown[1], "a query showed another patient's folder"
+    for output in shown:  # neither the folder given nor another patient's: no path at all
+        for name in ("DOE^JOHN", "ROE^JANE", str(tmp_path)):
+            assert name not in output, f"{name!r} in enroll/query output: {output}"
+    enrolled = [json.loads(line) for line in shown[0].splitlines() if line.startswith("{")]
+    labels = sorted(line["series"] for line in enrolled)
+    assert len(labels) == 2 and all(re.fullmatch(r"[12]/2 series:[0-9a-f]{12}", label) for label in labels), labels
+    assert all("series_dir" not in line and "folder" not in line.get("source", {}) for line in enrolled)
+    assert re.search(r"1/1 series:[0-9a-f]{12}", shown[2])  # the human-readable line names the label
+    # Asked for, the folder is printed (the operator's own choice, on a terminal).
+    asked = runner.invoke(app, ["query", "--json", "--show-paths", "--index", str(index), str(jane.parent)])
+    (line,) = [json.loads(text) for text in asked.output.splitlines() if text.startswith("{")]
+    assert line["series_dir"] == line["source"]["folder"] == str(jane.parent)
+    assert "DOE^JOHN" not in asked.output  # still never another patient's folder
     assert_no_phi(caplog.text, "the CLI's logs", "PHI-ID-90211")
 

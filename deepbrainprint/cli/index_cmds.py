@@ -39,17 +39,44 @@ IndexOption = Annotated[
 ]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $DBP_CONFIG).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per series on stdout.")]
+ShowPathsOption = Annotated[
+    bool,
+    typer.Option("--show-paths", help="Also print each series' folder (series_dir, source.folder) and full error "
+                 "messages. Off by default: folder names in PACS exports often carry patients' names, and this "
+                 "output ends up in logs and cron mails."),
+]
 ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Model weights (default: the shipped ones).")]
 
 
 @dataclass
 class SeriesSource:
-    """One series to process: how to show it, how to load it, and where it came from."""
+    """One series to process: where it is (shown only with --show-paths), how to load it, where it came from, and
+    the label the output names it by (:func:`label_sources`)."""
 
     series_dir: str
     load: Callable[[], Any]
     series_instance_uid: str = ""
     source_info: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+def label_sources(sources: list[SeriesSource]) -> list[SeriesSource]:
+    """Give each series the label the output names it by: ``N/TOTAL`` (its place among the series this run found)
+    and ``series:<12 hex>`` (the start of the hash of its SeriesInstanceUID that the spool and the worker name it by:
+    stable from run to run, and naming nobody), or ``orthanc:<id>`` (Orthanc's own hash-like ID) for a series read
+    from Orthanc; a series whose UID could not be read has its place only. Never the folder: its name may carry a
+    patient's (``DOE^JOHN_12345/t1``)."""
+    from dicom_node.spool import series_key_for
+
+    for position, source in enumerate(sources, start=1):
+        if source.source_info.get("orthanc_id"):
+            name = f" orthanc:{source.source_info['orthanc_id']}"
+        elif source.series_instance_uid:
+            name = f" series:{series_key_for(source.series_instance_uid)[:12]}"
+        else:
+            name = ""
+        source.label = f"{position}/{len(sources)}{name}"
+    return sources
 
 
 def folder_sources(path: Path) -> list[SeriesSource]:
@@ -105,7 +132,7 @@ def _settings(config: Path | None, index: Path | None, **overrides: Any):
 def without_other_sources(value: Any, top: bool = True) -> Any:
     """``value`` less every ``source`` record below the top level: the neighbours and verified scans of a verdict carry the
     folders *other* series were enrolled from, and folder names often carry a patient's name (``DOE^JOHN_12345``).
-    The series' own ``series_dir`` and ``source`` stay: they are the path the operator gave on the command line.
+    The series' own ``source`` stays (its folder only with --show-paths, see :func:`_shown`).
     Neighbours remain findable by their ``row_id`` and ``series_instance_uid``."""
     if isinstance(value, dict):
         return {k: without_other_sources(v, False) for k, v in value.items()
@@ -115,14 +142,25 @@ def without_other_sources(value: Any, top: bool = True) -> Any:
     return value
 
 
-def _emit(out: dict[str, Any], as_json: bool) -> None:
+def _shown(out: dict[str, Any], show_paths: bool) -> dict[str, Any]:
+    """What is printed of a series' result: no other series' sources, and no folder of its own unless asked."""
     out = without_other_sources(out)
+    if not show_paths:
+        out.pop("series_dir", None)
+        if isinstance(out.get("source"), dict):
+            out["source"] = {k: v for k, v in out["source"].items() if k != "folder"}
+    return out
+
+
+def _emit(out: dict[str, Any], as_json: bool, show_paths: bool) -> None:
+    out = _shown(out, show_paths)
     if as_json:
         typer.echo(json.dumps(out, default=str))
         return
     score = "-" if out.get("score") is None else f"{out['score']:.4f}"
     extra = out.get("matched_patient_id_hash") or out.get("rejected") or ""
-    typer.echo(f"{out['verdict']:<18} {score:>7}  {out['series_dir']}  {extra}".rstrip())
+    where = f"  {out['series_dir']}" if show_paths else ""
+    typer.echo(f"{out['verdict']:<18} {score:>7}  {out['series']}{where}  {extra}".rstrip())
 
 
 def _exit_code(verdicts: Counter, errors: int) -> int:
@@ -135,23 +173,28 @@ def _exit_code(verdicts: Counter, errors: int) -> int:
     return EXIT_OK
 
 
-def _run_series(archive: Any, sources: list[SeriesSource], record: bool, as_json: bool, progress: Any) -> tuple:
+def _run_series(
+    archive: Any, sources: list[SeriesSource], record: bool, as_json: bool, progress: Any, show_paths: bool = False
+) -> tuple:
     """Process each series; one failure never stops the others. Returns (verdict counts, errors)."""
     verdicts: Counter = Counter()
     errors = 0
     for source in sources:
         try:
             out = archive.process(source.load(), source.source_info, record=record)
-        except Exception as exc:  # noqa: BLE001 - report, keep going; the message carries no patient data
+        except Exception as exc:  # noqa: BLE001 - report, keep going
             errors += 1
-            err = {"series_dir": source.series_dir, "verdict": None, "error": f"{type(exc).__name__}: {exc}"}
-            typer.echo(json.dumps(err) if as_json else f"error: {source.series_dir}: {err['error']}", err=not as_json)
+            # The message only with --show-paths: a file error's message quotes the path (a patient's name in it).
+            reason = f"{type(exc).__name__}: {exc}" if show_paths else type(exc).__name__
+            err = {"series": source.label, "series_dir": source.series_dir, "verdict": None, "error": reason}
+            err = _shown(err, show_paths)
+            typer.echo(json.dumps(err) if as_json else f"error: {source.label}: {reason}", err=not as_json)
         else:
-            out = {"series_dir": source.series_dir, **out}
+            out = {"series": source.label, "series_dir": source.series_dir, **out}
             verdicts[out["verdict"]] += 1
             if progress is not None:
                 progress.clear()
-            _emit(out, as_json)
+            _emit(out, as_json, show_paths)
         if progress is not None:
             progress.update(1)
     return verdicts, errors
@@ -165,9 +208,15 @@ def enroll(
     model: ModelOption = None,
     as_json: JsonOption = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    show_paths: ShowPathsOption = False,
 ) -> None:
     """Fingerprint and record series in bulk, with a verdict for each. Resumable: series already recorded for this
-    model version are skipped. Credentials for --orthanc come from the settings (orthanc_username/password)."""
+    model version are skipped. Credentials for --orthanc come from the settings (orthanc_username/password).
+    Each series is named by a label, not by its folder (folder names often carry patients' names): N/TOTAL, its
+    place among the series found, and series:<12 hex>, the start of the hash of its SeriesInstanceUID that the spool
+    and the worker use (orthanc:<id> for a series read from Orthanc). JSON fields: series (the label), verdict,
+    score, series_instance_uid, matched_patient_id_hash, neighbours, evidence; series_dir and source.folder only
+    with --show-paths."""
     from tqdm import tqdm
 
     from fingerprint.identity.archive import Archive
@@ -176,18 +225,19 @@ def enroll(
         raise typer.BadParameter("give at least one PATH or --orthanc URL")
     settings = _settings(config, index, model_path=model)
     sources: list[SeriesSource] = []
-    for path in paths or []:
+    for number, path in enumerate(paths or [], start=1):
         if not path.exists():
-            raise typer.BadParameter(f"{path} does not exist")
+            raise typer.BadParameter(_missing(path, number, show_paths))
         sources.extend(folder_sources(path))
     if orthanc:
         sources.extend(orthanc_sources(orthanc, settings.orthanc_username, settings.orthanc_password))
+    label_sources(sources)  # numbered among all series found, so a resumed run names each series as before
     with Archive(settings.archive_config()) as archive:
         done = archive.store.recorded_series_uids(archive.model_version)
         todo = [s for s in sources if not (s.series_instance_uid and s.series_instance_uid in done)]
         skipped = len(sources) - len(todo)
         bar = tqdm(total=len(todo), desc="enroll", unit="series", disable=not progress, file=sys.stderr)
-        verdicts, errors = _run_series(archive, todo, True, as_json, bar)
+        verdicts, errors = _run_series(archive, todo, True, as_json, bar, show_paths)
         bar.close()
     summary = ", ".join(f"{v}: {n}" for v, n in sorted(verdicts.items())) or "nothing new"
     typer.echo(f"enrolled {sum(verdicts.values())} series ({summary}); {skipped} already recorded; "
@@ -205,23 +255,32 @@ def query(
     config: ConfigOption = None,
     model: ModelOption = None,
     as_json: JsonOption = False,
+    show_paths: ShowPathsOption = False,
 ) -> None:
     """Top-k most similar archived series with their similarities, and the verdict this series would get.
-    JSON fields: series_dir (as given), verdict, score, neighbours, matched_patient_id_hash, evidence."""
+    Each series is named by a label, not by its folder (folder names often carry patients' names): N/TOTAL, its
+    place among the series found in PATH, and series:<12 hex>, the start of the hash of its SeriesInstanceUID that
+    the spool and the worker use. JSON fields: series (the label), verdict, score, series_instance_uid, neighbours,
+    matched_patient_id_hash, evidence; series_dir and source.folder only with --show-paths."""
     from fingerprint.identity.archive import Archive
 
     if not path.exists():
-        raise typer.BadParameter(f"{path} does not exist")
+        raise typer.BadParameter(_missing(path, 1, show_paths))
     settings = _settings(config, index, model_path=model, top_k=top_k)
-    sources = folder_sources(path)
+    sources = label_sources(folder_sources(path))
     if not sources:
-        typer.echo(f"no DICOM found in {path}", err=True)
+        typer.echo(f"no DICOM found in {path if show_paths else 'PATH'}", err=True)
         raise typer.Exit(EXIT_NOTHING_FOUND)
     with Archive(settings.archive_config()) as archive:
-        verdicts, errors = _run_series(archive, sources, record, as_json, None)
+        verdicts, errors = _run_series(archive, sources, record, as_json, None, show_paths)
         if not as_json:
             _print_neighbours_hint(verdicts)
     raise typer.Exit(_exit_code(verdicts, errors))
+
+
+def _missing(path: Path, number: int, show_paths: bool) -> str:
+    """The usage error for a PATH that does not exist, naming it only with --show-paths."""
+    return f"{path} does not exist" if show_paths else f"PATH {number} does not exist (--show-paths names it)"
 
 
 def _print_neighbours_hint(verdicts: Counter) -> None:
