@@ -60,6 +60,21 @@ TARGETS: dict[str, tuple[str, float | None, str, str]] = {
 }
 
 
+def written_at(path: Path, data: dict) -> str:
+    """When a result file was written: its own ``date`` if it records one; else, for a file as committed, its last
+    commit's time (a fresh checkout gives every file the checkout's time); else the file's modification time."""
+    if isinstance(data.get("date"), str):
+        return data["date"]
+    relative = str(path.relative_to(ROOT))
+    unchanged = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", relative], cwd=ROOT).returncode == 0
+    if unchanged:
+        committed = subprocess.run(["git", "log", "-1", "--format=%cI", "--", relative], cwd=ROOT,
+                                   capture_output=True, text=True).stdout.strip()
+        if committed:
+            return f"{committed} (committed)"
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+
+
 def run_bench(name: str, options: list[str]) -> dict:
     """Run ``bench/bench_<name>.py`` with its options; returns how it went (never raises for its failure)."""
     command = ["nice", "-n", "10", sys.executable, f"bench/bench_{name}.py", *options]
@@ -95,8 +110,7 @@ def collect(runs: dict[str, dict]) -> dict:
         command = data.get("command") or data.get("commands") or ""
         sources[name] = {"file": f"bench/results/{path.name}", "command": command,
                          "load_average": data.get("load_average") or data.get("load_average_start"),
-                         "modified": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-                         .isoformat(timespec="seconds")}
+                         "modified": written_at(path, data)}
         for key, value in headline.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in figures:
                 figures[key] = {"value": value, "source": f"bench/results/{path.name}"}
