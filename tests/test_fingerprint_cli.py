@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,13 @@ def test_fingerprint_cli_on_real_and_bad_series(shared_data: Path, tmp_path: Pat
     localiser_like = shared_data / "hard" / "12bit"  # single 2D images: not a 3D T1 volume
     args = [str(empty), str(good), str(localiser_like)]
     proc = subprocess.run(
-        [*CLI, "fingerprint", *args, "--json"], capture_output=True, text=True, timeout=300,
+        [*CLI, "fingerprint", *args, "--json", "--show-paths"], capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    assert [line["series_dir"] for line in lines] == args, proc.stderr[-2000:]
+    assert [line["series_dir"] for line in lines] == args, proc.stderr[-2000:]  # asked for with --show-paths
+    assert [line["label"].split()[0] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert lines[0]["label"] == "1/3"  # nothing readable in it: its place only
     assert proc.returncode == 1  # some series were rejected
 
     first, second, third = lines
@@ -43,6 +46,7 @@ def test_fingerprint_cli_on_real_and_bad_series(shared_data: Path, tmp_path: Pat
     assert second["model_version"] == load_model().model_version
     assert second["geometry"] and second["method"] == "anatomical"
     assert "patient_id" not in second["series"]
+    assert re.fullmatch(r"2/3 series:[0-9a-f]{12}", second["label"]), second["label"]
 
 
 @pytest.mark.slow
@@ -51,4 +55,5 @@ def test_fingerprint_cli_exit_code_zero_when_all_succeed(shared_data: Path) -> N
     proc = subprocess.run([*CLI, "fingerprint", str(good)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith(f"{good}\tOK\t")
+    assert re.match(r"1/1 series:[0-9a-f]{12}\tOK\t", proc.stdout), proc.stdout  # named by its label
+    assert str(good) not in proc.stdout + proc.stderr  # never by its folder unless --show-paths asks

@@ -146,7 +146,8 @@ def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ign
     """Folders named after patients, headers with a planted name: ``slice`` prints neither (a rejection, whose
     detail is where paths tend to show); ``enroll`` and ``query`` name each series by a label (its place in the run
     and a hash of its UID), never by the folder they were given (the name in it), a header's name or ID, or the
-    folder of another patient a query found as a neighbour; only ``--show-paths`` prints the folder."""
+    folder of another patient a query found as a neighbour; ``fingerprint`` names its series the same way, and drops
+    an unexpected error's message (it may quote the folder); only ``--show-paths`` prints the folder."""
     import torch
 
     torch.set_num_threads(1)
@@ -166,6 +167,19 @@ def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ign
         sliced = runner.invoke(app, args)
         assert sliced.exit_code == 3 and "too_few_slices" in sliced.output, sliced.output
         assert_no_phi(sliced.output, "slice's output", "DOE^JOHN", "12345")
+    fingerprinted = [runner.invoke(app, ["fingerprint", *extra, str(john), str(scout[0].parent)])
+                     for extra in ([], ["--json"])]  # John's own folder (fingerprinted) and the scout (rejected)
+    for result in fingerprinted:
+        assert result.exit_code == 1 and "too_few_slices" in result.output, result.output  # the detail is kept
+        # Not "12345" here: one of the 512 floats may hold those digits.
+        assert_no_phi(result.output, "fingerprint's output", "DOE^JOHN", str(tmp_path))
+    assert re.search(r"^1/2 series:[0-9a-f]{12}\tOK\t", fingerprinted[0].output, re.M), fingerprinted[0].output
+    assert re.search(r"^2/2 series:[0-9a-f]{12}\tREJECTED\ttoo_few_slices: ", fingerprinted[0].output, re.M)
+    good, rejected = [json.loads(line) for line in fingerprinted[1].output.splitlines() if line.startswith("{")]
+    assert len(good["fingerprint"]) == 512 and good["series"]["series_instance_uid"] == john_uid
+    assert rejected["rejected"] == "too_few_slices" and rejected["detail"]
+    assert [line["label"].split()[0] for line in (good, rejected)] == ["1/2", "2/2"]
+    assert "series_dir" not in good and "series_dir" not in rejected
     for args in (["enroll", "--no-progress", "--json", "--index", str(index), str(john.parent)],
                  ["query", "--json", "--index", str(index), str(jane.parent)],
                  ["query", "--index", str(index), str(jane.parent)]):
@@ -190,5 +204,21 @@ def test_cli_output_names_no_patient_from_headers_or_other_folders(  # type: ign
     (line,) = [json.loads(text) for text in asked.output.splitlines() if text.startswith("{")]
     assert line["series_dir"] == line["source"]["folder"] == str(jane.parent)
     assert "DOE^JOHN" not in asked.output  # still never another patient's folder
+    # An unexpected error's message quotes the folder (a file error's does): fingerprint prints its class only.
+    def unreadable(path: Path, **_: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("fingerprint.model.fingerprinter.fingerprint_series", unreadable)
+    failed = {flags: runner.invoke(app, ["fingerprint", *flags, str(john)])
+              for flags in ((), ("--json",), ("--json", "--show-paths"))}
+    assert all(result.exit_code == 1 for result in failed.values()), failed
+    assert "1/1\tREJECTED\tPermissionError\n" in failed[()].output, failed[()].output
+    (line,) = [json.loads(text) for text in failed[("--json",)].output.splitlines() if text.startswith("{")]
+    assert line == {"label": "1/1", "error": "PermissionError"}
+    for result in (failed[()], failed[("--json",)]):
+        assert "DOE^JOHN" not in result.output and str(tmp_path) not in result.output, result.output
+    (line,) = [json.loads(text) for text in failed[("--json", "--show-paths")].output.splitlines()
+               if text.startswith("{")]
+    assert line["series_dir"] == str(john) and str(john) in line["detail"]  # asked for: the folder and the message
     assert_no_phi(caplog.text, "the CLI's logs", "PHI-ID-90211")
 

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from deepbrainprint.cli.labels import ShowPathsOption, series_label
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REJECTED = 3
@@ -39,12 +41,6 @@ IndexOption = Annotated[
 ]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $DBP_CONFIG).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per series on stdout.")]
-ShowPathsOption = Annotated[
-    bool,
-    typer.Option("--show-paths", help="Also print each series' folder (series_dir, source.folder) and full error "
-                 "messages. Off by default: folder names in PACS exports often carry patients' names, and this "
-                 "output ends up in logs and cron mails."),
-]
 ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Model weights (default: the shipped ones).")]
 
 
@@ -61,21 +57,11 @@ class SeriesSource:
 
 
 def label_sources(sources: list[SeriesSource]) -> list[SeriesSource]:
-    """Give each series the label the output names it by: ``N/TOTAL`` (its place among the series this run found)
-    and ``series:<12 hex>`` (the start of the hash of its SeriesInstanceUID that the spool and the worker name it by:
-    stable from run to run, and naming nobody), or ``orthanc:<id>`` (Orthanc's own hash-like ID) for a series read
-    from Orthanc; a series whose UID could not be read has its place only. Never the folder: its name may carry a
-    patient's (``DOE^JOHN_12345/t1``)."""
-    from dicom_node.spool import series_key_for
-
+    """Give each series the label the output names it by (:func:`deepbrainprint.cli.labels.series_label`), numbered
+    among the series this run found. Never the folder: its name may carry a patient's (``DOE^JOHN_12345/t1``)."""
     for position, source in enumerate(sources, start=1):
-        if source.source_info.get("orthanc_id"):
-            name = f" orthanc:{source.source_info['orthanc_id']}"
-        elif source.series_instance_uid:
-            name = f" series:{series_key_for(source.series_instance_uid)[:12]}"
-        else:
-            name = ""
-        source.label = f"{position}/{len(sources)}{name}"
+        source.label = series_label(position, len(sources), source.series_instance_uid,
+                                    str(source.source_info.get("orthanc_id") or ""))
     return sources
 
 

@@ -1,7 +1,8 @@
 """``deepbrainprint fingerprint``, ``train`` and ``evaluate``: the model's commands.
 
 Exit codes of ``fingerprint``: 0 when every series was fingerprinted, 1 when at least one was rejected or failed
-(each still gets its own output line; the others are processed), 2 for usage errors (Typer's).
+(each still gets its own output line; the others are processed), 2 for usage errors (Typer's). Its output names each
+series by a label, its folder only with ``--show-paths`` (:mod:`deepbrainprint.cli.labels`).
 """
 
 from __future__ import annotations
@@ -13,28 +14,44 @@ from typing import Any, Optional
 
 import typer
 
+from deepbrainprint.cli.labels import ShowPathsOption, series_label
+
 METHODS = ("anatomical", "middle")
 
 
-def _fingerprint_one(series_dir: str, method: str, model: Any) -> tuple[dict[str, Any], bool]:
-    """One series' output object and whether it succeeded. Never raises: one bad series must not stop the others."""
+def _fingerprint_one(
+    series_dir: str, position: int, total: int, method: str, model: Any, show_paths: bool = False
+) -> tuple[dict[str, Any], bool]:
+    """One series' output object and whether it succeeded. Never raises: one bad series must not stop the others.
+
+    The series is named by its label (:func:`series_label`); its folder (``series_dir``) and an unexpected error's
+    message (``detail``) are added only with ``show_paths``: a folder's name may carry a patient's, and an error's
+    message may quote the folder. A rejection's ``detail`` stays: it is the pipeline's own reason text (codes,
+    counts, header values such as the modality), which names no path.
+    """
     from fingerprint.errors import SeriesRejected
     from fingerprint.model.fingerprinter import fingerprint_series
 
+    ok = False
     try:
         result = fingerprint_series(Path(series_dir), method=method, model=model)
     except SeriesRejected as exc:
-        return {"series_dir": series_dir, **exc.as_json()}, False
-    except Exception as exc:  # noqa: BLE001 - reported per series; the message names no patient (paths only)
-        return {"series_dir": series_dir, "error": type(exc).__name__, "detail": str(exc)[:500]}, False
-    return {
-        "series_dir": series_dir,
-        "fingerprint": [round(float(v), 7) for v in result.vector],
-        "model_version": result.model_version,
-        "method": result.slice.method,
-        "geometry": result.slice.geometry,
-        "series": result.slice.identifiers.as_json(include_patient_id=False),
-    }, True
+        uid = exc.identifiers.series_instance_uid if exc.identifiers is not None else ""
+        out: dict[str, Any] = exc.as_json()
+    except Exception as exc:  # noqa: BLE001 - reported per series, by its class (the message may quote the path)
+        uid = ""
+        out = {"error": type(exc).__name__, **({"detail": str(exc)[:500]} if show_paths else {})}
+    else:
+        ok, uid = True, result.slice.identifiers.series_instance_uid
+        out = {
+            "fingerprint": [round(float(v), 7) for v in result.vector],
+            "model_version": result.model_version,
+            "method": result.slice.method,
+            "geometry": result.slice.geometry,
+            "series": result.slice.identifiers.as_json(include_patient_id=False),
+        }
+    where = {"series_dir": series_dir} if show_paths else {}
+    return {"label": series_label(position, total, uid), **where, **out}, ok
 
 
 def fingerprint_cmd(
@@ -42,28 +59,34 @@ def fingerprint_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line per series (else a summary line)."),
     method: str = typer.Option("anatomical", help="Slice method: anatomical (product) or middle (paper protocol)."),
     model_path: Optional[Path] = typer.Option(None, "--model", help="Weights folder; default: the shipped weights."),
+    show_paths: ShowPathsOption = False,
 ) -> None:
-    """Fingerprint each series: a 512-d L2-normalised vector, the model version and the slice geometry.
-
-    A rejected series prints {"series_dir", "rejected": CODE, "detail"} and the others go on. Exit code 1 if any
-    series was rejected or failed, 0 otherwise.
-    """
+    """Fingerprint each series: a 512-d L2-normalised vector, the model version and the slice geometry. Each series
+    is named by a label, not by its folder (folder names often carry patients' names): N/TOTAL, its place among the
+    SERIES_DIRs given, and series:<12 hex>, the start of the hash of its SeriesInstanceUID that the spool and the
+    worker use (the place only when no header could be read). JSON fields: label, fingerprint, model_version,
+    method, geometry, series (its UIDs, modality, manufacturer, description; no PatientID); a rejected series prints
+    {"label", "rejected": CODE, "detail"} and an unexpected failure {"label", "error": CLASS}, and the others go on.
+    series_dir, and an unexpected failure's message (detail), only with --show-paths. Exit code 1 if any series was
+    rejected or failed, 0 otherwise."""
     from fingerprint.model.fingerprinter import load_model
 
     if method not in METHODS:
         raise typer.BadParameter(f"method must be one of {', '.join(METHODS)}")
     model = load_model(model_path)
     all_ok = True
-    for series_dir in series_dirs:
-        output, ok = _fingerprint_one(series_dir, method, model)
+    for position, series_dir in enumerate(series_dirs, start=1):
+        output, ok = _fingerprint_one(series_dir, position, len(series_dirs), method, model, show_paths)
         all_ok &= ok
+        where = f"{series_dir}\t" if show_paths else ""
         if as_json:
             typer.echo(json.dumps(output, default=str))
         elif ok:
-            typer.echo(f"{series_dir}\tOK\t{output['model_version']}\t{len(output['fingerprint'])} floats")
+            typer.echo(f"{output['label']}\t{where}OK\t{output['model_version']}\t{len(output['fingerprint'])} floats")
         else:
             reason = output.get("rejected") or output.get("error")
-            typer.echo(f"{series_dir}\tREJECTED\t{reason}: {output['detail']}")
+            detail = f": {output['detail']}" if "detail" in output else ""
+            typer.echo(f"{output['label']}\t{where}REJECTED\t{reason}{detail}")
         sys.stdout.flush()
     if not all_ok:
         raise typer.Exit(code=1)
