@@ -122,10 +122,15 @@ def _views(jobs: list[tuple[str, str, str]], cache: Path, workers: int) -> ViewS
     return ViewSet(scans, rejected)
 
 
+def _partial_of(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it into place: a reader (another process evaluating the
+    same scans) sees the whole cache file or none, and two writers never share a partial file."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")
+
+
 def _save_atomically(path: Path, **arrays: Any) -> None:
-    """``np.savez`` to a file of this process, then renamed onto ``path``: a reader (another process evaluating the
-    same scans) sees the whole cache file or none."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    """``np.savez`` to this process's partial file, then renamed onto ``path``."""
+    partial = _partial_of(path)
     with open(partial, "wb") as handle:
         np.savez(handle, **arrays)
     os.replace(partial, path)
@@ -236,6 +241,6 @@ def _read_pair_cache(cache: Path | None) -> dict[tuple[str, str], tuple[float, f
 def _write_pair_cache(cache: Path, known: dict[tuple[str, str], tuple[float, float]]) -> None:
     Path(cache).mkdir(parents=True, exist_ok=True)
     entries = [[a, b, None if not np.isfinite(v[0]) else v[0], v[1]] for (a, b), v in sorted(known.items())]
-    partial = _pair_cache_file(cache).with_suffix(".partial")
+    partial = _partial_of(_pair_cache_file(cache))
     partial.write_text(json.dumps(entries))
     partial.replace(_pair_cache_file(cache))

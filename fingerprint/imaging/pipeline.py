@@ -86,12 +86,7 @@ def canonical_views(
         interior = trusted_interior(image)
         plane = sample_plane(interior, alignment.transform)
         pixels, plane_covered = plane.pixels, plane.coverage
-        if plane_covered < MIN_PLANE_COVERAGE:
-            raise SeriesRejected(
-                RejectReason.NOT_T1_BRAIN,
-                f"the field of view holds only {100 * plane_covered:.0f}% of the canonical plane's brain "
-                f"(needs {100 * MIN_PLANE_COVERAGE:.0f}%)",
-            )
+        _refuse_uncovered(plane_covered)
         geometry["alignment"] = alignment.as_json()
         geometry["level"] = {
             "how": "fixed plane of the reference brain after rigid alignment",
@@ -135,13 +130,18 @@ def canonical_levels(image: sitk.Image, offsets_mm: tuple[float, ...] = LEVEL_OF
     alignment = align(image)
     planes = sample_levels(trusted_interior(image), alignment.transform, offsets_mm)
     canonical = planes[list(offsets_mm).index(0.0)] if 0.0 in offsets_mm else min(planes, key=lambda p: p.coverage)
-    if canonical.coverage < MIN_PLANE_COVERAGE:
+    _refuse_uncovered(canonical.coverage)
+    return np.stack([p.pixels for p in planes]), [p.coverage for p in planes]
+
+
+def _refuse_uncovered(plane_coverage: float) -> None:
+    """Refuse a series whose field of view holds too little of the canonical plane's brain to fingerprint."""
+    if plane_coverage < MIN_PLANE_COVERAGE:
         raise SeriesRejected(
             RejectReason.NOT_T1_BRAIN,
-            f"the field of view holds only {100 * canonical.coverage:.0f}% of the canonical plane's brain "
+            f"the field of view holds only {100 * plane_coverage:.0f}% of the canonical plane's brain "
             f"(needs {100 * MIN_PLANE_COVERAGE:.0f}%)",
         )
-    return np.stack([p.pixels for p in planes]), [p.coverage for p in planes]
 
 
 def describe_volume(image: sitk.Image) -> dict[str, Any]:

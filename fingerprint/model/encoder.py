@@ -57,16 +57,14 @@ def spread_input_channels(encoder: nn.Module, channels: int) -> nn.Module:
     convolution's weights divided equally over them, everything else as it was. Why this start: on a stack of
     ``channels`` identical slices it gives the 1-channel encoder's output on that slice, so a multi-level model
     starts from the shipped one and training decides what the extra levels add."""
-    import copy
-
-    widened = copy.deepcopy(encoder)
     weight = encoder.conv1.weight.detach()
     if weight.shape[1] != 1:
         raise ValueError(f"expected a 1-channel encoder, got {weight.shape[1]} input channels")
-    widened.conv1 = nn.Conv2d(channels, weight.shape[0], kernel_size=7, stride=2, padding=3, bias=False)
-    with torch.no_grad():
-        widened.conv1.weight.copy_(weight.repeat(1, channels, 1, 1) / channels)
-    return widened
+    widened = resnet18_encoder(in_channels=channels)
+    state = {name: value.detach().clone() for name, value in encoder.state_dict().items()}
+    state["conv1.weight"] = weight.repeat(1, channels, 1, 1) / channels
+    widened.load_state_dict(state, strict=True)
+    return widened.train(encoder.training)
 
 
 def save_encoder(encoder: nn.Module, out_dir: Path, metadata: dict[str, Any]) -> Path:
