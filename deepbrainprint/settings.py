@@ -38,6 +38,9 @@ class Settings:
     # --- fingerprint library -------------------------------------------------------------------------------------
     model_path: Path | None = None  # None: the weights shipped in fingerprint/weights/
     slice_method: str = "anatomical"  # or "middle" (the paper's protocol: middle of the array)
+    # How fingerprints are computed: "auto" (ONNX Runtime float32 where installed, else torch), "torch", "onnx", or
+    # "int8" (the shipped 8-bit graph: faster, its own model version <version>+int8 and thresholds; reindex to switch)
+    model_runtime: str = "auto"
 
     # --- identity archive (store + index) --------------------------------------------------------------------------
     index_dir: Path | None = None  # None: <home>/index
@@ -115,6 +118,7 @@ class Settings:
             index_dir=self.resolved_index_dir,
             store_url=self.resolved_store_url,
             model_path=self.model_path,
+            model_runtime=self.model_runtime,
             slice_method=self.slice_method,
             faiss_factory=self.faiss_factory,
             faiss_search_params=self.faiss_search_params,

@@ -300,6 +300,14 @@ def calibrate(
             "verification stage too, from every pair of its scans.",
         ),
     ] = False,
+    fingerprint_only: Annotated[
+        bool,
+        typer.Option(
+            "--fingerprint-only",
+            help="With --real-heads: the fingerprint's thresholds only, no pair verified (e.g. for the int8 model "
+            "version: DBP_MODEL_RUNTIME=int8; the verification's do not depend on how fingerprints are computed).",
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Processes for slicing and pair checks.")] = 1,
     as_json: JsonOption = False,
 ) -> None:
@@ -323,12 +331,15 @@ def calibrate(
         return
     if cohort is None or not (cohort / "cohort.csv").exists():
         raise typer.BadParameter(f"{cohort}/cohort.csv not found (or use --from-archive)")
-    fingerprinter = load_model(settings.model_path)
+    if fingerprint_only and not real_heads:
+        raise typer.BadParameter("--fingerprint-only goes with --real-heads (without it nothing is verified anyway)")
+    fingerprinter = load_model(settings.model_path, runtime=settings.model_runtime)
     rate = far if far is not None else settings.calibration_far
     if real_heads:
         from fingerprint.evaluation.real_calibration import calibrate_real_cohort
 
-        calibrated = list(calibrate_real_cohort(cohort, fingerprinter, rate, split, workers))
+        calibrated = [t for t in calibrate_real_cohort(cohort, fingerprinter, rate, split, workers, not fingerprint_only)
+                      if t is not None]
     else:
         calibrated = [calibrate_cohort(cohort, fingerprinter.embed, fingerprinter.model_version, rate, split)]
     target = SHIPPED_THRESHOLDS if ship else site_thresholds_path(settings.resolved_index_dir)

@@ -210,7 +210,7 @@ def _real_head_benchmark(cohort: Path, model_path: Optional[Path], out: Path, sh
     from fingerprint.model.fingerprinter import load_model
 
     settings = load_settings(model_path=model_path)
-    fingerprinter = load_model(settings.model_path)
+    fingerprinter = load_model(settings.model_path, runtime=settings.model_runtime)
     views = cohort_views(cohort, workers)
     if shared is not None:
         views = views + shared_views(shared, Path(out) / "shared-views", workers)
@@ -229,8 +229,38 @@ def _real_head_benchmark(cohort: Path, model_path: Optional[Path], out: Path, sh
     typer.echo(f"written: {out}/identity.json, identity.md")
 
 
+def quantize_cmd(
+    cohort: Path = typer.Option(..., "--cohort", help="Calibration people (cohort generate --kind real-calibration)."),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="Weights folder; default: the shipped weights."),
+    workers: int = typer.Option(1, "--workers", help="Processes for slicing the cohort's volumes."),
+) -> None:
+    """Make the int8 graph of the weights (written beside them as encoder-int8.onnx + encoder-int8.json): ONNX
+    Runtime static quantization, 7-bit per-channel weights, 8-bit activations whose ranges are measured on the
+    cohort's canonical slices (calibration people only). Its fingerprints are the model version <version>+int8
+    (use it with DBP_MODEL_RUNTIME=int8, after `calibrate` has set thresholds for that version)."""
+    import numpy as np
+
+    from fingerprint.evaluation.identity_data import cohort_views
+    from fingerprint.locations import SHIPPED_WEIGHTS_DIR
+    from fingerprint.model.encoder import load_encoder
+    from fingerprint.model.quantize import quantize_encoder
+
+    folder = Path(model_path) if model_path is not None else SHIPPED_WEIGHTS_DIR
+    folder = folder if folder.is_dir() else folder.parent
+    if not (cohort / "cohort.csv").exists():
+        raise typer.BadParameter(f"{cohort}/cohort.csv not found")
+    encoder, metadata = load_encoder(folder)
+    views = cohort_views(cohort, workers)
+    manifest = quantize_encoder(
+        encoder, views.slices.astype(np.float32), folder, model_version=str(metadata["model_version"]),
+        description=f"{cohort.name}: {len(views.slices)} canonical slices of {len(set(views.people.tolist()))} people",
+    )
+    typer.echo(json.dumps({k: v for k, v in manifest.items() if k != "probe_fingerprints"}, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's subcommands to the app."""
     app.command("fingerprint")(fingerprint_cmd)
     app.command("train")(train_cmd)
     app.command("evaluate")(evaluate_cmd)
+    app.command("quantize")(quantize_cmd)

@@ -26,10 +26,11 @@ def verification_thresholds(
 
 
 def calibrate_real_cohort(
-    cohort_dir: Path, fingerprinter: Any, far: float = 0.001, split: str | None = "calibration", workers: int = 1
-) -> tuple[Thresholds, Thresholds]:
+    cohort_dir: Path, fingerprinter: Any, far: float = 0.001, split: str | None = "calibration", workers: int = 1,
+    verify: bool = True,
+) -> tuple[Thresholds, Thresholds | None]:
     """Fingerprint and verification thresholds from one cohort of real people (every scan through the real
-    pipeline, every pair of scans verified)."""
+    pipeline, every pair of scans verified); ``verify=False``: the fingerprint's only (verification None)."""
     from fingerprint.evaluation.identity_data import (
         all_pairs,
         cohort_views,
@@ -53,6 +54,8 @@ def calibrate_real_cohort(
     fingerprint = thresholds_from_similarities(
         same_fp, different_fp, far, fingerprinter.model_version, {**details, "people_kind": "real heads"}
     )
+    if not verify:
+        return fingerprint, None
     pairs = score_pairs(views, all_pairs(views), workers, cache=views_cache(cohort_dir))
     verification = verification_thresholds(
         pairs.score[pairs.same],

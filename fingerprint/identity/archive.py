@@ -63,6 +63,7 @@ class ArchiveConfig:
     index_dir: Path
     store_url: str  # sqlite:///... or postgresql+psycopg://...
     model_path: Path | None = None  # None: the shipped weights
+    model_runtime: str = "auto"  # fingerprint.model.fingerprinter.RUNTIMES; "int8": its own model version
     slice_method: str = "anatomical"  # or "middle" (the paper's protocol)
     faiss_factory: str = "auto"  # fingerprint.identity.index: exact up to AUTO_EXACT_UP_TO, approximate above
     faiss_search_params: str = ""
@@ -116,7 +117,7 @@ class Archive:
         if self._model is None:
             from fingerprint.model.fingerprinter import load_model
 
-            self._model = load_model(self.config.model_path)
+            self._model = load_model(self.config.model_path, runtime=self.config.model_runtime)
         return self._model
 
     @property

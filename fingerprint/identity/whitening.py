@@ -118,11 +118,14 @@ def load_search_transform(folder: Path, model_version: str) -> SearchTransform |
 
 
 def resolve_search_transform(model_version: str, model_dir: Path | None = None) -> SearchTransform | None:
-    """The transform stored beside the model's weights (``model_dir``; None: the shipped weights), else None."""
+    """The transform stored beside the model's weights (``model_dir``; None: the shipped weights), else None. An int8
+    version uses its float32 model's: the same space, and candidates are re-ranked exactly either way."""
+    from fingerprint.model.quantize import base_version
+
     folder = Path(model_dir) if model_dir is not None else SHIPPED_WEIGHTS_DIR
     if folder.is_file():  # a .safetensors file was given: its folder
         folder = folder.parent
-    return load_search_transform(folder, model_version)
+    return load_search_transform(folder, model_version) or load_search_transform(folder, base_version(model_version))
 
 
 def _cohort_fingerprints(cohort: Path, model_path: Path | None, subjects: str) -> tuple[np.ndarray, str]:

@@ -7,7 +7,9 @@ vectors of two models) and an ``embed`` that turns canonical slices into unit ve
 Two ways to run the same float32 network: ONNX Runtime (``runtime="onnx"``, :mod:`fingerprint.model.runtime`: the
 graph exported from the loaded weights, checked against torch before use) where it is installed, and the torch
 encoder itself (``runtime="torch"``), which is also what ``"auto"`` falls back to. Both give the same fingerprints
-up to :data:`fingerprint.model.runtime.FINGERPRINT_TOLERANCE`.
+up to :data:`fingerprint.model.runtime.FINGERPRINT_TOLERANCE`. A third, ``runtime="int8"``, runs the 8-bit graph
+shipped beside the weights (:mod:`fingerprint.model.quantize`): faster, but its fingerprints differ slightly, so they
+carry a model version of their own (``<version>+int8``) and have their own thresholds; it never falls back.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_BATCH_SIZE = 64
-RUNTIMES = ("auto", "onnx", "torch")
+RUNTIMES = ("auto", "onnx", "torch", "int8")
 
 _cache: dict[str, "Fingerprinter"] = {}
 _cache_lock = threading.Lock()
@@ -63,10 +65,18 @@ class Fingerprinter:
         num_threads: int | None = 1,
         device: str = "cpu",
         runtime: str = "torch",
+        weights_dir: Path | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if runtime == "int8" and (device != "cpu" or weights_dir is None):
+            raise ValueError("runtime='int8' runs on the CPU and needs the weights folder its graph is shipped in")
         self.encoder = encoder.to(device).eval()
+        self.weights_dir = weights_dir
+        if runtime == "int8":
+            from fingerprint.model.quantize import int8_version
+
+            model_version = int8_version(model_version)
         self.model_version = model_version
         self.metadata = dict(metadata or {})
         self.batch_size = batch_size
@@ -95,15 +105,23 @@ class Fingerprinter:
 
     @property
     def active_runtime(self) -> str:
-        """The path ``embed`` takes now: ``"onnx"`` or ``"torch"`` (creates the ONNX session if not yet tried)."""
+        """The path ``embed`` takes now: ``"int8"``, ``"onnx"`` or ``"torch"`` (creates the ONNX session if not yet
+        tried)."""
         with self._lock:
+            if self.runtime == "int8":
+                self._session()
+                return "int8"
             return "onnx" if self.runtime != "torch" and self._session() is not None else "torch"
 
     def _session(self) -> Any:
         """The ONNX Runtime session for the current thread count, made once; None where only torch can run."""
         if self.num_threads not in self._sessions:
+            from fingerprint.model.quantize import int8_encoder
             from fingerprint.model.runtime import onnx_encoder
 
+            if self.runtime == "int8":  # raises Int8Unavailable with its reason: no silent change of model version
+                self._sessions[self.num_threads] = int8_encoder(self.encoder, self.num_threads, self.weights_dir)
+                return self._sessions[self.num_threads]
             session = onnx_encoder(self.encoder, self.num_threads)
             if session is None and self.runtime == "onnx":
                 raise RuntimeError("runtime='onnx' was asked for but ONNX Runtime cannot run this encoder")
@@ -171,7 +189,8 @@ def load_model(path: Path | None = None, runtime: str = "auto") -> Fingerprinter
 
     ``path=None`` means the weights shipped in ``fingerprint/weights/``; when none are shipped, a deterministic
     randomly initialised encoder with model_version ``"untrained-0"`` so the product works end to end regardless.
-    ``runtime``: ``"auto"`` (ONNX Runtime where it runs, else torch), ``"onnx"`` or ``"torch"``.
+    ``runtime``: ``"auto"`` (ONNX Runtime where it runs, else torch), ``"onnx"``, ``"torch"`` or ``"int8"`` (the 8-bit
+    graph shipped beside the weights; model version ``<version>+int8``; not for the untrained encoder).
     """
     from fingerprint.model.encoder import (
         UNTRAINED_VERSION,
@@ -184,6 +203,8 @@ def load_model(path: Path | None = None, runtime: str = "auto") -> Fingerprinter
     with _cache_lock:
         if key not in _cache:
             if resolved is None:
+                if runtime == "int8":
+                    raise ValueError("runtime='int8' needs trained weights with their int8 graph; none are shipped")
                 _cache[key] = Fingerprinter(
                     seeded_encoder(), UNTRAINED_VERSION, {"model_version": UNTRAINED_VERSION}, runtime=runtime
                 )
@@ -191,7 +212,10 @@ def load_model(path: Path | None = None, runtime: str = "auto") -> Fingerprinter
                 if not resolved.exists():
                     raise FileNotFoundError(f"model weights not found: {resolved}")
                 encoder, metadata = load_encoder(resolved)
-                _cache[key] = Fingerprinter(encoder, str(metadata["model_version"]), metadata, runtime=runtime)
+                folder = resolved if resolved.is_dir() else resolved.parent
+                _cache[key] = Fingerprinter(
+                    encoder, str(metadata["model_version"]), metadata, runtime=runtime, weights_dir=folder
+                )
         return _cache[key]
 
 
