@@ -58,6 +58,9 @@ class Settings:
     verify_other_patients: int = 3  # other PatientIDs verified (best scan each, most similar fingerprints first)
     evidence_pictures: bool = True  # keep each verification's checkerboard picture in the store
     verification_threads: int = 2  # candidates of one verification round verified side by side (one thread each)
+    # Embedded mode: an idle worker fingerprints a series whose sender released the association while its quiet time
+    # runs, and the hand-on uses it if the folder is unchanged (fingerprint.identity.ahead); the verdict waits as ever
+    fingerprint_ahead: bool = True
 
     # --- DICOM node ----------------------------------------------------------------------------------------------
     ae_title: str = "DEEPBRAINPRINT"

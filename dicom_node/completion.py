@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from .spool import MAX_ASSOCIATION_IDS, SeriesState, Spool, utc_now
 from .types import CompletedSeries
@@ -23,6 +24,9 @@ from .types import CompletedSeries
 log = logging.getLogger(__name__)
 
 OnSeriesComplete = Callable[[CompletedSeries], None]
+#: Told (series key, instances folder) when the last association sending to a series ends: the quiet time starts,
+#: and a worker with nothing else to do may fingerprint the folder meanwhile. Must return at once; failures ignored.
+OnSeriesReleased = Callable[[str, Path], None]
 
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
@@ -58,9 +62,11 @@ class CompletionTracker:
         *,
         open_quiet_time_s: float = 60.0,
         keep_done_s: float = 0.0,
+        on_series_released: OnSeriesReleased | None = None,
     ) -> None:
         self.spool = spool
         self.on_series_complete = on_series_complete
+        self.on_series_released = on_series_released
         self.quiet_time_s = float(quiet_time_s)
         self.open_quiet_time_s = max(float(open_quiet_time_s), self.quiet_time_s)
         self.keep_done_s = float(keep_done_s)  # > 0: purge finished series that old, once an hour (0: never)
@@ -124,12 +130,18 @@ class CompletionTracker:
             flushes = [(p.series_key, p.received_since_flush, p.last_received) for p in touched]
             for progress in touched:
                 progress.received_since_flush = 0
+            released = [p.series_key for p in touched if not p.active_associations and not p.handing_on]
         for series_key, received, last in flushes:
             try:
                 self.spool.update_state(series_key, lambda s, n=received, t=last: _add_received(s, n, t))
             except OSError as exc:  # counts are informative; the instances themselves are already durable
                 log.warning("series %s: could not update its state file (%s)", series_key, exc)
         self._wake.set()
+        for series_key in released if self.on_series_released is not None else ():
+            try:
+                self.on_series_released(series_key, self.spool.instances_dir(series_key))
+            except Exception as exc:  # noqa: BLE001 - an optimisation only: the hand-on does the work anyway
+                log.warning("series %s: release notice failed (%s)", series_key, type(exc).__name__)
 
     # --- restart ----------------------------------------------------------------------------------------------
     def recover_pending(self) -> list[str]:

@@ -35,7 +35,7 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from .completion import CompletionTracker, OnSeriesComplete
+from .completion import CompletionTracker, OnSeriesComplete, OnSeriesReleased
 from .config import NodeConfig
 from .spool import Spool, SpoolWriteError, series_key_for, uid_key
 from .transport import tune_receiver
@@ -120,7 +120,9 @@ class StorageNode:
     ``.port`` is the bound port (``config.port == 0`` picks a free one); ``.stop()`` shuts down cleanly.
 
     ``on_series_complete`` gets a :class:`~dicom_node.types.CompletedSeries` from a background thread and must
-    return quickly (enqueue, don't process). Series it raised for are handed on again later.
+    return quickly (enqueue, don't process). Series it raised for are handed on again later. ``on_series_released``
+    (optional) is told a series' key and folder when its last association ends, before its quiet time: a hint that
+    an idle worker may start on it (:data:`~dicom_node.completion.OnSeriesReleased`).
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class StorageNode:
         *,
         spool: Spool | None = None,
         recover: bool = True,
+        on_series_released: OnSeriesReleased | None = None,
     ) -> None:
         self.config = config
         self.spool = spool or Spool(config.spool_dir)
@@ -139,6 +142,7 @@ class StorageNode:
             config.quiet_time_s,
             open_quiet_time_s=config.open_quiet_time_s,
             keep_done_s=config.spool_keep_done_s,
+            on_series_released=on_series_released,
         )
         self.recover = recover
         self.allowed_calling_aes = parse_ae_list(config.allowed_calling_aes)

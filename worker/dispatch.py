@@ -8,6 +8,7 @@ holds patient data. Embedded mode: the ledger row *is* the queue entry; in-proce
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from dicom_node.types import CompletedSeries
 from worker.config import WorkerConfig
@@ -48,3 +49,14 @@ def submit_completed_series(config: WorkerConfig, completed: CompletedSeries) ->
         ensure_embedded_worker(config)
         wake_embedded_workers()  # every in-process worker: an idle second one would otherwise wait for its poll
     return job_key
+
+
+def fingerprint_released_series(config: WorkerConfig, series_key: str, folder: Path) -> None:
+    """A series' last association ended: in embedded mode an idle in-process worker fingerprints its folder during
+    the quiet time (used at hand-on if nothing changed). Service mode does nothing: its workers are other processes,
+    and the hand-on is the only message."""
+    if config.broker_url:
+        return
+    from worker.embedded import fingerprint_ahead
+
+    fingerprint_ahead(config, folder)

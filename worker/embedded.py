@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from worker.config import WorkerConfig
@@ -23,6 +25,8 @@ from worker.steps import TRANSIENT_ERRORS, WorkerContext, error_text, process_jo
 log = logging.getLogger(__name__)
 
 _running_workers: list[EmbeddedWorker] = []
+#: Released folders an idle worker remembers to fingerprint ahead (the oldest are dropped: their hand-on is near).
+AHEAD_QUEUE = 4
 
 
 def wake_embedded_workers() -> None:
@@ -48,6 +52,8 @@ class EmbeddedWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy = threading.Event()
+        self._ahead: deque[Path] = deque()  # released series folders to fingerprint while idle, oldest first
+        self._ahead_lock = threading.Lock()
         # Set when the ledger could not be reached: a series claimed meanwhile may be left ``running`` with nobody
         # working on it (its failure could not be written); the next successful pass queues such rows again.
         self._ledger_lost = False
@@ -63,6 +69,16 @@ class EmbeddedWorker:
         return self
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def fingerprint_ahead(self, folder: Path) -> None:
+        """Ask for ``folder`` (a released series whose quiet time runs) to be fingerprinted when this worker is idle;
+        queued series always come first (:mod:`fingerprint.identity.ahead`)."""
+        with self._ahead_lock:
+            if folder not in self._ahead:
+                self._ahead.append(folder)
+                while len(self._ahead) > AHEAD_QUEUE:
+                    self._ahead.popleft()
         self._wake.set()
 
     def request_stop(self) -> None:
@@ -119,6 +135,11 @@ class EmbeddedWorker:
         due = self.ctx.ledger.due_writebacks()
         for pending in due:
             writeback_job(self.ctx, pending.job_key)
+        with self._ahead_lock:
+            folder = self._ahead.popleft() if self._ahead else None
+        if folder is not None:
+            self.ctx.archive.fingerprint_ahead(folder)
+            return True
         return False  # write-back retries never count as "busy": they wait for their own due time
 
     def _process(self, job: Job) -> None:
@@ -138,7 +159,13 @@ class EmbeddedWorker:
             self.on_verdict(job, verdict)
 
 
-__all__ = ["EmbeddedWorker", "ensure_embedded_worker", "wake_embedded_workers"]
+__all__ = ["EmbeddedWorker", "ensure_embedded_worker", "fingerprint_ahead", "wake_embedded_workers"]
+
+
+def fingerprint_ahead(config: WorkerConfig, folder: Path) -> None:
+    """Give a released series' folder to this archive's in-process worker, to fingerprint while its quiet time runs
+    (started on first need, like :func:`ensure_embedded_worker`)."""
+    ensure_embedded_worker(config).fingerprint_ahead(Path(folder))
 
 
 def ensure_embedded_worker(config: WorkerConfig) -> EmbeddedWorker:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ import numpy as np
 import pydicom
 
 from fingerprint.errors import SeriesRejected
+from fingerprint.identity.ahead import shared as ahead_of_need
 from fingerprint.identity.calibration import Thresholds, resolve_thresholds
 from fingerprint.identity.index import FingerprintIndex
 from fingerprint.identity.patient_ids import hash_patient_id, load_or_create_key
@@ -48,6 +50,8 @@ from fingerprint.types import FingerprintResult, SeriesIdentifiers
 SAVE_INDEX_EVERY = 200
 
 Source = Path | str | Sequence[pydicom.Dataset]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class Archive:
         self._thresholds: dict[str, Thresholds] = {}  # per model version, read once per process
         # The in-memory FAISS indexes are not thread-safe; the store lock serialises processes, this one threads.
         self._local_lock = threading.RLock()
+        # A verifier done ahead, handed from fingerprint() to the decision that follows in the same thread.
+        self._ahead_verifiers = threading.local()
 
     # --- the model --------------------------------------------------------------------------------------------------
     @property
@@ -147,7 +153,58 @@ class Archive:
 
     # --- the two steps ------------------------------------------------------------------------------------------------
     def fingerprint(self, source: Source) -> FingerprintResult:
-        """Read, slice and embed one series (heavy, lock-free). Raises :class:`SeriesRejected` for bad input."""
+        """Read, slice and embed one series (heavy, lock-free). Raises :class:`SeriesRejected` for bad input. A
+        folder fingerprinted ahead (:meth:`fingerprint_ahead`) and unchanged since is not computed again, and the
+        verifications done ahead with it are used by the decision that follows in this thread."""
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            ahead = ahead_of_need.take(Path(source), self._ahead_kind)
+            if ahead is not None:
+                result, verifier = ahead
+                if verifier is not None:
+                    self._ahead_verifiers.verifier = (result, verifier)
+                return result
+        return self._fingerprint_now(source)
+
+    def fingerprint_ahead(self, folder: Path) -> bool:
+        """Fingerprint a series folder before it is handed on (its quiet time is running) and verify it against the
+        candidates stored now, for :meth:`fingerprint` to take if the folder does not change meanwhile
+        (:mod:`fingerprint.identity.ahead`). True when kept."""
+
+        def work() -> tuple[FingerprintResult, PairVerifier | None]:
+            result = self._fingerprint_now(Path(folder))
+            try:
+                return result, self._verified_ahead(result)
+            except Exception as error:  # noqa: BLE001 - e.g. the store away: the decision verifies as ever
+                log.warning("verification ahead of hand-on skipped (%s)", type(error).__name__)
+                return result, None
+
+        return ahead_of_need.compute(Path(folder), self._ahead_kind, work)
+
+    def _verified_ahead(self, result: FingerprintResult) -> PairVerifier | None:
+        """The verification pass the decision makes outside the archive lock, done now on the candidates stored now
+        (the decision verifies only those recorded later). None without a verification stage or a SeriesInstanceUID."""
+        ids = result.slice.identifiers
+        verification_thresholds = self.verification_thresholds()
+        if not ids.series_instance_uid or verification_thresholds is None:
+            return None
+        verifier = self._verifier(result, ids.series_instance_uid, verification_thresholds)
+        if verifier is None:
+            return None
+        vector = np.asarray(result.vector, dtype=np.float32).reshape(-1)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        patient_hash = self.hash_patient_id(ids.patient_id)
+        thresholds = self.thresholds(result.model_version)
+        with self._local_lock, self.store.reading() as conn:  # the in-memory index is shared with decisions
+            own, neighbours = self._candidates(conn, result.model_version, vector, patient_hash, ids.series_instance_uid)
+        with self.store.reading() as conn:
+            self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
+        return verifier
+
+    @property
+    def _ahead_kind(self) -> str:
+        return f"{self.model_version}|{self.config.slice_method}|{self.config.model_path or ''}"
+
+    def _fingerprint_now(self, source: Source) -> FingerprintResult:
         from fingerprint.model.fingerprinter import fingerprint_series
 
         return fingerprint_series(source, method=self.config.slice_method, model=self.model)
@@ -200,8 +257,10 @@ class Archive:
             patient_hash = self.hash_patient_id(ids.patient_id)
         thresholds = self.thresholds(model_version)
         verification_thresholds = self.verification_thresholds()
-        verifier = self._verifier(result, ids.series_instance_uid, verification_thresholds)
-        if verifier is not None:  # the heavy part, outside the archive lock
+        verifier = self._verifier_done_ahead(result) or self._verifier(
+            result, ids.series_instance_uid, verification_thresholds
+        )
+        if verifier is not None:  # the heavy part, outside the archive lock (only what is new, if done ahead)
             with self.store.reading() as conn:
                 own, neighbours = self._candidates(conn, model_version, vector, patient_hash, ids.series_instance_uid)
                 self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
@@ -307,6 +366,15 @@ class Archive:
             brain = brain_from_bytes(stored[series_uid])
         return PairVerifier(self.store, brain, keep_pictures=self.config.evidence_pictures,
                             threads=int(self.config.verification_threads))
+
+    def _verifier_done_ahead(self, result: FingerprintResult) -> PairVerifier | None:
+        """The verifier :meth:`fingerprint` took with ``result`` from the work done ahead, if it was for this very
+        result and the stage is still on (taken once)."""
+        pending = getattr(self._ahead_verifiers, "verifier", None)
+        self._ahead_verifiers.verifier = None
+        if pending is None or pending[0] is not result or self.verification_thresholds() is None:
+            return None
+        return pending[1]
 
     def _verify(
         self,
