@@ -11,6 +11,9 @@ that Orthanc as metadata: the whole product path. For each series, from the ledg
 - ``quiet_wait``: last instance received -> series handed on (ledger row created): the quiet time plus polling;
 - ``processing``: hand-on -> verdict written back (read, slice, embed, verify, decide, record, write back).
 
+As shipped, an idle embedded worker fingerprints a series once its sender releases the association, while the quiet
+time runs (``fingerprint_ahead``); the same run measures the latency again with that off (the *before* rows).
+
 Latency is measured one series at a time with ONE worker (the first series, a cold start, is reported apart).
 Throughput: with the workers warm, ``--throughput-series`` series are received and held, then queued at once;
 series per minute = series / (queued -> last verdict written back), with 1 and then 2 embedded workers.
@@ -19,8 +22,8 @@ content hash), claim, process, write-back; the top of it goes to bench/results/p
 
 Usage::
 
-    nice -n 10 .venv/bin/python bench/bench_latency.py                    # 8 series, quiet time 1 s, 6 for throughput
-    nice -n 10 .venv/bin/python bench/bench_latency.py --quick            # 4 series, 4 for throughput
+    nice -n 10 .venv/bin/python bench/bench_latency.py                    # 2 x 8 series, quiet time 5 s, 6 for throughput
+    nice -n 10 .venv/bin/python bench/bench_latency.py --quick --also-quiet-time 1   # 2 x 4 series, 4; and at 1 s
     nice -n 10 .venv/bin/python bench/bench_latency.py --profile --label after
 
 Writes bench/results/latency.json and latency.md.
@@ -52,6 +55,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from dbp_orthanc import writeback  # noqa: E402
 from deepbrainprint.demo import load_heads  # noqa: E402
 from deepbrainprint.settings import load_settings  # noqa: E402
+from deepbrainprint.wiring import release_handler  # noqa: E402
 from dicom_node.scp import StorageNode  # noqa: E402
 from dicom_node.types import CompletedSeries  # noqa: E402
 from worker.dispatch import submit_completed_series  # noqa: E402
@@ -101,6 +105,19 @@ class Gate:
         return held
 
 
+class ReleaseHint:
+    """The SCP's release callback as the product wires it (``deepbrainprint.wiring.release_handler``: an idle
+    embedded worker fingerprints a released series during its quiet time), switchable for the before/after rows."""
+
+    def __init__(self, settings: Any) -> None:
+        self.handler = release_handler(settings)
+        self.enabled = True
+
+    def __call__(self, series_key: str, folder: Path) -> None:
+        if self.enabled and self.handler is not None:
+            self.handler(series_key, folder)
+
+
 class Bench:
     """One archive, one Orthanc, one SCP; series uploaded to Orthanc, forwarded to us, written back."""
 
@@ -114,7 +131,8 @@ class Bench:
         )
         self.config = self.settings.worker_config()
         self.gate = Gate(self.config)
-        self.node = StorageNode(self.settings.node_config(), self.gate).start()
+        self.hint = ReleaseHint(self.settings)
+        self.node = StorageNode(self.settings.node_config(), self.gate, on_series_released=self.hint).start()
         self.orthanc = orthanc_server.write_config(
             work / "orthanc", username="bench", password="bench-only", http_port=http_port,
             dicom_port=orthanc_server.free_port(), scp_ae_title=SCP_AE, scp_port=self.node.port, stable_age_s=1,
@@ -157,9 +175,13 @@ class Bench:
             time.sleep(0.02)
         raise RuntimeError(f"only {len(self.written_back())} of {count} verdicts written back in {timeout_s} s")
 
-    def latency_samples(self, series: int) -> list[dict[str, Any]]:
+    def latency_samples(self, series: int, alternate: bool = False) -> list[dict[str, Any]]:
+        """``series`` series one at a time; ``alternate``: fingerprint ahead on and off in the order on, off, off, on
+        (repeated), so both see the same mix of heads and, on average, the same growing archive."""
         samples = []
-        for _ in range(series):
+        for number in range(series):
+            if alternate:
+                self.hint.enabled = number % 4 in (0, 3)
             before = {j.job_key for j in self.written_back()}
             info = self.upload_next()
             done = self.wait_written_back(len(before) + 1)
@@ -167,7 +189,8 @@ class Bench:
             last_received = datetime.fromisoformat(job.completed["last_received"]).timestamp()
             total = job.updated_at - last_received
             samples.append({
-                **info, "verdict": (job.verdict or {}).get("verdict"), "writeback": job.writeback_state,
+                **info, "fingerprint_ahead": self.hint.enabled,
+                "verdict": (job.verdict or {}).get("verdict"), "writeback": job.writeback_state,
                 "quiet_wait_s": round(job.created_at - last_received, 3),
                 "processing_s": round(job.updated_at - job.created_at, 3),
                 "total_s": round(total, 3), "e2e_s": round(total - self.quiet_time_s, 3),
@@ -245,14 +268,37 @@ def keep_store(bench: Bench, target: Path) -> None:
         src.backup(dst)
 
 
+def latency_at(series_count: int, quiet_time_s: float) -> dict[str, Any]:
+    """Latency only, at another quiet time (its own archive, Orthanc and SCP): cold start, then ``2 * series_count``
+    warm series with the work ahead on and off in turn."""
+    work = Path(tempfile.mkdtemp(prefix="dbp-bench-latency-"))
+    bench = Bench(work, quiet_time_s)
+    try:
+        bench.add_worker()
+        bench.latency_samples(1)
+        everything = bench.latency_samples(2 * series_count, alternate=True)
+    finally:
+        bench.close()
+        shutil.rmtree(work, ignore_errors=True)
+    on = [s["e2e_s"] for s in everything if s["fingerprint_ahead"]]
+    off = [s["e2e_s"] for s in everything if not s["fingerprint_ahead"]]
+    return {"quiet_time_s": quiet_time_s, "e2e_warm": summarise(on), "e2e_warm_without_ahead": summarise(off),
+            "samples": everything}
+
+
 def run(series_count: int, quiet_time_s: float, throughput_series: int, profile: bool,
-        store_copy: Path | None = None) -> dict:
+        store_copy: Path | None = None, other_quiet_time_s: float | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="dbp-bench-latency-"))
     bench = Bench(work, quiet_time_s)
     profile_text = ""
     try:
         bench.add_worker()
-        samples = bench.latency_samples(series_count)
+        bench.latency_samples(1)  # the cold start: model loading, first index (reported apart)
+        cold = bench.written_back()
+        everything = bench.latency_samples(2 * series_count, alternate=True)
+        samples = [s for s in everything if s["fingerprint_ahead"]]  # as shipped: fingerprinted during the quiet time
+        samples_before = [s for s in everything if not s["fingerprint_ahead"]]  # nothing starts before hand-on
+        bench.hint.enabled = False  # throughput queues held series: nothing may start before the clock
         throughput = [bench.throughput(throughput_series)]
         bench.add_worker()
         bench.latency_samples(2)  # warms the second worker (one of the two series is very likely its)
@@ -264,7 +310,7 @@ def run(series_count: int, quiet_time_s: float, throughput_series: int, profile:
     finally:
         bench.close()
         shutil.rmtree(work, ignore_errors=True)
-    warm = samples[1:] or samples
+    warm = samples
     result = {
         "benchmark": "end to end: last instance received -> verdict written back to Orthanc (embedded mode)",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -272,21 +318,37 @@ def run(series_count: int, quiet_time_s: float, throughput_series: int, profile:
         "load_average": [round(x, 1) for x in os.getloadavg()],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quiet_time_s": quiet_time_s,
-        "series": len(samples),
+        "series": len(samples) + len(samples_before),
         "e2e_warm": summarise([s["e2e_s"] for s in warm]),
         "total_warm": summarise([s["total_s"] for s in warm]),
         "quiet_wait": summarise([s["quiet_wait_s"] for s in warm]),
         "processing_warm": summarise([s["processing_s"] for s in warm]),
-        "cold_start_e2e_s": samples[0]["e2e_s"],
+        "cold_start_e2e_s": round(cold[0].updated_at - datetime.fromisoformat(cold[0].completed["last_received"])
+                                  .timestamp() - quiet_time_s, 3),
+        "before_fingerprint_ahead": {
+            "what": "the same run, the same warm worker, with fingerprint_ahead off (nothing starts before hand-on)",
+            "e2e_warm": summarise([s["e2e_s"] for s in samples_before]),
+            "processing_warm": summarise([s["processing_s"] for s in samples_before]),
+            "samples": samples_before,
+        },
+        "verdicts": {"with_ahead": [s["verdict"] for s in samples], "without": [s["verdict"] for s in samples_before]},
         "throughput": throughput,
         "samples": samples,
         "headline": {
             "e2e_s_p50": summarise([s["e2e_s"] for s in warm])["median_s"],
             "e2e_s_p95": summarise([s["e2e_s"] for s in warm])["p95_s"],
+            "e2e_s_p50_without_ahead": summarise([s["e2e_s"] for s in samples_before])["median_s"],
+            "e2e_s_p95_without_ahead": summarise([s["e2e_s"] for s in samples_before])["p95_s"],
             "series_per_min_1_worker": throughput[0]["series_per_min"],
             "series_per_min_2_workers": throughput[1]["series_per_min"],
         },
     }
+    if other_quiet_time_s is not None:
+        other = latency_at(series_count, other_quiet_time_s)
+        result["at_other_quiet_time"] = other
+        label = f"{other_quiet_time_s:g}".replace(".", "_")
+        result["headline"][f"e2e_s_p50_quiet_{label}s"] = other["e2e_warm"]["median_s"]
+        result["headline"][f"e2e_s_p50_quiet_{label}s_without_ahead"] = other["e2e_warm_without_ahead"]["median_s"]
     return {**result, "profile": profile_text}
 
 
@@ -302,7 +364,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "",
         f"`{result['command']}` on {result['machine']['cpus']} CPUs (torch threads: "
         f"{result['machine']['torch_threads']}), load average {result['load_average']}, {result['date']}; "
-        f"{result['series']} series one at a time through a real Orthanc, quiet time {result['quiet_time_s']} s.",
+        f"{result['series']} warm series one at a time through a real Orthanc (fingerprint ahead on, off, off, on, ...), "
+        f"quiet time {result['quiet_time_s']} s. Verdicts, ahead on: {result['verdicts']['with_ahead']}; off: "
+        f"{result['verdicts']['without']}.",
         "",
         f"Headline: {result['headline']}",
         "",
@@ -312,14 +376,29 @@ def write_markdown(result: dict, path: Path) -> None:
     for part in ("e2e_warm", "total_warm", "quiet_wait", "processing_warm"):
         s = result[part]
         lines.append(f"| {part} | {s['median_s']} | {s['p95_s']} | {s['min_s']} | {s['max_s']} |")
+    other = result.get("at_other_quiet_time")
+    if other is not None:
+        for part, label in (("e2e_warm", "e2e_warm"), ("e2e_warm_without_ahead", "e2e_warm, fingerprint_ahead off")):
+            s = other[part]
+            lines.append(f"| {label}, quiet time {other['quiet_time_s']:g} s | {s['median_s']} | {s['p95_s']} | "
+                         f"{s['min_s']} | {s['max_s']} |")
+    before = result["before_fingerprint_ahead"]
+    for part in ("e2e_warm", "processing_warm"):
+        s = before[part]
+        lines.append(f"| {part}, fingerprint_ahead off (before) | {s['median_s']} | {s['p95_s']} | {s['min_s']} | "
+                     f"{s['max_s']} |")
     lines += ["", "| embedded workers | series | seconds | series per minute |", "|---|---|---|---|"]
     for t in result["throughput"]:
         lines.append(f"| {t['workers']} | {t['series']} | {t['seconds']} | {t['series_per_min']} |")
     lines += ["", "`e2e` is last instance received by our SCP -> verdict written to Orthanc, less the configured quiet "
               "time (polling after it counts); `quiet_wait` is the quiet time plus polling; `processing` is hand-on "
               "-> verdict written back. The first series (cold start: model loading) is left out "
-              f"({result['cold_start_e2e_s']} s). Throughput: series received and held, then queued at once to warm "
-              "workers; queued -> last verdict written back.", ""]
+              f"({result['cold_start_e2e_s']} s). Rows marked *before*: the same run and warm worker with "
+              "`fingerprint_ahead` off, half the series (in the order on, off, off, on); otherwise (as shipped) the idle worker fingerprints a series once its sender "
+              "releases the association, during the quiet time, and the hand-on takes that result if the folder is "
+              "unchanged (`fingerprint/identity/ahead.py`); the verdict is still decided and written only after the "
+              "quiet time. Throughput: series received and held, then queued at once to warm workers (fingerprint "
+              "ahead off); queued -> last verdict written back.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -327,7 +406,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=8)
     parser.add_argument("--throughput-series", type=int, default=6)
-    parser.add_argument("--quiet-time", type=float, default=1.0)
+    parser.add_argument("--quiet-time", type=float, default=5.0, help="the SCP's quiet time (the product's default)")
+    parser.add_argument("--also-quiet-time", type=float, default=None,
+                        help="latency measured again at this quiet time (own archive and Orthanc; no throughput)")
     parser.add_argument("--quick", action="store_true", help="4 series for latency, 4 for each throughput run")
     parser.add_argument("--profile", action="store_true", help="also write a cProfile to profile_e2e.txt")
     parser.add_argument("--label", default="after", help="the profile's section in profile_e2e.txt")
@@ -335,7 +416,7 @@ def main() -> None:
                         help="copy the archive's SQLite store here (the measured archive bench_scale.py reads)")
     args = parser.parse_args()
     series, throughput_series = (4, 4) if args.quick else (args.series, args.throughput_series)
-    result = run(series, args.quiet_time, throughput_series, args.profile, args.keep_store)
+    result = run(series, args.quiet_time, throughput_series, args.profile, args.keep_store, args.also_quiet_time)
     result["command"] = "nice -n 10 .venv/bin/python bench/bench_latency.py " + " ".join(sys.argv[1:])
     profile_text = result.pop("profile")
     RESULTS.mkdir(parents=True, exist_ok=True)
