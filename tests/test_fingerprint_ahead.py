@@ -191,14 +191,18 @@ def test_a_series_sent_to_the_scp_is_fingerprinted_during_its_quiet_time(
     assert ahead.shared.taken == taken + 1
 
 
-def test_verifications_done_ahead_are_used_and_later_candidates_are_verified_at_hand_on(
-    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One man's repeats under one PatientID: the first is recorded; the second is fingerprinted and verified ahead
-    against it; a third is recorded before the second's hand-on. The hand-on must verify only the third (the first's
-    score is reused) and decide on both: the verdict matches a decision made without anything done ahead."""
+def _one_mans_repeats(shared_data: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two of the man's decubitus repeats as they are, and a third copied into an incoming folder."""
+    first, second, third = (shared_data / f"repeats/decubitus-{p}-t1-2d" for p in ("HFS", "HFP", "HFDR"))
+    folder = tmp_path / "incoming"
+    shutil.copytree(second, folder)
+    return first, third, folder
+
+
+@pytest.fixture
+def verify_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per pair verification (the real one runs; only counted)."""
     from fingerprint.identity import verification_stage
-    from fingerprint.identity.archive import Archive, ArchiveConfig
 
     calls: list[int] = []
     real_verify = verification_stage.verify
@@ -208,9 +212,19 @@ def test_verifications_done_ahead_are_used_and_later_candidates_are_verified_at_
         return real_verify(*args, **kwargs)
 
     monkeypatch.setattr(verification_stage, "verify", counted)
-    first, second, third = (shared_data / f"repeats/decubitus-{p}-t1-2d" for p in ("HFS", "HFP", "HFDR"))
-    folder = tmp_path / "incoming"
-    shutil.copytree(second, folder)
+    return calls
+
+
+def test_verifications_done_ahead_are_used_and_later_candidates_are_verified_at_hand_on(
+    tmp_path: Path, shared_data: Path, verify_calls: list[int]
+) -> None:
+    """One man's repeats under one PatientID: the first is recorded; the second is fingerprinted and verified ahead
+    against it; a third is recorded before the second's hand-on. The hand-on must verify only the third (the first's
+    score is reused) and decide on both: the verdict matches a decision made without anything done ahead."""
+    from fingerprint.identity.archive import Archive, ArchiveConfig
+
+    calls = verify_calls
+    first, third, folder = _one_mans_repeats(shared_data, tmp_path)
     with Archive(ArchiveConfig.at(tmp_path / "index", verification_threads=1)) as archive:
         archive.process(first)
         calls.clear()
@@ -227,3 +241,31 @@ def test_verifications_done_ahead_are_used_and_later_candidates_are_verified_at_
     verified = {e["series_instance_uid"]: e["verification"] for e in verdict["evidence"]["verified"]}
     assert verified == {e["series_instance_uid"]: e["verification"] for e in expected["evidence"]["verified"]}
     assert len(verified) == 2 and verdict["verdict"] == expected["verdict"] == "consistent"
+
+
+def test_a_candidate_whose_brain_changed_after_the_work_ahead_is_verified_again(
+    tmp_path: Path, shared_data: Path, verify_calls: list[int]
+) -> None:
+    """Planted: after the work ahead verified a candidate, that candidate's stored brain is replaced (its series was
+    processed again with other content; here the brain becomes another series'). The score computed ahead is stale
+    and must not be used: the hand-on verifies that candidate again, and its score becomes the new brain's."""
+    from fingerprint.identity.archive import Archive, ArchiveConfig
+    from fingerprint.identity.verification import METHOD_VERSION
+
+    calls = verify_calls
+    first, third, folder = _one_mans_repeats(shared_data, tmp_path)
+    with Archive(ArchiveConfig.at(tmp_path / "index", verification_threads=1)) as archive:
+        archive.process(first)
+        archive.process(third)
+        calls.clear()
+        assert archive.fingerprint_ahead(folder)
+        assert len(calls) == 2
+        first_uid, third_uid = _series_uid(first), _series_uid(third)
+        with archive.store.locked() as conn:
+            other = archive.store.brains(conn, [third_uid], METHOD_VERSION)[third_uid]
+            archive.store.save_brain(conn, first_uid, METHOD_VERSION, other)
+        calls.clear()
+        verdict = archive.process(folder)
+        assert len(calls) == 1  # the changed candidate only
+    scores = {e["series_instance_uid"]: e["verification"] for e in verdict["evidence"]["verified"]}
+    assert scores[first_uid] == scores[third_uid]  # the same brain now: the same score

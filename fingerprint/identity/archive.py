@@ -257,11 +257,12 @@ class Archive:
             patient_hash = self.hash_patient_id(ids.patient_id)
         thresholds = self.thresholds(model_version)
         verification_thresholds = self.verification_thresholds()
-        verifier = self._verifier_done_ahead(result) or self._verifier(
-            result, ids.series_instance_uid, verification_thresholds
-        )
+        ahead = self._verifier_done_ahead(result)
+        verifier = ahead or self._verifier(result, ids.series_instance_uid, verification_thresholds)
         if verifier is not None:  # the heavy part, outside the archive lock (only what is new, if done ahead)
             with self.store.reading() as conn:
+                if ahead is not None:
+                    ahead.forget_changed(conn)  # a candidate processed again since has another brain
                 own, neighbours = self._candidates(conn, model_version, vector, patient_hash, ids.series_instance_uid)
                 self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
         transaction = self.store.locked() if record else self.store.reading()

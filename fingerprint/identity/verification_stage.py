@@ -13,6 +13,7 @@ write lock (the heavy part) and, inside it, verify only the candidates another p
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -52,6 +53,7 @@ class PairVerifier:
         self.results: dict[str, VerificationResult] = {}  # by candidate SeriesInstanceUID
         self.with_brain: set[str] = set()  # candidates known to have a stored brain
         self._checked: set[str] = set()  # candidates whose brain was looked up
+        self._digests: dict[str, str] = {}  # the stored brain each result was computed with
 
     # --- choosing ---------------------------------------------------------------------------------------------------
     def pick(
@@ -98,12 +100,25 @@ class PairVerifier:
         # Each registration runs on one thread and releases the GIL, so a round's candidates (up to the PatientID's
         # own 2 scans, then up to 3 other PatientIDs) share the cores; the scores are those of one at a time.
         uids = list(brains)
+        self._digests.update({uid: _digest(brains[uid]) for uid in uids})
         if self.threads == 1 or len(uids) == 1:
             outcomes = [verified(brains[uid]) for uid in uids]
         else:
             with ThreadPoolExecutor(max_workers=min(self.threads, len(uids))) as pool:
                 outcomes = list(pool.map(verified, [brains[uid] for uid in uids]))
         self.results.update(zip(uids, outcomes))
+
+    def forget_changed(self, conn: Any) -> None:
+        """Drop the results whose candidate's stored brain is no longer the one verified (the series was processed
+        again, or erased, since): they are looked up and verified afresh. For a verifier kept across transactions,
+        as the work done ahead of a hand-on is."""
+        stored = self.store.brains(conn, list(self.results), METHOD_VERSION) if self.results else {}
+        for uid in list(self.results):
+            if uid not in stored or _digest(stored[uid]) != self._digests.get(uid):
+                del self.results[uid]
+                self._digests.pop(uid, None)
+                self._checked.discard(uid)
+                self.with_brain.discard(uid)
 
     def note_brains(self, conn: Any, candidates: list[Candidate]) -> None:
         """Find out which candidates have a stored brain (those only a verification may confirm)."""
@@ -157,3 +172,7 @@ def _best_per_patient(candidates: Any) -> list[Candidate]:
         if c.patient_id_hash not in best or c.similarity > best[c.patient_id_hash].similarity:
             best[c.patient_id_hash] = c
     return sorted(best.values(), key=lambda c: c.similarity, reverse=True)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
