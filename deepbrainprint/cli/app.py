@@ -1,6 +1,6 @@
 """``deepbrainprint``: the one console command. Each command module registers its subcommands on the one Typer app.
 
-Library commands (no server needed): ``slice_cmd`` (slice), ``model_cmds`` (fingerprint, train, evaluate),
+Library commands (no server needed): ``slice_cmd`` (slice), ``model_cmds`` (fingerprint, train, evaluate, quantize),
 ``cohort_cmd`` (cohort), ``index_cmds`` (enroll, query, calibrate, reindex), ``report_cmds`` (report). Service
 commands: ``node_cmd`` (serve) ``service_cmds`` (worker, up, down, demo) and ``dashboard_cmd`` (dashboard). Heavy imports (torch, SimpleITK, pynetdicom) happen inside the
 commands so ``--help`` stays fast.

@@ -1,4 +1,4 @@
-"""``deepbrainprint fingerprint``, ``train`` and ``evaluate``: the model's commands.
+"""``deepbrainprint fingerprint``, ``train``, ``evaluate`` and ``quantize``: the model's commands.
 
 Exit codes of ``fingerprint``: 0 when every series was fingerprinted, 1 when at least one was rejected or failed
 (each still gets its own output line; the others are processed), 2 for usage errors (Typer's). Its output names each
