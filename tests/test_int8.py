@@ -166,3 +166,17 @@ def test_fingerprint_only_calibration_needs_real_heads(tmp_path: Path) -> None:
                                       "--index", str(tmp_path / "index")])
     assert result.exit_code == 2
     assert "--fingerprint-only goes with --real-heads" in result.output
+
+
+def test_quantizing_the_same_weights_on_the_same_slices_gives_the_same_graph(tmp_path: Path) -> None:
+    """The shipped graph can be made again (`deepbrainprint quantize`): min/max calibration and the quantizer are
+    deterministic, so the same weights and slices give the same bytes."""
+    from fingerprint.model.quantize import quantize_encoder
+
+    encoder, metadata = load_encoder(SHIPPED_WEIGHTS_DIR)
+    slices = np.random.default_rng(3).random((6, 128, 128), dtype=np.float32)
+    made = [quantize_encoder(encoder, slices, tmp_path / name, "test", str(metadata["model_version"]))
+            for name in ("a", "b")]
+    assert made[0]["file_sha256"] == made[1]["file_sha256"]
+    assert (tmp_path / "a" / INT8_FILE).read_bytes() == (tmp_path / "b" / INT8_FILE).read_bytes()
+    assert made[0]["weights_sha256"] == read_manifest(SHIPPED_WEIGHTS_DIR)["weights_sha256"]
