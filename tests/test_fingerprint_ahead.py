@@ -269,3 +269,34 @@ def test_a_candidate_whose_brain_changed_after_the_work_ahead_is_verified_again(
         assert len(calls) == 1  # the changed candidate only
     scores = {e["series_instance_uid"]: e["verification"] for e in verdict["evidence"]["verified"]}
     assert scores[first_uid] == scores[third_uid]  # the same brain now: the same score
+
+
+def test_a_series_claimed_before_its_work_ahead_started_is_not_fingerprinted_twice(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy worker: the release notice waits behind queued work, and the series is handed on before the worker
+    gets to it. Claiming the series drops the notice, so its folder is not fingerprinted a second time afterwards."""
+    from datetime import datetime, timezone
+
+    from deepbrainprint.settings import load_settings
+    from dicom_node.types import CompletedSeries
+    from worker.embedded import EmbeddedWorker
+    from worker.steps import submit_to_ledger
+
+    for name in ("DBP_CONFIG", "DBP_BROKER_URL", "DBP_STORE_URL", "DBP_ORTHANC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(home=tmp_path / "home", broker_url="", orthanc_url="", verification=False)
+    folder = tmp_path / "incoming"
+    shutil.copytree(shared_data / "repeats/decubitus-HFS-t1-2d", folder)
+    worker = EmbeddedWorker(settings.worker_config())  # not started: its steps are run here, one at a time
+    worker.fingerprint_ahead(folder)
+    now = datetime.now(timezone.utc)
+    count = len(list(folder.iterdir()))
+    submit_to_ledger(worker.ctx, CompletedSeries("key", folder, count, "TEST", now, now), "test")
+    computed = len(ahead.shared)
+    try:
+        assert worker.run_once()  # the queued series first: processed, and its notice dropped
+        assert not worker.run_once()  # nothing left: no second fingerprint of the same folder
+    finally:
+        worker.ctx.close()
+    assert len(ahead.shared) == computed

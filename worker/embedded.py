@@ -81,6 +81,12 @@ class EmbeddedWorker:
                     self._ahead.popleft()
         self._wake.set()
 
+    def forget_ahead(self, folder: Path) -> None:
+        """Drop ``folder`` from the work-ahead list: its series has been claimed for processing."""
+        with self._ahead_lock:
+            if folder in self._ahead:
+                self._ahead.remove(folder)
+
     def request_stop(self) -> None:
         """Ask the thread to stop after the series in hand, without waiting (safe from callbacks and signals)."""
         self._stop.set()
@@ -126,6 +132,9 @@ class EmbeddedWorker:
                 log.info("embedded worker: store back, %d interrupted series queued again", requeued)
         job = self.ctx.ledger.claim_next()
         if job is not None:
+            # handed on before any worker got to it ahead: nothing is left to do ahead for it, here or in another worker
+            for worker in {self, *_running_workers}:
+                worker.forget_ahead(Path(job.completed["path"]))
             self._busy.set()
             try:
                 self._process(job)
