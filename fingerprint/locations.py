@@ -16,6 +16,12 @@ SHIPPED_WEIGHTS_DIR = PACKAGE_DIR / "weights"
 COLIN27_PATH = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 
+def weights_folder(path: Path) -> Path:
+    """The folder of a weights path (a folder, or the ``.safetensors`` file in it): where the model's metadata,
+    thresholds, search transform and int8 graph sit beside the weights."""
+    return path if path.is_dir() else path.parent
+
+
 def shared_data_dir() -> Path:
     """``$DBP_SHARED_DATA``, else ``shared/data`` beside the repository (the real scans of the project)."""
     return Path(os.environ.get("DBP_SHARED_DATA", PACKAGE_DIR.parents[1] / "shared" / "data"))

@@ -241,12 +241,11 @@ def quantize_cmd(
     import numpy as np
 
     from fingerprint.evaluation.identity_data import cohort_views
-    from fingerprint.locations import SHIPPED_WEIGHTS_DIR
+    from fingerprint.locations import SHIPPED_WEIGHTS_DIR, weights_folder
     from fingerprint.model.encoder import load_encoder
     from fingerprint.model.quantize import quantize_encoder
 
-    folder = Path(model_path) if model_path is not None else SHIPPED_WEIGHTS_DIR
-    folder = folder if folder.is_dir() else folder.parent
+    folder = weights_folder(Path(model_path)) if model_path is not None else SHIPPED_WEIGHTS_DIR
     if not (cohort / "cohort.csv").exists():
         raise typer.BadParameter(f"{cohort}/cohort.csv not found")
     encoder, metadata = load_encoder(folder)

@@ -44,6 +44,7 @@ from fingerprint.identity.verdicts import Candidate, decide, rejected_verdict
 from fingerprint.identity.verification import METHOD_VERSION as VERIFICATION_VERSION
 from fingerprint.identity.verification_stage import PairVerifier, Picks
 from fingerprint.imaging.brain import brain_from_bytes, brain_to_bytes
+from fingerprint.locations import weights_folder
 from fingerprint.types import FingerprintResult, SeriesIdentifiers
 
 #: Save the index file after this many changes (it is a cache: the store is replayed into it on open anyway).
@@ -92,8 +93,7 @@ class ArchiveConfig:
         """The folder of the configured weights (None: the shipped ones), where their thresholds file sits."""
         if self.model_path is None:
             return None
-        path = Path(self.model_path).expanduser()
-        return path if path.is_dir() else path.parent
+        return weights_folder(Path(self.model_path).expanduser())
 
 
 class Archive:
@@ -190,13 +190,10 @@ class Archive:
         verifier = self._verifier(result, ids.series_instance_uid, verification_thresholds)
         if verifier is None:
             return None
-        vector = np.asarray(result.vector, dtype=np.float32).reshape(-1)
-        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        patient_hash = self.hash_patient_id(ids.patient_id)
+        vector, patient_hash = _unit_vector(result.vector), self.hash_patient_id(ids.patient_id)
         thresholds = self.thresholds(result.model_version)
-        with self._local_lock, self.store.reading() as conn:  # the in-memory index is shared with decisions
+        with self._local_lock, self.store.reading() as conn:  # as the decision's first pass (decide_and_record)
             own, neighbours = self._candidates(conn, result.model_version, vector, patient_hash, ids.series_instance_uid)
-        with self.store.reading() as conn:
             self._verify(conn, verifier, own, neighbours, patient_hash, thresholds, verification_thresholds)
         return verifier
 
@@ -251,8 +248,7 @@ class Archive:
         if not ids.series_instance_uid:  # a series without SeriesInstanceUID: its source is its key
             ids = replace(ids, series_instance_uid=_source_key(source_info))
         model_version = result.model_version
-        vector = np.asarray(result.vector, dtype=np.float32).reshape(-1)
-        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        vector = _unit_vector(result.vector)
         if patient_hash is None:
             patient_hash = self.hash_patient_id(ids.patient_id)
         thresholds = self.thresholds(model_version)
@@ -508,6 +504,12 @@ class Archive:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unit_vector(vector: Any) -> np.ndarray:
+    """A fingerprint as a flat float32 row of unit length (norm floored at 1e-12)."""
+    flat = np.asarray(vector, dtype=np.float32).reshape(-1)
+    return flat / max(float(np.linalg.norm(flat)), 1e-12)
 
 
 def _candidate(row: dict[str, Any], similarity: float) -> Candidate:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from fingerprint.locations import SHIPPED_WEIGHTS_DIR
+from fingerprint.locations import SHIPPED_WEIGHTS_DIR, weights_folder
 from fingerprint.types import SLICE_SIZE, FingerprintResult
 
 if TYPE_CHECKING:
@@ -212,9 +212,9 @@ def load_model(path: Path | None = None, runtime: str = "auto") -> Fingerprinter
                 if not resolved.exists():
                     raise FileNotFoundError(f"model weights not found: {resolved}")
                 encoder, metadata = load_encoder(resolved)
-                folder = resolved if resolved.is_dir() else resolved.parent
                 _cache[key] = Fingerprinter(
-                    encoder, str(metadata["model_version"]), metadata, runtime=runtime, weights_dir=folder
+                    encoder, str(metadata["model_version"]), metadata, runtime=runtime,
+                    weights_dir=weights_folder(resolved),
                 )
         return _cache[key]
 

@@ -41,6 +41,8 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import nn
 
+    from fingerprint.model.runtime import OnnxEncoder
+
 #: Model-version suffix of fingerprints made by the int8 graph.
 INT8_SUFFIX = "+int8"
 INT8_FILE = "encoder-int8.onnx"
