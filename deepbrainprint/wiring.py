@@ -27,9 +27,9 @@ def series_handler(settings: Settings) -> OnSeriesComplete:
 
 
 def release_handler(settings: Settings) -> OnSeriesReleased | None:
-    """The callback that lets an idle embedded worker fingerprint a released series during its quiet time (the
-    worker's dispatcher ignores it in service mode); None when ``fingerprint_ahead`` is off."""
-    if not settings.fingerprint_ahead:
+    """The callback that lets an idle embedded worker fingerprint a released series during its quiet time; None in
+    service mode or when ``fingerprint_ahead`` is off."""
+    if settings.broker_url or not settings.fingerprint_ahead:
         return None
     from worker.dispatch import fingerprint_released_series
 
