@@ -133,7 +133,7 @@ def test_postgres_restarted_between_a_recorded_verdict_and_its_finished_job_lose
                 # Both verdicts committed to the store, both "done" updates waiting: cut those sessions off, then
                 # stop the server (they cannot slip through when the lock goes with it).
                 assert wait_for(lambda: _store_rows(store) == 2 and len(_finishing(store)) == 2, 120), \
-                    (_store_rows(store), _finishing(store))
+                    (_store_rows(store), _finishing(store), _sessions(store))
                 lock.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY(:p)"),
                              {"p": _finishing(store)})
                 database.stop()
@@ -184,6 +184,14 @@ def _finishing(engine) -> list[int]:  # type: ignore[no-untyped-def]
                  " AND query LIKE '%verdict=%'")
     with engine.connect() as conn:
         return [int(pid) for pid in conn.execute(query).scalars()]
+
+
+def _sessions(engine) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """Every other client session: what it runs or waits on (for a failure's message)."""
+    query = text("SELECT pid, application_name, state, wait_event_type, wait_event, left(query, 160) FROM pg_stat_activity"
+                 " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(query).all()]
 
 
 def _store_rows(engine) -> int:  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -199,3 +201,53 @@ def test_store_changed_since_sees_updates_in_seq_order(tmp_path):
         with store.locked() as conn:
             store.upsert_series(conn, {**base, "series_instance_uid": "c", "not_a_column": 1})
     store.close()
+
+
+@pytest.mark.parametrize("opener", ["store", "ledger", "both"])
+def test_many_processes_opening_a_fresh_postgresql_database_at_once_all_succeed(postgres_schema_url, opener):
+    """Workers that start together each create the tables of a fresh database. PostgreSQL answers a CREATE TABLE
+    that loses the race with a unique violation in its catalogue (not the "already exists" of a later one); an
+    opener that let it through failed its first series and wrote the failure to the job table, which a locked job
+    table then held up (the flaky PostgreSQL-restart fault test). Eight threads open at one barrier, repeated on
+    fresh schemas, so a race that slips through is caught."""
+    from sqlalchemy import create_engine, text
+
+    from worker.ledger import Ledger
+
+    def open_one(barrier: threading.Barrier, url: str) -> None:
+        barrier.wait()
+        if opener in ("store", "both"):
+            Store(url).close()
+        if opener in ("ledger", "both"):
+            Ledger(url).close()
+
+    base, _, options = postgres_schema_url.partition("?")
+    admin = create_engine(base)
+    try:
+        for round_number in range(4):
+            schema = f"race_{uuid.uuid4().hex[:10]}"
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            url = f"{base}?options=-csearch_path%3D{schema}"
+            barrier = threading.Barrier(8)
+            errors: list[BaseException] = []
+
+            def run(url: str = url, barrier: threading.Barrier = barrier) -> None:
+                try:
+                    open_one(barrier, url)
+                except BaseException as error:  # noqa: BLE001 - collected for the assertion
+                    errors.append(error)
+
+            threads = [threading.Thread(target=run) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            with admin.begin() as conn:
+                tables = conn.execute(text("SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"),
+                                      {"s": schema}).scalar_one()
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            assert not errors, f"round {round_number}: {[type(e).__name__ + ': ' + str(e)[:200] for e in errors]}"
+            assert tables > 0
+    finally:
+        admin.dispose()

@@ -32,7 +32,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
+
+from fingerprint.identity.schema import create_tables
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 WRITEBACK_NONE, WRITEBACK_PENDING, WRITEBACK_DONE, WRITEBACK_SKIPPED = "none", "pending", "done", "skipped"
@@ -109,14 +111,7 @@ class Ledger:
         connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
         # hide_parameters: an error's text never carries a row's values into a log (issue 15: no PHI in logs)
         self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True)
-        for attempt in range(3):  # several workers opening a fresh database race to CREATE TABLE: retry
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-                break
-            except (OperationalError, ProgrammingError, IntegrityError):
-                if attempt == 2:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        create_tables(self.engine, metadata)  # several workers may open a fresh database at one moment
 
     def close(self) -> None:
         self.engine.dispose()

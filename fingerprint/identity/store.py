@@ -16,7 +16,6 @@ Tests and side-by-side archives on one PostgreSQL database select a schema with 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,8 +45,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from fingerprint.identity.schema import create_tables
 from fingerprint.types import SLICE_SIZE
 
 STATUS_FINGERPRINTED = "fingerprinted"
@@ -196,15 +195,7 @@ class Store:
         self._create_schema()
 
     def _create_schema(self) -> None:
-        # Several workers may open a fresh archive at the same moment; CREATE TABLE races are retried once.
-        for attempt in range(3):
-            try:
-                metadata.create_all(self.engine)
-                return
-            except (OperationalError, ProgrammingError):
-                if attempt == 2:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        create_tables(self.engine, metadata)
 
     def close(self) -> None:
         self.engine.dispose()
