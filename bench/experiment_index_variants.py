@@ -2,8 +2,7 @@
 
 The shipped approximate index (``fingerprint.identity.index``, factory ``auto`` above 50,000 fingerprints) is HNSW32
 over the model's search transform (centring + rotation onto 128 principal axes), its candidates re-ranked by exact
-raw inner product. At 1M it needs about 1.2-2 ms for recall@10 0.99 (bench/results/index.md), against a 1 ms target.
-This experiment builds, on the same synthetic fingerprints as ``bench_index.py`` (same generator, same seed), variants
+raw inner product. At 1M it misses the 1 ms target at recall@10 0.99 (bench/results/index.md). This experiment builds, on the same synthetic fingerprints as ``bench_index.py`` (same generator, same seed), variants
 that trade differently, and sweeps the search depth of each in the same run:
 
 - ``shipped``: HNSW32, float32 vectors in the 128-axis space;
