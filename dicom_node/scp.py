@@ -20,7 +20,8 @@ import uuid
 from io import BytesIO
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.dataelem import convert_raw_data_element
+from pydicom.filereader import data_element_generator
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -286,18 +287,22 @@ class StorageNode:
 
 
 def series_uid_of(event: Event) -> str:
-    """The SeriesInstanceUID of a C-STORE data set, read from the bytes as sent: only the elements before it are
-    parsed (no pixel data, no file meta built), as the instance is stored exactly as sent anyway and the worker's
-    reader checks the rest. A deflated data set is inflated (whole) by pynetdicom first."""
+    """The SeriesInstanceUID of a C-STORE data set, read from the bytes as sent: pydicom's element generator walks
+    the element headers up to it, skipping values (no data set, pixel data or file meta built), as the instance is
+    stored exactly as sent anyway and the worker's reader checks the rest. A deflated data set is inflated (whole) by
+    pynetdicom first."""
     syntax = UID(event.context.transfer_syntax)
     if syntax == DeflatedExplicitVRLittleEndian:
         return str(event.dataset.get("SeriesInstanceUID", "") or "").strip()
     raw = event.request.DataSet.getvalue()  # type: ignore[union-attr]
-    dataset = read_dataset(
-        BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian,
-        stop_when=lambda tag, vr, length: tag > SERIES_INSTANCE_UID_TAG,
-    )
-    return str(dataset.get("SeriesInstanceUID", "") or "").strip()
+    elements = data_element_generator(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian, defer_size=1024)
+    for element in elements:
+        tag = int(element.tag)  # a plain int: BaseTag's comparisons run in Python, once per element
+        if tag == SERIES_INSTANCE_UID_TAG:
+            return str(convert_raw_data_element(element).value or "").strip()
+        if tag > SERIES_INSTANCE_UID_TAG:
+            break
+    return ""
 
 
 def _status(code: int, comment: str) -> Dataset:

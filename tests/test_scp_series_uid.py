@@ -50,3 +50,35 @@ def test_instances_are_filed_under_their_series_in_every_accepted_syntax(syntax:
         assert stored.file_meta.TransferSyntaxUID == syntax and stored.SOPInstanceUID == second[0].SOPInstanceUID
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian], ids=lambda uid: uid.name)
+def test_a_series_uid_inside_an_earlier_sequence_is_not_taken_for_the_instances_own(syntax: pydicom.uid.UID,
+                                                                                     tmp_path: Path) -> None:
+    """Real headers carry, before their own (0020,000E), a Referenced Series Sequence (0008,1115) whose items hold
+    *other* series' UIDs, often with undefined lengths, and private binary elements: the walk up to the instance's
+    own UID must step over them whole. Both traps are planted; filing under the referenced series would be wrong."""
+    from pydicom.dataset import Dataset
+
+    settings = load_settings(home=tmp_path / "home", spool_dir=tmp_path / "spool", port=0, quiet_time_s=3600)
+    node = StorageNode(settings.node_config(), lambda completed: None).start()
+    ds = noise_series(1, size=8, seed=5)[0]
+    ds.file_meta.TransferSyntaxUID = syntax
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.ReferencedSeriesSequence = [referenced]
+    ds["ReferencedSeriesSequence"].is_undefined_length = True
+    ds.add_new(0x00190010, "LO", "TEST PRIVATE")
+    ds.add_new(0x00191010, "OB", b"\x20\x00\x0e\x00UI\x08\x001.2.3.4\x00" * 40)  # bytes that look like the element
+    try:
+        ae = AE(ae_title="DBP-SCU")
+        ae.add_requested_context(MRImageStorage, [syntax])
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=settings.ae_title)
+        assert assoc.is_established
+        status = assoc.send_c_store(ds).Status
+        assoc.release()
+        assert status == 0
+        assert node.spool.instance_count(series_key_for(str(ds.SeriesInstanceUID))) == 1
+        assert node.spool.instance_count(series_key_for(str(referenced.SeriesInstanceUID))) == 0
+    finally:
+        node.stop()
