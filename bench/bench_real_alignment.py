@@ -15,8 +15,10 @@ older adults (one participant each). Every other pair is two different people.
 Usage::
 
     nice -n 10 .venv/bin/python bench/bench_real_alignment.py [--different-verified 60] [--data ../shared/data]
+    nice -n 10 .venv/bin/python bench/bench_real_alignment.py --candidate REFINE_SAMPLING_FRACTION=0.15
 
-Writes bench/results/real_alignment.json and .md.
+Writes bench/results/real_alignment.json and .md (with ``--candidate``: real_alignment_candidate.json and .md, the
+shipped settings against the candidate; nothing is shipped by it).
 """
 
 from __future__ import annotations
@@ -174,7 +176,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--different-verified", type=int, default=60, help="different-person pairs verified")
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--candidate", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="compare the shipped settings with these canonical constants changed (e.g. "
+                             "REFINE_SAMPLING_FRACTION=0.15) instead of the settings before issue 16; writes "
+                             "real_alignment_candidate.json and .md")
     args = parser.parse_args()
+    settings = SETTINGS
+    if args.candidate:
+        settings = {"shipped": {}, "candidate": candidate_settings(args.candidate)}
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     volumes = real_volumes(args.data)
@@ -188,7 +197,7 @@ def main() -> None:
     fp = resolve_thresholds(model.model_version)
     vt = resolve_thresholds(METHOD_VERSION)
     results = {name: score_setting(views(volumes, values), model, same + different, fp, vt)
-               for name, values in SETTINGS.items()}
+               for name, values in settings.items()}
     report = {
         "benchmark": "real heads, alignment before and after issue 16",
         "command": "nice -n 10 .venv/bin/python bench/bench_real_alignment.py " + " ".join(sys.argv[1:]),
@@ -204,10 +213,30 @@ def main() -> None:
         "thresholds": {"fingerprint": [fp.match, fp.mismatch], "verification": [vt.match, vt.mismatch]},
         "settings": results,
     }
+    if args.candidate:
+        report["benchmark"] = "real heads, shipped alignment settings against a candidate"
+        report["candidate"] = settings["candidate"]
+    name = "real_alignment_candidate" if args.candidate else "real_alignment"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "real_alignment.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "real_alignment.md").write_text(markdown(report))
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
+
+
+def candidate_settings(assignments: list[str]) -> dict[str, Any]:
+    """``["REFINE_SAMPLING_FRACTION=0.15"]`` -> ``{"REFINE_SAMPLING_FRACTION": 0.15}``: canonical's constants, each
+    value read as a Python literal and required to name an existing constant (a typo must not pass as "no change")."""
+    import ast
+
+    from fingerprint.imaging import canonical
+
+    values: dict[str, Any] = {}
+    for assignment in assignments:
+        name, _, text = assignment.partition("=")
+        if not hasattr(canonical, name):
+            raise SystemExit(f"--candidate: fingerprint.imaging.canonical has no constant {name!r}")
+        values[name] = ast.literal_eval(text)
+    return values
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -228,7 +257,8 @@ def markdown(report: dict[str, Any]) -> str:
             )
     fp, vt = report["thresholds"]["fingerprint"], report["thresholds"]["verification"]
     return "\n".join([
-        "# Real heads: alignment settings before and after issue 16, same run",
+        "# Real heads: alignment settings before and after issue 16, same run" if "candidate" not in report else
+        f"# Real heads: shipped alignment settings against the candidate {report['candidate']}, same run",
         "",
         f"Command: `{report['command']}`  ",
         f"{report['volumes']} real volumes of {report['people']} people ({report['same_person_pairs']} same-person "
