@@ -253,12 +253,18 @@ def build(factory: str, data: np.ndarray, transform: SearchTransform | None, ef_
         index = new_faiss_index(factory, DIM, transform=transform)
     finally:
         index_module.HNSW_EF_CONSTRUCTION = saved
+    fill(index, data)
+    return index, time.perf_counter() - t0
+
+
+def fill(index: faiss.Index, data: np.ndarray) -> None:
+    """Train ``index`` if it needs it (on up to 200,000 of ``data``, drawn with a fixed seed), then add ``data`` in
+    chunks of 100,000 with their row numbers as ids."""
     if not index.is_trained:
         index.train(data[np.random.default_rng(1).permutation(len(data))[:200_000]])
     for start in range(0, len(data), 100_000):
         stop = min(len(data), start + 100_000)
         index.add_with_ids(data[start:stop], np.arange(start, stop, dtype=np.int64))
-    return index, time.perf_counter() - t0
 
 
 def search_rows(index, label: dict, searches, queries, k, truth_ids, truth_sims) -> list[dict]:

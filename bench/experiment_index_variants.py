@@ -31,12 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import faiss
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_index  # noqa: E402
+from fingerprint.identity.index import wrap_search_index  # noqa: E402
 from fingerprint.identity.whitening import SearchTransform, fit_search_transform  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,7 +55,7 @@ SEARCHES = [(64, 8), (96, 8), (128, 8), (160, 8), (160, 16), (192, 16), (256, 16
 
 
 def search_index(axes: int, storage: str, transform: SearchTransform, ef_construction: int) -> faiss.Index:
-    """The variant, wrapped as ``fingerprint.identity.index.new_faiss_index`` wraps the shipped one."""
+    """The variant, wrapped as the archive wraps its index (``fingerprint.identity.index.wrap_search_index``)."""
     if storage == "flat":
         inner = faiss.IndexHNSWFlat(axes, 32, faiss.METRIC_L2)
     elif storage == "sq8":
@@ -65,10 +65,7 @@ def search_index(axes: int, storage: str, transform: SearchTransform, ef_constru
     else:
         raise ValueError(storage)
     inner.hnsw.efConstruction = ef_construction
-    refine = faiss.IndexFlat(bench_index.DIM, faiss.METRIC_L2)
-    refined = faiss.IndexRefine(faiss.IndexPreTransform(transform.pca, inner), refine)
-    refine.metric_type = refined.metric_type = faiss.METRIC_INNER_PRODUCT  # as the archive: re-rank by raw IP
-    return faiss.IndexIDMap2(refined)
+    return wrap_search_index(inner, bench_index.DIM, transform)
 
 
 def main() -> None:
@@ -91,13 +88,9 @@ def main() -> None:
         transform = fit_search_transform(vectors[subject % 2 == 0], model_version, axes, 0.0)  # the shipped recipe
         eigenvalues = faiss.vector_to_array(transform.pca.eigenvalues)
         index = search_index(axes, storage, transform, args.ef_construction)
-        if not index.is_trained:
-            index.train(data[:200_000])
         faiss.omp_set_num_threads(2)  # the build; one query's search is one thread
         started = time.perf_counter()
-        for start in range(0, args.n, 100_000):
-            stop = min(args.n, start + 100_000)
-            index.add_with_ids(data[start:stop], np.arange(start, stop, dtype=np.int64))
+        bench_index.fill(index, data)
         build_s = time.perf_counter() - started
         faiss.omp_set_num_threads(1)
         label = {"variant": name, "axes": axes, "storage": storage, "n": args.n, "build_s": round(build_s, 1),

@@ -204,7 +204,7 @@ def test_store_changed_since_sees_updates_in_seq_order(tmp_path):
 
 
 @pytest.mark.parametrize("opener", ["store", "ledger", "both"])
-def test_many_processes_opening_a_fresh_postgresql_database_at_once_all_succeed(postgres_schema_url, opener):
+def test_many_processes_opening_a_fresh_postgresql_database_at_once_all_succeed(postgres_url, opener):
     """Workers that start together each create the tables of a fresh database. PostgreSQL answers a CREATE TABLE
     that loses the race with a unique violation in its catalogue (not the "already exists" of a later one); an
     opener that let it through failed its first series and wrote the failure to the job table, which a locked job
@@ -221,7 +221,7 @@ def test_many_processes_opening_a_fresh_postgresql_database_at_once_all_succeed(
         if opener in ("ledger", "both"):
             Ledger(url).close()
 
-    base, _, options = postgres_schema_url.partition("?")
+    base = postgres_url
     admin = create_engine(base)
     try:
         for round_number in range(4):

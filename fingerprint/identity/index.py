@@ -106,6 +106,17 @@ def new_faiss_index(
     hnsw = _hnsw_of(inner)
     if hnsw is not None:
         hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    return wrap_search_index(inner, dim, transform, refine_factory)
+
+
+def wrap_search_index(
+    inner: faiss.Index, dim: int = VECTOR_DIM, transform: SearchTransform | None = None, refine_factory: str = "Flat"
+) -> faiss.IndexIDMap2:
+    """``inner`` (an approximate index in the transform's space, compared by L2 when a transform is given) as the
+    archive searches it: behind the transform, its candidates re-ranked by exact raw inner product, ids as row ids.
+    :func:`new_faiss_index` builds ``inner`` from a factory string; benchmarks pass indexes no factory string names.
+    """
+    metric = faiss.METRIC_L2 if transform is not None else faiss.METRIC_INNER_PRODUCT
     if transform is not None:
         inner = faiss.IndexPreTransform(transform.pca, inner)
     refine = faiss.index_factory(dim, refine_factory, metric)
