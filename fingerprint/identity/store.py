@@ -192,10 +192,7 @@ class Store:
             _enable_sqlite_immediate_transactions(self.engine)
         else:
             self.engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
-        self._create_schema()
-
-    def _create_schema(self) -> None:
-        create_tables(self.engine, metadata)
+        create_tables(self.engine, metadata)  # several workers may open a fresh archive at one moment
 
     def close(self) -> None:
         self.engine.dispose()
