@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from fingerprint.files import replacing
 from fingerprint.imaging.reference import load_colin27, load_mni152
 from fingerprint.locations import COLIN27_PATH, shared_data_dir
 
@@ -270,8 +271,6 @@ def load_head(name: str, prepare: Callable[[str], sitk.Image] = prepare_head) ->
     if path.exists():
         return sitk.ReadImage(str(path), sitk.sitkFloat32)
     image = prepare(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.nii.gz")  # one per process: two may prepare the same head at once
-    sitk.WriteImage(image, str(tmp), useCompression=True)
-    tmp.replace(path)
+    with replacing(path) as partial:  # one per process: two may prepare the same head at once
+        sitk.WriteImage(image, str(partial), useCompression=True)
     return image

@@ -44,6 +44,7 @@ from fingerprint.cohort.visits import (
     residual_transform,
     scanner_direction,
 )
+from fingerprint.files import replacing
 from fingerprint.parallel import ordered_map
 from fingerprint.types import SLICE_SIZE
 
@@ -190,8 +191,7 @@ def write_slice_cohort(
             slices[len(rows)] = pixels.astype(np.float16)
             rows.append(scan_row(subject, visit))
     scan_ids = np.array([row["scan_id"] for row in rows])
-    tmp = out / "slices.tmp.npz"
-    np.savez(tmp, slices=slices[: len(rows)], scan_id=scan_ids)
-    tmp.replace(out / "slices.npz")
+    with replacing(out / "slices.npz") as partial:
+        np.savez(partial, slices=slices[: len(rows)], scan_id=scan_ids)
     write_cohort_csv(out, rows)
     return len(rows)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from fingerprint.files import replacing, write_text
 from fingerprint.identity.verification import METHOD_VERSION, score_brain_pairs
 from fingerprint.parallel import ordered_map
 
@@ -122,18 +122,11 @@ def _views(jobs: list[tuple[str, str, str]], cache: Path, workers: int) -> ViewS
     return ViewSet(scans, rejected)
 
 
-def _partial_of(path: Path) -> Path:
-    """Where this process writes ``path`` before renaming it into place: a reader (another process evaluating the
-    same scans) sees the whole cache file or none, and two writers never share a partial file."""
-    return path.with_name(f"{path.name}.{os.getpid()}.partial")
-
-
 def _save_atomically(path: Path, **arrays: Any) -> None:
-    """``np.savez`` to this process's partial file, then renamed onto ``path``."""
-    partial = _partial_of(path)
-    with open(partial, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(partial, path)
+    """``np.savez`` replacing ``path`` whole: a reader (another process evaluating the same scans) sees the whole
+    cache file or none (:func:`fingerprint.files.replacing`)."""
+    with replacing(path) as partial:
+        np.savez(partial, **arrays)
 
 
 def _view_job(job: tuple[str, str, str], cache: str) -> dict[str, Any]:
@@ -241,6 +234,4 @@ def _read_pair_cache(cache: Path | None) -> dict[tuple[str, str], tuple[float, f
 def _write_pair_cache(cache: Path, known: dict[tuple[str, str], tuple[float, float]]) -> None:
     Path(cache).mkdir(parents=True, exist_ok=True)
     entries = [[a, b, None if not np.isfinite(v[0]) else v[0], v[1]] for (a, b), v in sorted(known.items())]
-    partial = _partial_of(_pair_cache_file(cache))
-    partial.write_text(json.dumps(entries))
-    partial.replace(_pair_cache_file(cache))
+    write_text(_pair_cache_file(cache), json.dumps(entries))

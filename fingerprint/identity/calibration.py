@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fingerprint.files import write_text
 from fingerprint.locations import SHIPPED_WEIGHTS_DIR
 from fingerprint.metrics import highest_allowed_negative, pair_scores, score_quantiles
 
@@ -111,12 +112,9 @@ def site_thresholds_path(index_dir: Path) -> Path:
 
 def save_thresholds(thresholds: Thresholds, path: Path) -> None:
     """Add or replace the entry of this model version in a thresholds JSON file (one entry per model version)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     entries = json.loads(path.read_text()) if path.exists() else {}
     entries[thresholds.model_version] = thresholds.as_json()
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(entries, indent=2, sort_keys=True) + "\n")
 
 
 def thresholds_from_json(entry: dict[str, Any], where: str) -> Thresholds:

@@ -32,10 +32,8 @@ import functools
 import hashlib
 import io
 import json
-import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +42,7 @@ import faiss
 import numpy as np
 from sqlalchemy import Connection
 
+from fingerprint.files import replacing
 from fingerprint.identity.store import VECTOR_DIM, Store
 from fingerprint.identity.whitening import SearchTransform, resolve_search_transform
 
@@ -380,41 +379,28 @@ class FingerprintIndex:
 
 
 def _write_index_file(path: Path, meta: dict, index: faiss.IndexIDMap2, ids: np.ndarray) -> None:
-    """MAGIC, JSON meta, the row ids, the FAISS index, then a SHA-256 of all of it; written to a temp file and renamed.
+    """MAGIC, JSON meta, the row ids, the FAISS index, then a SHA-256 of all of it; replaced whole and durably
+    (:func:`fingerprint.files.replacing`).
 
     FAISS bytes go through ``PyCallbackIOWriter`` rather than ``serialize_index``: the latter returns a SWIG
     ``std::vector<uint8_t>`` that SimpleITK's SWIG module (loaded in the same process) claims as its own type.
     The row ids are stored beside the index for the same reason (no SWIG vector needed to read them back).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta_bytes = json.dumps(meta, sort_keys=True).encode("utf-8")
     ids = np.ascontiguousarray(ids, dtype="<i8")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            digest = hashlib.sha256()
+    with replacing(path, durable=True) as partial, open(partial, "wb") as fh:
+        digest = hashlib.sha256()
 
-            def write(chunk: bytes) -> None:
-                digest.update(chunk)
-                fh.write(chunk)
+        def write(chunk: bytes) -> None:
+            digest.update(chunk)
+            fh.write(chunk)
 
-            write(FILE_MAGIC + struct.pack("<Q", len(meta_bytes)) + meta_bytes)
-            write(struct.pack("<Q", len(ids)) + ids.tobytes())
-            writer = faiss.PyCallbackIOWriter(write)
-            faiss.write_index(index, writer)
-            del writer
-            fh.write(digest.digest())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write(FILE_MAGIC + struct.pack("<Q", len(meta_bytes)) + meta_bytes)
+        write(struct.pack("<Q", len(ids)) + ids.tobytes())
+        writer = faiss.PyCallbackIOWriter(write)
+        faiss.write_index(index, writer)
+        del writer
+        fh.write(digest.digest())
 
 
 def _read_index_file(path: Path) -> tuple[dict, faiss.IndexIDMap2, np.ndarray]:

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fingerprint.files import write_text
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -125,9 +127,7 @@ def quantize_encoder(
         "probe_fingerprints": np.round(probe, 6).tolist(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    partial = out_dir / f".{INT8_MANIFEST}.{os.getpid()}"
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(partial, out_dir / INT8_MANIFEST)
+    write_text(out_dir / INT8_MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fingerprint.files import replacing
 from fingerprint.types import SLICE_SIZE
 
 if TYPE_CHECKING:
@@ -61,29 +61,23 @@ def export_onnx(encoder: "nn.Module", path: Path) -> Path:
     """Export ``encoder`` (eval mode, float32, any batch size) to ``path``, atomically (a temporary file renamed)."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = encoder.training
     encoder.eval()
-    handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(handle)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with replacing(path) as temporary, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: no onnxscript needed
             torch.onnx.export(
                 encoder,
                 (torch.zeros(1, 1, SLICE_SIZE, SLICE_SIZE),),
-                temporary,
+                str(temporary),
                 input_names=["slices"],
                 output_names=["features"],
                 dynamic_axes={"slices": {0: "n"}, "features": {0: "n"}},
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
-        os.replace(temporary, path)
     finally:
         encoder.train(was_training)
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from fingerprint.files import replacing
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -16,9 +17,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / CHECKPOINT_FILE
-    partial = target.with_suffix(".pt.partial")
-    torch.save(state, partial)
-    os.replace(partial, target)
+    with replacing(target) as partial:
+        torch.save(state, partial)
     return target
 
 

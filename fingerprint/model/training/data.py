@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fingerprint.files import replacing
 from fingerprint.parallel import ordered_map
 from fingerprint.types import SLICE_SIZE
 
@@ -135,10 +136,8 @@ def _read_volume_cache(cache: Path) -> tuple[list[np.ndarray], list[str], dict]:
 
 def _write_volume_cache(cache: Path, slices: list[np.ndarray], scan_ids: list[str], rejected: dict) -> np.ndarray:
     stack = np.stack(slices) if slices else np.zeros((0, SLICE_SIZE, SLICE_SIZE), np.float16)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + ".partial.npz")
-    np.savez(partial, slices=stack, scan_id=np.asarray(scan_ids, dtype=str), rejected=json.dumps(rejected))
-    partial.replace(cache)
+    with replacing(cache) as partial:
+        np.savez(partial, slices=stack, scan_id=np.asarray(scan_ids, dtype=str), rejected=json.dumps(rejected))
     return stack
 
 
