@@ -65,11 +65,9 @@ def base_version(model_version: str) -> str:
 def state_digest(encoder: "nn.Module") -> str:
     """SHA-256 of the encoder's tensors (names and float32 bytes), whatever torch wrote them: which weights a graph
     was made from."""
-    digest = hashlib.sha256()
-    for name, tensor in encoder.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    from fingerprint.model.runtime import hash_state
+
+    return hash_state(hashlib.sha256(), encoder, as_float32=True).hexdigest()
 
 
 def quantize_encoder(

@@ -51,10 +51,17 @@ def weights_key(encoder: "nn.Module") -> str:
     import torch
 
     digest = hashlib.sha256(f"torch={torch.__version__};opset={ONNX_OPSET}".encode())
+    return hash_state(digest, encoder).hexdigest()[:32]
+
+
+def hash_state(digest: "hashlib._Hash", encoder: "nn.Module", *, as_float32: bool = False) -> "hashlib._Hash":
+    """Feed ``digest`` the encoder's tensors in order, each as its name then its bytes (``as_float32``: converted to
+    float32 first, so the digest does not depend on the dtype torch stored them in); returns ``digest``."""
     for name, tensor in encoder.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
+        tensor = tensor.detach().to("cpu")
+        digest.update((tensor.float() if as_float32 else tensor).contiguous().numpy().tobytes())
+    return digest
 
 
 def export_onnx(encoder: "nn.Module", path: Path) -> Path:
