@@ -48,3 +48,17 @@ def test_pair_scores_make_a_symmetric_matrix():
     pairs = PairScores(np.array([0, 1]), np.array([1, 2]), np.array([0.7, np.nan]), np.array([True, False]), np.zeros(2))
     matrix = pairs.as_matrix(3)
     assert matrix[1, 0] == 0.7 and np.isnan(matrix[2, 1]) and np.isnan(matrix[0, 2]) and matrix[2, 2] == 1.0
+
+
+def test_a_planted_duplicate_is_verified_only_from_the_fingerprint_floor_up_as_in_the_archive():
+    """The archive verifies another PatientID only at or above the fingerprint's mismatch threshold
+    (verification_stage.other_patients_to_verify); the benchmark's duplicates-found share must pay that loss.
+    a's two scans verify at 0.7 (same person) but their fingerprint sits on, then just under, the floor (0.5)."""
+    fingerprint, verification = matrices()
+    for similarity, found, not_verified in ((0.5, 1.0, 0), (np.nextafter(0.5, 0.0), 0.0, 2)):
+        fingerprint[0, 1] = fingerprint[1, 0] = similarity
+        both = verdict_figures(fingerprint, verification, PEOPLE, FINGERPRINT, VERIFY)
+        assert both["duplicate_found"] == found, similarity
+        assert both["duplicates_not_verified"] == not_verified
+        assert both["verdicts"]["planted_duplicate"].get("new_patient", 0) == not_verified
+        assert both["same_id_consistent"] == 1.0  # own scans are always verified, whatever the fingerprint

@@ -13,13 +13,17 @@ Retrieval: recall@1 and mAP@3 (:func:`fingerprint.metrics.retrieval_metrics`); p
 FPR. Verdicts, with the calibrated thresholds (set on other people): every pair of scans of two distinct people as a
 first scan against the other's archive (false ``possible_duplicate``), every such pair filed under the other
 person's PatientID (planted mismatches: share that comes back ``identity_mismatch``), and every same-person pair
-under two PatientIDs (planted duplicates: share found) and under one (share ``consistent``).
+under two PatientIDs (planted duplicates: share found) and under one (share ``consistent``). A first scan's candidate
+of another PatientID is verified only where the archive would verify it (at or above the fingerprint's ``mismatch``
+threshold: :func:`fingerprint.identity.verification_stage.other_patients_to_verify`); below it, it stays unverified,
+as in the archive, and the planted duplicate is missed (``duplicates_not_verified`` counts them).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ import numpy as np
 from fingerprint.evaluation.identity_data import PairScores, ViewSet
 from fingerprint.evaluation.slice_benchmark import raw_pixel_vectors
 from fingerprint.identity.calibration import Thresholds
+from fingerprint.identity.verification_stage import other_patients_to_verify
 from fingerprint.identity.verdicts import (
     CONSISTENT,
     IDENTITY_MISMATCH,
@@ -90,12 +95,17 @@ def verdict_figures(
     n = len(people)
     counts: dict[str, Counter] = {k: Counter() for k in ("distinct_first_scan", "planted_mismatch", "planted_duplicate", "same_id")}
     false_pairs: list[tuple[int, int]] = []
+    not_picked = 0  # planted duplicates whose fingerprint is below the floor for verifying another PatientID
     for i in range(n):
         for j in range(n):
             if i == j:
                 continue
             v = None if verification is None or not np.isfinite(verification[i, j]) else float(verification[i, j])
-            other = Candidate(j, float(fingerprint[i, j]), f"p:{people[j]}:{j}", f"s{j}", verification=v, verifiable=verification is not None)
+            other = Candidate(j, float(fingerprint[i, j]), f"p:{people[j]}:{j}", f"s{j}", verification=None, verifiable=verification is not None)
+            if other_patients_to_verify([other], thresholds, 1):  # the archive's pick rule: is the other PatientID verified?
+                other = replace(other, verification=v)
+            elif verification is not None and people[i] == people[j]:
+                not_picked += 1
             own = Candidate(j, float(fingerprint[i, j]), "p:own", f"s{j}", verification=v, verifiable=verification is not None)
             first = decide(f"p:new:{i}", [], [other], thresholds, verification_thresholds)["verdict"]
             filed = decide("p:own", [own], [], thresholds, verification_thresholds)["verdict"]
@@ -118,6 +128,7 @@ def verdict_figures(
         "false_duplicate_person_pairs": sorted({tuple(sorted((str(people[i]), str(people[j])))) for i, j in false_pairs}),
         "mismatch_caught": share("planted_mismatch", IDENTITY_MISMATCH),
         "duplicate_found": share("planted_duplicate", POSSIBLE_DUPLICATE),
+        "duplicates_not_verified": not_picked,
         "same_id_consistent": share("same_id", CONSISTENT),
         "verdicts": {k: dict(v) for k, v in counts.items()},
     }
@@ -198,6 +209,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {v['false_duplicates']} of {v['distinct_pairs_checked']} | {_pct(v['mismatch_caught'])} "
             f"| {_pct(v['duplicate_found'])} | {_pct(v['same_id_consistent'])} |"
         )
+    missed = report["verdicts"].get("fingerprint + verification", {}).get("duplicates_not_verified")
+    if missed is not None:
+        lines += ["", f"Planted duplicates not put to the verification (fingerprint below the mismatch threshold "
+                      f"{report['thresholds']['mismatch']:.4f}): {missed}."]
     scores = report["verification_scores"]
     lines += [
         "",

@@ -78,7 +78,7 @@ class PairVerifier:
         )
         others_near = any(c.similarity >= thresholds.match for c in others)
         if not confirmed_own or others_near:
-            chosen += [c for c in others if c.similarity >= thresholds.mismatch][: picks.other_patients]
+            chosen += other_patients_to_verify(others, thresholds, picks.other_patients)
         return chosen
 
     # --- verifying --------------------------------------------------------------------------------------------------
@@ -163,6 +163,15 @@ class PairVerifier:
                 picture,
             )
             entry["verification_details"] = result.as_json()
+
+
+def other_patients_to_verify(others: list[Candidate], thresholds: Thresholds, how_many: int) -> list[Candidate]:
+    """Of ``others`` (the best scan of each other PatientID, most similar first), those put to the verification: at
+    or above the fingerprint's ``mismatch`` threshold, at most ``how_many``. A duplicate whose fingerprint falls below
+    that floor is never verified and comes out ``new_patient``; the real-head benchmark applies this same rule
+    (:func:`fingerprint.evaluation.identity_benchmark.verdict_figures`), so its share of duplicates found includes
+    that loss."""
+    return [c for c in others if c.similarity >= thresholds.mismatch][:how_many]
 
 
 def _best_per_patient(candidates: Any) -> list[Candidate]:
