@@ -85,14 +85,21 @@ def test_the_same_head_moved_scores_high_and_another_scores_low(brains):
     assert other.score < same.score - 0.3, (same, other)
 
 
-def test_a_registration_that_runs_off_is_not_used(brains, monkeypatch):
-    """With a tiny trust region the registration's 4-degree move is refused: the pair is scored where it lies."""
+def test_a_registration_that_runs_off_gives_no_score_and_says_why(brains, monkeypatch):
+    """The same head turned 4 degrees: its registration's move is found again (about 4 degrees). With the trust region
+    set just above that move the pair is scored; just below it, the registration has run off and the pair gets no
+    score (two brains that do not sit where the pipeline should have put them say neither same nor different)."""
     import fingerprint.identity.verification as verification
 
-    monkeypatch.setattr(verification, "MAX_ROTATION_DEG", 1.0)
-    result = verify(prepare(brains["same"]), prepare(brains["turned"]))
-    assert not result.registration_used and result.rotation_deg > 1.0
-    assert result.shift_mm <= MAX_SHIFT_MM or not result.registration_used
+    found = verify(prepare(brains["same"]), prepare(brains["turned"]))
+    assert found.registration_used and found.score is not None and found.unscored is None
+    monkeypatch.setattr(verification, "MAX_ROTATION_DEG", found.rotation_deg)
+    assert verify(prepare(brains["same"]), prepare(brains["turned"])).score == found.score  # on the boundary: used
+    monkeypatch.setattr(verification, "MAX_ROTATION_DEG", float(np.nextafter(found.rotation_deg, 0.0)))
+    ran_off = verify(prepare(brains["same"]), prepare(brains["turned"]))
+    assert not ran_off.registration_used and ran_off.score is None
+    assert ran_off.shift_mm <= MAX_SHIFT_MM and "ran off" in (ran_off.unscored or "")
+    assert ran_off.as_json()["unscored"] == ran_off.unscored
 
 
 def test_too_little_shared_brain_gives_no_score(brains):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fingerprint.files import replacing, write_text
-from fingerprint.identity.verification import METHOD_VERSION, score_brain_pairs
+from fingerprint.identity.verification import METHOD_VERSION, SCORING_RULE, score_brain_pairs
 from fingerprint.parallel import ordered_map
 
 #: The person each real shared series shows (folder -> person), named like the base head made from that person's
@@ -221,7 +221,7 @@ def score_pairs(
 
 
 def _pair_cache_file(cache: Path) -> Path:
-    return Path(cache) / f"pairs-{METHOD_VERSION}.json"
+    return Path(cache) / f"pairs-{METHOD_VERSION}-rule{SCORING_RULE}.json"
 
 
 def _read_pair_cache(cache: Path | None) -> dict[tuple[str, str], tuple[float, float]]:

@@ -12,7 +12,10 @@ the same rigid object in every scan; another person's brain cannot be rigidly al
 2. Two canonical brains are **registered** to each other (:func:`verify`): rigid (6 dof; they already sit within a
    few degrees of each other, so the search starts at the identity), Mattes mutual information inside the central
    brain, because contrast differs between scanners and sequences. A registration that runs off
-   (``MAX_ROTATION_DEG``, ``MAX_SHIFT_MM``) is not trusted and the pair is scored where the pipeline put it.
+   (``MAX_ROTATION_DEG``, ``MAX_SHIFT_MM``) gives **no score**: the two canonical brains do not sit where the
+   pipeline should have put them (one alignment failed, or a weakly contrasted brain let the search wander), so
+   neither "same" nor "different" can be read from them; the pair counts as unverified (``needs_review`` for a
+   PatientID's own scans), not as a confident ``identity_mismatch``.
 3. The **score** is the normalised correlation of their fine anatomy: the Laplacian of Gaussian (sigma
    ``DETAIL_SIGMA_MM``) of each brain inside the central brain (the mask eroded by ``fingerprint.imaging.brain.SCORE_EROSION_MM``) where both
    fields of view saw it. Plain intensity correlation does not tell people apart (every brain has grey and white
@@ -49,9 +52,13 @@ from fingerprint.imaging.canonical import registration_threads, rotation_angle_d
 DETAIL_SIGMA_MM = 2.0
 #: Fraction of the scored region that both fields of view must cover for a score to count.
 MIN_SHARED_FRACTION = 0.5
-#: A registration that turns or moves the second brain further than this has run off; it is not used.
+#: A registration that turns or moves the second brain further than this has run off: the pair gets no score.
 MAX_ROTATION_DEG = 20.0
 MAX_SHIFT_MM = 20.0
+#: The scoring rule's version, beside METHOD_VERSION (the canonical brain's format, which stored brains and the
+#: thresholds are keyed by): caches of pair scores carry both, so a changed rule never reads old scores. 2: a
+#: registration that runs off gives no score (1: the pair was scored where the pipeline put it).
+SCORING_RULE = 2
 #: Registration: Mattes MI on a fixed random sample of the central brain, 4 then 2 mm, one thread (the same result
 #: on every host).
 SAMPLING_FRACTION = 0.05
@@ -97,7 +104,7 @@ class PreparedBrain:
 class VerificationResult:
     """One verified pair: the score, how far the registration moved the second brain, the anatomy both shared."""
 
-    score: float | None  # None when the two scans share too little brain to compare
+    score: float | None  # None when the two scans share too little brain, or the registration ran off (unscored)
     shared_fraction: float
     rotation_deg: float
     shift_mm: float
@@ -112,7 +119,20 @@ class VerificationResult:
             "rotation_deg": round(self.rotation_deg, 2),
             "shift_mm": round(self.shift_mm, 2),
             "registration_used": self.registration_used,
+            **({"unscored": self.unscored} if self.unscored else {}),
         }
+
+    @property
+    def unscored(self) -> str | None:
+        """Why there is no score, in words for the evidence (None when there is one)."""
+        if self.score is not None:
+            return None
+        if not self.registration_used:
+            return (
+                f"the registration ran off ({self.rotation_deg:.0f} degrees, {self.shift_mm:.0f} mm; at most "
+                f"{MAX_ROTATION_DEG:.0f} and {MAX_SHIFT_MM:.0f}): one of the two alignments is probably wrong"
+            )
+        return f"the two scans share too little brain ({100 * self.shared_fraction:.0f}%, needs {100 * MIN_SHARED_FRACTION:.0f}%)"
 
 
 def prepare(brain: np.ndarray) -> PreparedBrain:
@@ -147,7 +167,8 @@ def verify(
     moved_seen = _moved(moving.seen.view(np.uint8), transform, sitk.sitkNearestNeighbor, sitk.sitkUInt8) > 0
     shared = grid.scored & fixed.seen & moved_seen
     shared_fraction = float(shared.sum() / max(int(grid.scored.sum()), 1))
-    score = _correlation(fixed.detail[shared], moved_detail[shared]) if shared_fraction >= MIN_SHARED_FRACTION else None
+    scorable = used and shared_fraction >= MIN_SHARED_FRACTION
+    score = _correlation(fixed.detail[shared], moved_detail[shared]) if scorable else None
     registered = _moved(moving.brain.astype(np.float32), transform, sitk.sitkLinear) if keep_registered else None
     return VerificationResult(score, shared_fraction, rotation, shift, used, registered)
 
