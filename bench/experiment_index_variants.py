@@ -7,6 +7,7 @@ that trade differently, and sweeps the search depth of each in the same run:
 
 - ``shipped``: HNSW32, float32 vectors in the 128-axis space;
 - ``sq8``: HNSW32 with 8-bit scalar-quantized vectors (a quarter of the bytes read per distance);
+- ``fp16``: HNSW32 with half-precision vectors (half the bytes);
 - ``panorama``: FAISS's HNSW Panorama (``IndexHNSWFlatPanorama``, 8 levels): distances computed level by level
   over the principal axes, a neighbour dropped as soon as its bound says it cannot enter the list;
 - ``pca64`` / ``pca96`` / ``pca192``: HNSW32 over fewer or more principal axes (cheaper distances or better order).
@@ -40,10 +41,11 @@ from fingerprint.identity.index import wrap_search_index  # noqa: E402
 from fingerprint.identity.whitening import SearchTransform, fit_search_transform  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: name -> (principal axes, storage), storage one of "flat", "sq8", "panorama"
+#: name -> (principal axes, storage), storage one of "flat", "sq8", "fp16", "panorama"
 VARIANTS: dict[str, tuple[int, str]] = {
     "shipped": (128, "flat"),
     "sq8": (128, "sq8"),
+    "fp16": (128, "fp16"),
     "panorama": (128, "panorama"),
     "pca64": (64, "flat"),
     "pca96": (96, "flat"),
@@ -58,8 +60,9 @@ def search_index(axes: int, storage: str, transform: SearchTransform, ef_constru
     """The variant, wrapped as the archive wraps its index (``fingerprint.identity.index.wrap_search_index``)."""
     if storage == "flat":
         inner = faiss.IndexHNSWFlat(axes, 32, faiss.METRIC_L2)
-    elif storage == "sq8":
-        inner = faiss.IndexHNSWSQ(axes, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_L2)
+    elif storage in ("sq8", "fp16"):
+        kind = faiss.ScalarQuantizer.QT_8bit if storage == "sq8" else faiss.ScalarQuantizer.QT_fp16
+        inner = faiss.IndexHNSWSQ(axes, kind, 32, faiss.METRIC_L2)
     elif storage == "panorama":
         inner = faiss.IndexHNSWFlatPanorama(axes, 32, PANORAMA_LEVELS, faiss.METRIC_L2)
     else:
@@ -106,11 +109,12 @@ def main() -> None:
 
 
 def write_results(run: dict) -> None:
-    """Keep one run per size (a run at another size stays), then write the JSON and the Markdown tables."""
+    """Keep one run per size and set of variants (a run at another size, or of other variants, stays), then write
+    the JSON and the Markdown tables."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "index_variants.json"
     runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
-    runs = sorted([r for r in runs if r["n"] != run["n"]] + [run], key=lambda r: r["n"])
+    runs = sorted([r for r in runs if _key(r) != _key(run)] + [run], key=lambda r: (r["n"], r["when"]))
     path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     lines = ["# Index variants at the same recall (issue 16, search; `bench/experiment_index_variants.py`)", "",
              "HNSW32 variants, each re-ranked by exact raw inner product as the archive's index is; single queries, "
@@ -127,6 +131,10 @@ def write_results(run: dict) -> None:
                   for x in r["rows"]]
         lines.append("")
     (RESULTS / "index_variants.md").write_text("\n".join(lines))
+
+
+def _key(run: dict) -> tuple[int, tuple[str, ...]]:
+    return run["n"], tuple(sorted({row["variant"] for row in run["rows"]}))
 
 
 if __name__ == "__main__":
