@@ -56,8 +56,11 @@ MAX_TRAIN_POINTS = 200_000
 AUTO = "auto"
 #: ``"auto"``: exact search up to this many fingerprints (``bench/results/index.md``: exact stays under 10 ms).
 AUTO_EXACT_UP_TO = 50_000
-#: ``"auto"``: the approximate index above ``AUTO_EXACT_UP_TO`` and its search parameters (measured at 1M).
-AUTO_APPROXIMATE_FACTORY = "HNSW32"
+#: ``"auto"``: the approximate index above ``AUTO_EXACT_UP_TO`` and its search parameters (measured at 1M). The graph
+#: keeps its vectors in 8 bits (``_SQ8``): a quarter of the bytes read per distance, and the candidates are re-ranked
+#: exactly anyway, so it answers faster at the same recall than float32 graph vectors
+#: (``bench/results/index_variants.md``, same data and run).
+AUTO_APPROXIMATE_FACTORY = "HNSW32_SQ8"
 AUTO_SEARCH_PARAMS = "efSearch=256,k_factor_rf=16"
 #: HNSW graph construction depth: deeper builds a better graph, slower (``bench/results/index.md``).
 HNSW_EF_CONSTRUCTION = 64
