@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from fingerprint.evaluation.real_calibration import verification_thresholds
 from fingerprint.identity.calibration import Thresholds
 from fingerprint.identity.verification import (
+    MAX_ROTATION_DEG,
     MAX_SHIFT_MM,
     evidence_png,
     prepare,
@@ -259,3 +260,38 @@ def test_registrations_of_one_thread_count_run_side_by_side_and_another_count_wa
     assert not errors
     assert seen == {"holder-0": 1, "holder-1": 1, "other": 2, "other_while_held": 0}
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+
+
+def test_an_own_scan_whose_registration_runs_off_gives_needs_review_with_the_reason_in_the_evidence(brains, tmp_path, monkeypatch):
+    """The archive's path with a real store: the PatientID's earlier scan is the same head turned 4 degrees; with the
+    trust region below that turn its registration runs off, so the verdict is ``needs_review`` (never a confident
+    ``identity_mismatch``) and the evidence lists the unscored verification and why."""
+    import fingerprint.identity.verification as verification
+    from fingerprint.identity.calibration import Thresholds
+    from fingerprint.identity.store import Store
+    from fingerprint.identity.verdicts import IDENTITY_MISMATCH, NEEDS_REVIEW, Candidate, decide
+    from fingerprint.identity.verification import METHOD_VERSION
+    from fingerprint.identity.verification_stage import PairVerifier
+
+    fingerprint_thresholds = Thresholds("m", match=0.99, mismatch=0.95, far=0.001, source="explicit")
+    verify_thresholds = Thresholds(METHOD_VERSION, match=0.443, mismatch=0.391, far=0.001, source="explicit")
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    with store.locked() as conn:
+        store.save_brain(conn, "uid-earlier", METHOD_VERSION, brain_to_bytes(brains["turned"]))
+    earlier = Candidate(0, 0.90, "p-own", "uid-earlier")  # a fingerprint that alone would say "different"
+    verdicts = {}
+    for trust_deg in (MAX_ROTATION_DEG, 1.0):
+        monkeypatch.setattr(verification, "MAX_ROTATION_DEG", trust_deg)
+        verifier = PairVerifier(store, brains["same"], keep_pictures=False, threads=1)
+        with store.locked() as conn:
+            verifier.run(conn, [earlier])
+            verdict = decide("p-own", verifier.annotate([earlier]), [], fingerprint_thresholds, verify_thresholds)
+            verifier.record(conn, "uid-new", verdict, "p-own")
+        verdicts[trust_deg] = verdict
+    assert verdicts[MAX_ROTATION_DEG]["verdict"] == "consistent"
+    assert "unscored" not in verdicts[MAX_ROTATION_DEG]["evidence"]
+    ran_off = verdicts[1.0]
+    assert ran_off["verdict"] == NEEDS_REVIEW != IDENTITY_MISMATCH
+    [entry] = ran_off["evidence"]["unscored"]
+    assert entry["series_instance_uid"] == "uid-earlier" and entry["same_patient_id"] is True
+    assert "ran off" in entry["reason"] and entry["registration_used"] is False

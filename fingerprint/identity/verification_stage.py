@@ -54,6 +54,7 @@ class PairVerifier:
         self.with_brain: set[str] = set()  # candidates known to have a stored brain
         self._checked: set[str] = set()  # candidates whose brain was looked up
         self._digests: dict[str, str] = {}  # the stored brain each result was computed with
+        self._patients: dict[str, str] = {}  # candidate SeriesInstanceUID -> its PatientID hash
 
     # --- choosing ---------------------------------------------------------------------------------------------------
     def pick(
@@ -85,6 +86,7 @@ class PairVerifier:
     def run(self, conn: Any, candidates: list[Candidate]) -> None:
         """Load the brains of the candidates not yet verified (in ``conn``) and verify them."""
         wanted = [c.series_instance_uid for c in candidates if c.series_instance_uid not in self._checked]
+        self._patients.update({c.series_instance_uid: c.patient_id_hash for c in candidates})
         brains = self.store.brains(conn, wanted, METHOD_VERSION) if wanted else {}
         self._checked.update(wanted)
         self.with_brain.update(brains)
@@ -144,7 +146,9 @@ class PairVerifier:
     # --- recording --------------------------------------------------------------------------------------------------
     def record(self, conn: Any, series_instance_uid: str, verdict: dict[str, Any], own_patient_hash: str) -> None:
         """Store each verification used by the verdict (score, registration, evidence picture) and point the
-        verdict's evidence entries at them (``verification_id``)."""
+        verdict's evidence entries at them (``verification_id``). Verifications that gave no score (the registration
+        ran off, or too little shared brain) are listed under ``evidence["unscored"]`` with their reason, and whether
+        each was one of this PatientID's own scans (the case that makes the verdict ``needs_review``)."""
         for entry in verdict["evidence"].get("verified", []):
             result = self.results.get(entry["series_instance_uid"])
             if result is None:
@@ -163,6 +167,13 @@ class PairVerifier:
                 picture,
             )
             entry["verification_details"] = result.as_json()
+        unscored = [
+            {"series_instance_uid": uid, "same_patient_id": self._patients.get(uid) == own_patient_hash, "reason": result.unscored, **result.as_json()}
+            for uid, result in self.results.items()
+            if result.score is None
+        ]
+        if unscored:  # verified but without a score: say why, as the verdict cannot lean on them
+            verdict["evidence"]["unscored"] = unscored
 
 
 def other_patients_to_verify(others: list[Candidate], thresholds: Thresholds, how_many: int) -> list[Candidate]:
