@@ -294,4 +294,4 @@ def test_an_own_scan_whose_registration_runs_off_gives_needs_review_with_the_rea
     assert ran_off["verdict"] == NEEDS_REVIEW != IDENTITY_MISMATCH
     [entry] = ran_off["evidence"]["unscored"]
     assert entry["series_instance_uid"] == "uid-earlier" and entry["same_patient_id"] is True
-    assert "ran off" in entry["reason"] and entry["registration_used"] is False
+    assert "ran off" in entry["reason"] and entry["verification_details"]["registration_used"] is False

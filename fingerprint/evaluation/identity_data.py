@@ -232,6 +232,5 @@ def _read_pair_cache(cache: Path | None) -> dict[tuple[str, str], tuple[float, f
 
 
 def _write_pair_cache(cache: Path, known: dict[tuple[str, str], tuple[float, float]]) -> None:
-    Path(cache).mkdir(parents=True, exist_ok=True)
     entries = [[a, b, None if not np.isfinite(v[0]) else v[0], v[1]] for (a, b), v in sorted(known.items())]
     write_text(_pair_cache_file(cache), json.dumps(entries))

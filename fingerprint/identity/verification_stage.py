@@ -167,8 +167,13 @@ class PairVerifier:
                 picture,
             )
             entry["verification_details"] = result.as_json()
-        unscored = [
-            {"series_instance_uid": uid, "same_patient_id": self._patients.get(uid) == own_patient_hash, "reason": result.unscored, **result.as_json()}
+        unscored = [  # shaped like the verified entries: the registration's figures under verification_details
+            {
+                "series_instance_uid": uid,
+                "same_patient_id": self._patients.get(uid) == own_patient_hash,
+                "reason": result.unscored,
+                "verification_details": result.as_json(),
+            }
             for uid, result in self.results.items()
             if result.score is None
         ]

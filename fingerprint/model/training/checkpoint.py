@@ -14,9 +14,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` (model/optimiser state dicts, step, history, RNG states, config) to ``run_dir``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / CHECKPOINT_FILE
+    target = Path(run_dir) / CHECKPOINT_FILE
     with replacing(target) as partial:
         torch.save(state, partial)
     return target
