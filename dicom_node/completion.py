@@ -45,7 +45,7 @@ class _Progress:
     last_received_mono: float
     active_associations: set[str] = field(default_factory=set)
     received_since_flush: int = 0
-    changes: int = 0  # bumped by every instance; a hand-on that saw an older value is followed by another
+    changes: int = 0  # bumped by every arrival and store; a hand-on that saw an older value is followed by another
     handing_on: bool = False
     failures: int = 0
     next_attempt_mono: float = 0.0
@@ -109,6 +109,7 @@ class CompletionTracker:
             progress.active_associations.add(association_id)
             progress.calling_ae_title = calling_ae_title
             progress.last_received, progress.last_received_mono = now, mono
+            progress.changes += 1  # a hand-on running now must not forget the series: this instance is not in it
 
     def instance_stored(self, series_key: str) -> None:
         """Called after the instance is durably in the spool: counts it and restarts the quiet time."""

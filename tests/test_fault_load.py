@@ -164,9 +164,10 @@ def test_four_associations_2000_instances_one_slow_worker_nothing_lost_memory_bo
         finished_when_sent = len(finished(ledger))
         peak = memory_kib(started["scp"])
 
-        def drained() -> bool:
+        def drained() -> bool:  # a resent instance reopens its series: settled only once the spool is empty too
             counts = ledger.counts()
-            return counts["queued"] + counts["running"] == 0 and set(finished(ledger)) >= set(expected)
+            return (counts["queued"] + counts["running"] == 0 and set(finished(ledger)) >= set(expected)
+                    and scrape(http_port)["dbp_spool_series_pending"] == 0)
 
         all_drained = wait_for(drained, 240, 1.0)
         drained_s = time.monotonic() - began

@@ -332,3 +332,33 @@ def test_a_series_erased_by_another_process_is_written_again_into_a_new_folder(t
     path, replaced = spool.store_instance(key, SOP_UID + ".2", b"after")
     assert not replaced and path.read_bytes() == b"after"
     assert [p.read_bytes() for p in spool.instance_paths(key)] == [b"after"]
+
+
+def test_an_instance_arriving_while_its_series_is_handed_on_is_handed_on_again(tmp_path: Path) -> None:
+    """The race behind a series left ``receiving`` forever: an instance announces itself (``instance_arriving``,
+    which reopens the series on disk as a new generation) while the series' hand-on is in the callback, and is
+    counted as stored only after the hand-on returned. The tracker must keep the series and hand the new
+    generation on after its quiet time, instead of forgetting it until the next restart."""
+    spool = _spool(tmp_path)
+    key = series_key_for(SERIES_UID)
+    handed_on: list[int] = []
+    tracker: CompletionTracker
+
+    def on_complete(completed) -> None:  # type: ignore[no-untyped-def]
+        handed_on.append(completed.generation)
+        if len(handed_on) == 1:  # a resent instance comes in on a new association during the first hand-on
+            tracker.instance_arriving(key, "assoc-2", "SCU")
+
+    tracker = CompletionTracker(spool, on_complete, quiet_time_s=0.0, open_quiet_time_s=60.0)
+    tracker.instance_arriving(key, "assoc-1", "SCU")
+    spool.store_instance(key, SOP_UID, b"x")
+    tracker.instance_stored(key)
+    tracker.association_ended("assoc-1")
+    assert tracker.check_once() == 1 and handed_on == [1]
+    spool.store_instance(key, SOP_UID + ".2", b"y")  # the write the arrival announced, finished after the hand-on
+    tracker.instance_stored(key)
+    tracker.association_ended("assoc-2")
+    assert spool.read_state(key).generation == 2
+    assert tracker.check_once() == 1 and handed_on == [1, 2], "the new generation was never handed on"
+    assert spool.read_state(key).state == "queued"
+    assert spool.mark_done(key, generation=2) and spool.pending() == []
