@@ -10,7 +10,9 @@ that trade differently, and sweeps the search depth of each in the same run:
 - ``fp16``: HNSW32 with half-precision vectors (half the bytes);
 - ``panorama``: FAISS's HNSW Panorama (``IndexHNSWFlatPanorama``, 8 levels): distances computed level by level
   over the principal axes, a neighbour dropped as soon as its bound says it cannot enter the list;
-- ``pca64`` / ``pca96`` / ``pca192``: HNSW32 over fewer or more principal axes (cheaper distances or better order).
+- ``pca64`` / ``pca96`` / ``pca192``: HNSW32 over fewer or more principal axes (cheaper distances or better order);
+- ``sq8m24`` / ``sq8m48`` / ``sq8m64``: ``sq8`` with fewer or more graph links per node (HNSW's M): more links cost
+  more distances per hop and may need fewer hops for the same recall.
 
 Every variant is wrapped as the archive wraps its index (pre-transform, exact raw re-rank, id map). Nothing here
 changes the shipped index.
@@ -41,30 +43,33 @@ from fingerprint.identity.index import wrap_search_index  # noqa: E402
 from fingerprint.identity.whitening import SearchTransform, fit_search_transform  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: name -> (principal axes, storage), storage one of "flat", "sq8", "fp16", "panorama"
-VARIANTS: dict[str, tuple[int, str]] = {
-    "shipped": (128, "flat"),
-    "sq8": (128, "sq8"),
-    "fp16": (128, "fp16"),
-    "panorama": (128, "panorama"),
-    "pca64": (64, "flat"),
-    "pca96": (96, "flat"),
-    "pca192": (192, "flat"),
+#: name -> (principal axes, storage, graph links M), storage one of "flat", "sq8", "fp16", "panorama"
+VARIANTS: dict[str, tuple[int, str, int]] = {
+    "shipped": (128, "flat", 32),
+    "sq8": (128, "sq8", 32),
+    "fp16": (128, "fp16", 32),
+    "panorama": (128, "panorama", 32),
+    "pca64": (64, "flat", 32),
+    "pca96": (96, "flat", 32),
+    "pca192": (192, "flat", 32),
+    "sq8m24": (128, "sq8", 24),
+    "sq8m48": (128, "sq8", 48),
+    "sq8m64": (128, "sq8", 64),
 }
 PANORAMA_LEVELS = 8
 #: (efSearch, k_factor): HNSW explores max(efSearch, k * k_factor) nodes, so the pairs below 10 * k_factor repeat
 SEARCHES = [(64, 8), (96, 8), (128, 8), (160, 8), (160, 16), (192, 16), (256, 16), (256, 32), (320, 32)]
 
 
-def search_index(axes: int, storage: str, transform: SearchTransform, ef_construction: int) -> faiss.Index:
+def search_index(axes: int, storage: str, links: int, transform: SearchTransform, ef_construction: int) -> faiss.Index:
     """The variant, wrapped as the archive wraps its index (``fingerprint.identity.index.wrap_search_index``)."""
     if storage == "flat":
-        inner = faiss.IndexHNSWFlat(axes, 32, faiss.METRIC_L2)
+        inner = faiss.IndexHNSWFlat(axes, links, faiss.METRIC_L2)
     elif storage in ("sq8", "fp16"):
         kind = faiss.ScalarQuantizer.QT_8bit if storage == "sq8" else faiss.ScalarQuantizer.QT_fp16
-        inner = faiss.IndexHNSWSQ(axes, kind, 32, faiss.METRIC_L2)
+        inner = faiss.IndexHNSWSQ(axes, kind, links, faiss.METRIC_L2)
     elif storage == "panorama":
-        inner = faiss.IndexHNSWFlatPanorama(axes, 32, PANORAMA_LEVELS, faiss.METRIC_L2)
+        inner = faiss.IndexHNSWFlatPanorama(axes, links, PANORAMA_LEVELS, faiss.METRIC_L2)
     else:
         raise ValueError(storage)
     inner.hnsw.efConstruction = ef_construction
@@ -87,16 +92,17 @@ def main() -> None:
     del exact
     rows: list[dict] = []
     for name in args.variants:
-        axes, storage = VARIANTS[name]
+        axes, storage, links = VARIANTS[name]
         transform = fit_search_transform(vectors[subject % 2 == 0], model_version, axes, 0.0)  # the shipped recipe
         eigenvalues = faiss.vector_to_array(transform.pca.eigenvalues)
-        index = search_index(axes, storage, transform, args.ef_construction)
+        index = search_index(axes, storage, links, transform, args.ef_construction)
         faiss.omp_set_num_threads(2)  # the build; one query's search is one thread
         started = time.perf_counter()
         bench_index.fill(index, data)
         build_s = time.perf_counter() - started
         faiss.omp_set_num_threads(1)
-        label = {"variant": name, "axes": axes, "storage": storage, "n": args.n, "build_s": round(build_s, 1),
+        label = {"variant": name, "axes": axes, "storage": storage, "links": links, "n": args.n,
+                 "build_s": round(build_s, 1),
                  "variance_share": round(float(eigenvalues[:axes].sum() / eigenvalues.sum()), 4),
                  "bytes_per_fingerprint": round(bench_index.index_bytes(index) / args.n, 1)}
         rows += bench_index.search_rows(index, label, SEARCHES, queries, 10, truth_ids, truth_sims)
@@ -117,17 +123,19 @@ def write_results(run: dict) -> None:
     runs = sorted([r for r in runs if _key(r) != _key(run)] + [run], key=lambda r: (r["n"], r["when"]))
     path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     lines = ["# Index variants at the same recall (issue 16, search; `bench/experiment_index_variants.py`)", "",
-             "HNSW32 variants, each re-ranked by exact raw inner product as the archive's index is; single queries, "
-             "k=10, medians, one thread. Data: bench_index.py's synthetic fingerprints (same generator and seed). "
-             "Recall@10 against exact search in the same run. Compare within one table only.", ""]
+             "HNSW variants (links: HNSW's M), each re-ranked by exact raw inner product as the archive's index is; "
+             "single queries, k=10, medians, one thread. Data: bench_index.py's synthetic fingerprints (same "
+             "generator and seed). Recall@10 against exact search in the same run. Compare within one table only.", ""]
     for r in runs:
         lines += [f"## {r['n']:,} fingerprints", "",
                   f"Command: `{r['command']}`; {r['when']}, {r['machine']}; {r['queries']} queries; "
                   f"efConstruction {r['ef_construction']}.", "",
-                  "| variant | axes (variance share) | storage | build s | bytes/fp | search params | median ms | recall@10 |",
-                  "|---|---|---|---:|---:|---|---:|---:|"]
-        lines += [f"| {x['variant']} | {x['axes']} ({x['variance_share']}) | {x['storage']} | {x['build_s']} | "
-                  f"{x['bytes_per_fingerprint']} | {x['search_params']} | {x['median_query_ms']} | {x['recall_at_10']} |"
+                  "| variant | axes (variance share) | storage | links | build s | bytes/fp | search params "
+                  "| median ms | recall@10 |",
+                  "|---|---|---|---:|---:|---:|---|---:|---:|"]
+        lines += [f"| {x['variant']} | {x['axes']} ({x['variance_share']}) | {x['storage']} | {x.get('links', 32)} | "
+                  f"{x['build_s']} | {x['bytes_per_fingerprint']} | {x['search_params']} | {x['median_query_ms']} | "
+                  f"{x['recall_at_10']} |"
                   for x in r["rows"]]
         lines.append("")
     (RESULTS / "index_variants.md").write_text("\n".join(lines))

@@ -20,7 +20,14 @@ import pytest
 from deepbrainprint.settings import load_settings
 from fingerprint.identity.archive import Archive
 from fingerprint.identity.calibration import Thresholds
-from fingerprint.identity.index import FingerprintIndex, default_search_params, index_file_path
+from fingerprint.identity.index import (
+    AUTO_APPROXIMATE_FACTORY,
+    AUTO_SEARCH_PARAMS,
+    HNSW_SEARCH_PARAMS,
+    FingerprintIndex,
+    default_search_params,
+    index_file_path,
+)
 from fingerprint.identity.store import Store
 
 THRESHOLDS = Thresholds("test-model", match=0.8, mismatch=0.6, far=0.001, source="explicit")
@@ -268,3 +275,7 @@ def test_approximate_index_gets_measured_default_search_parameters(tmp_path, syn
         hnsw = faiss.downcast_index(refine.base_index)  # no stored transform for test-model: raw space
         wanted = dict(p.split("=") for p in default_search_params("HNSW32").split(","))
         assert hnsw.hnsw.efSearch == int(wanted["efSearch"]) and refine.k_factor == float(wanted["k_factor_rf"])
+    # The auto graph's shallower search is its own: a 32-link graph (the earlier auto index) keeps the deeper one.
+    assert default_search_params(AUTO_APPROXIMATE_FACTORY) == AUTO_SEARCH_PARAMS
+    assert default_search_params(f"{AUTO_APPROXIMATE_FACTORY},Refine(SQfp16)") == AUTO_SEARCH_PARAMS
+    assert default_search_params("HNSW32_SQ8") == default_search_params("HNSW32") == HNSW_SEARCH_PARAMS

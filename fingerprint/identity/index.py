@@ -7,7 +7,7 @@ L2-normalised, so inner product is cosine similarity. The factory setting choose
   fingerprints, where it answers within 10 ms; above that, the approximate ``AUTO_APPROXIMATE_FACTORY`` with
   ``AUTO_SEARCH_PARAMS`` (``bench/results/index.md``: their measured speed and recall at 1M).
 * ``"Flat"``: always exact.
-* any other FAISS index-factory string (``"HNSW32"``, ``"IVF1024,Flat"``, ``"HNSW32_SQ8"``): that approximate index,
+* any other FAISS index-factory string (``"HNSW32"``, ``"IVF1024,Flat"``, ``"HNSW48_SQ8"``): that approximate index,
   with search parameters such as ``"efSearch=64"``, ``"nprobe=16"`` or ``"k_factor_rf=8"`` (defaults:
   ``DEFAULT_SEARCH_PARAMS``).
 
@@ -58,10 +58,14 @@ AUTO = "auto"
 AUTO_EXACT_UP_TO = 50_000
 #: ``"auto"``: the approximate index above ``AUTO_EXACT_UP_TO`` and its search parameters (measured at 1M). The graph
 #: keeps its vectors in 8 bits (``_SQ8``): a quarter of the bytes read per distance, and the candidates are re-ranked
-#: exactly anyway, so it answers faster at the same recall than float32 graph vectors
-#: (``bench/results/index_variants.md``, same data and run).
-AUTO_APPROXIMATE_FACTORY = "HNSW32_SQ8"
-AUTO_SEARCH_PARAMS = "efSearch=256,k_factor_rf=16"
+#: exactly anyway, so it answers faster at the same recall than float32 graph vectors. 48 links per node (HNSW's M)
+#: rather than 32: each hop costs more distances, but the same recall needs a much shallower search (efSearch 128
+#: instead of 256) in this narrow cone, and 64 links gained nothing more (``bench/results/index_variants.md``, same
+#: data and run).
+AUTO_APPROXIMATE_FACTORY = "HNSW48_SQ8"
+AUTO_SEARCH_PARAMS = "efSearch=128,k_factor_rf=16"
+#: Other HNSW graphs (fewer links: ``"HNSW32"``, the auto index before ``HNSW48_SQ8``) need the deeper search.
+HNSW_SEARCH_PARAMS = "efSearch=256,k_factor_rf=16"
 #: HNSW graph construction depth: deeper builds a better graph, slower (``bench/results/index.md``).
 HNSW_EF_CONSTRUCTION = 64
 #: Candidates fetched from the approximate index per neighbour asked for, then re-ranked exactly.
@@ -145,8 +149,13 @@ def _hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
     return index if isinstance(index, faiss.IndexHNSW) else None
 
 
-#: Search parameters when the settings give none (``bench/results/index.md``: recall against exact search).
-DEFAULT_SEARCH_PARAMS = (("HNSW", AUTO_SEARCH_PARAMS), ("IVF", "nprobe=32,k_factor_rf=8"))
+#: Search parameters when the settings give none, by the first family the factory string contains
+#: (``bench/results/index.md``: recall against exact search).
+DEFAULT_SEARCH_PARAMS = (
+    (AUTO_APPROXIMATE_FACTORY, AUTO_SEARCH_PARAMS),
+    ("HNSW", HNSW_SEARCH_PARAMS),
+    ("IVF", "nprobe=32,k_factor_rf=8"),
+)
 
 
 def default_search_params(factory: str) -> str:
