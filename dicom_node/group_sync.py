@@ -62,14 +62,16 @@ class GroupSync:
         self._queue: list[_Rename] = []
         self._leading = False
 
-    def write(self, target: Path, data: bytes) -> None:
-        """Write ``data`` to ``target`` durably (temp file in the same folder, data sync, rename, folder sync).
-        Returns only when all of it is on disk; raises OSError otherwise and leaves no temp file behind."""
+    def write(self, target: Path, data: bytes | tuple[bytes, ...]) -> None:
+        """Write ``data`` (bytes, or parts written one after the other: no joined copy) to ``target`` durably (temp
+        file in the same folder, data sync, rename, folder sync). Returns only when all of it is on disk; raises
+        OSError otherwise and leaves no temp file behind."""
         # one write at a time per thread, so process and thread ids name the temp file uniquely (no random syscall)
         tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
             with open(tmp, "wb") as fh:
-                fh.write(data)
+                for part in (data,) if isinstance(data, bytes) else data:
+                    fh.write(part)
                 fh.flush()
                 if self.fsync:
                     self.sync_data(fh.fileno())  # data + size; mtime is not worth a metadata flush

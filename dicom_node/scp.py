@@ -38,6 +38,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from .completion import CompletionTracker, OnSeriesComplete, OnSeriesReleased
 from .config import NodeConfig
+from .part10 import part10_parts
 from .spool import Spool, SpoolWriteError, series_key_for, uid_key
 from .transport import tune_receiver
 
@@ -267,7 +268,7 @@ class StorageNode:
         series_key = series_key_for(series_uid)
         try:
             self.tracker.instance_arriving(series_key, association_id, calling_ae)
-            _, replaced = self.spool.store_instance(series_key, sop_uid, event.encoded_dataset())
+            _, replaced = self.spool.store_instance(series_key, sop_uid, part10_parts(event))
             self.tracker.instance_stored(series_key)
         except SpoolWriteError as exc:
             log.error("instance %s of series %s from %s NOT stored: %s", sop_ref, series_key, calling_ae, exc)

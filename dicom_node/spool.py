@@ -155,7 +155,7 @@ class Spool:
             raise SpoolWriteError(exc.errno, _describe(exc, "spool folder")) from exc
 
     # --- durable writes -----------------------------------------------------------------------------------------
-    def _write_atomic(self, target: Path, data: bytes) -> None:
+    def _write_atomic(self, target: Path, data: bytes | tuple[bytes, ...]) -> None:
         """Temp file in the same folder, fsync, rename over ``target``, fsync the folder (shared with concurrent
         writers). Leaves no temp behind."""
         try:
@@ -163,9 +163,12 @@ class Spool:
         except OSError as exc:
             raise SpoolWriteError(exc.errno, _describe(exc, target.parent.name)) from exc
 
-    def store_instance(self, series_key: str, sop_instance_uid: str, encoded: bytes) -> tuple[Path, bool]:
-        """Write one instance (DICOM file bytes) durably. Returns (path, replaced): ``replaced`` is True when this
-        SOP Instance UID was already spooled, in which case the one file now holds the latest copy."""
+    def store_instance(
+        self, series_key: str, sop_instance_uid: str, encoded: bytes | tuple[bytes, ...]
+    ) -> tuple[Path, bool]:
+        """Write one instance (DICOM file bytes, or the file's parts in order) durably. Returns (path, replaced):
+        ``replaced`` is True when this SOP Instance UID was already spooled, in which case the one file now holds
+        the latest copy."""
         folder = self.instances_dir(series_key)
         if folder not in self._known_folders:
             if not folder.is_dir():

@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, evt
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from reliability_log import record_fault
 
 from deepbrainprint.settings import Settings, load_settings
@@ -178,6 +179,11 @@ def test_compressed_transfer_syntaxes_are_accepted_and_stored_bit_identical(
         stored = pydicom.dcmread(stored_path)
         assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert _dataset_bytes(stored_path) == _dataset_bytes(source), f"{source.name} changed on the way"
+        # The whole file is what pynetdicom's own encoded_dataset() writes (dicom_node.part10 packs the meta itself).
+        meta = encode_file_meta(create_file_meta(sop_class_uid=original.SOPClassUID,
+                                                 sop_instance_uid=original.SOPInstanceUID,
+                                                 transfer_syntax=original.file_meta.TransferSyntaxUID))
+        assert stored_path.read_bytes() == b"\x00" * 128 + b"DICM" + meta + _dataset_bytes(source)
         assert (stored.pixel_array == expected_pixels).all(), f"{source.name} does not decode to the same image"
 
 
