@@ -38,6 +38,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from .completion import CompletionTracker, OnSeriesComplete, OnSeriesReleased
 from .config import NodeConfig
+from .header_scan import uid_value
 from .part10 import part10_parts
 from .spool import Spool, SpoolWriteError, series_key_for, uid_key
 from .transport import tune_receiver
@@ -288,14 +289,23 @@ class StorageNode:
 
 
 def series_uid_of(event: Event) -> str:
-    """The SeriesInstanceUID of a C-STORE data set, read from the bytes as sent: pydicom's element generator walks
-    the element headers up to it, skipping values (no data set, pixel data or file meta built), as the instance is
-    stored exactly as sent anyway and the worker's reader checks the rest. A deflated data set is inflated (whole) by
-    pynetdicom first."""
+    """The SeriesInstanceUID of a C-STORE data set, read from the bytes as sent (no data set, pixel data or file meta
+    built), as the instance is stored exactly as sent anyway and the worker's reader checks the rest. A deflated data
+    set is inflated (whole) by pynetdicom first."""
     syntax = UID(event.context.transfer_syntax)
     if syntax == DeflatedExplicitVRLittleEndian:
         return str(event.dataset.get("SeriesInstanceUID", "") or "").strip()
-    raw = event.request.DataSet.getvalue()  # type: ignore[union-attr]
+    return series_uid_in(event.request.DataSet.getvalue(), syntax)  # type: ignore[union-attr]
+
+
+def series_uid_in(raw: bytes, syntax: UID) -> str:
+    """The SeriesInstanceUID of an encoded (not deflated) data set: the header walk of
+    :mod:`dicom_node.header_scan` where it can, else pydicom's element generator, which walks the element headers up
+    to it skipping values."""
+    if syntax.is_little_endian:
+        found = uid_value(raw, SERIES_INSTANCE_UID_TAG, syntax.is_implicit_VR)
+        if found is not None:
+            return found
     elements = data_element_generator(BytesIO(raw), syntax.is_implicit_VR, syntax.is_little_endian, defer_size=1024)
     for element in elements:
         tag = int(element.tag)  # a plain int: BaseTag's comparisons run in Python, once per element
