@@ -86,7 +86,8 @@ def _after_value(raw: bytes, start: int, length: int, vr: bytes, implicit_vr: bo
         return start + length if start + length <= len(raw) else None
     if depth >= MAX_DEPTH or vr not in (b"", b"SQ", b"UN"):  # undefined-length OB/OW is encapsulated pixel data
         return None
-    return _after_undefined_sequence(raw, start, implicit_vr, depth)
+    # an unknown (UN) sequence of undefined length is encoded in implicit VR whatever the transfer syntax (PS3.5 6.2.2)
+    return _after_undefined_sequence(raw, start, implicit_vr or vr == b"UN", depth)
 
 
 def element_value(raw: bytes, tag: int, implicit_vr: bool) -> bytes | None:

@@ -109,6 +109,22 @@ def test_undefined_length_sequences_before_the_uid(depth: int) -> None:
     assert series_uid_in(raw, ExplicitVRLittleEndian) == by_pydicom.SeriesInstanceUID
 
 
+def test_an_unknown_sequence_of_undefined_length_is_read_in_implicit_vr() -> None:
+    """A private sequence whose VR the sender did not know (UN, undefined length): its items are implicit VR even in
+    an explicit-VR data set."""
+    raw = _encoded(_base())
+    at = raw.index(struct.pack("<HH2s", 0x0020, 0x000E, b"UI"))
+    implicit_element = struct.pack("<HHI", 0x0009, 0x1002, 8) + b"ABCDEFGH"
+    private = (struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 8) + b"PRIVATE "
+               + struct.pack("<HH2sHI", 0x0009, 0x1001, b"UN", 0, 0xFFFFFFFF)
+               + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + implicit_element
+               + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    raw = raw[:at] + private + raw[at:]
+    assert uid_value(raw, SERIES_INSTANCE_UID_TAG, False) == "1.2.826.0.1.3680043.8.498.77"
+    by_pydicom = pydicom.filereader.read_dataset(io.BytesIO(raw), False, True)
+    assert series_uid_in(raw, ExplicitVRLittleEndian) == by_pydicom.SeriesInstanceUID
+
+
 @pytest.mark.parametrize("value", ["1.2.3\\4.5", "1.2.3x"])
 def test_values_other_than_one_plain_uid_are_left_to_pydicom(value: str) -> None:
     raw = _encoded(_base(value))
