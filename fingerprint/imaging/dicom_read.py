@@ -6,6 +6,11 @@ reads all of that with pydicom (plus the pylibjpeg / GDCM decoders), keeps only 
 slice normal and builds a volume whose origin, spacing and direction are the patient coordinates the scanner wrote
 (LPS, as SimpleITK uses them). Anything that cannot become a 3D volume is refused with a typed
 :class:`~fingerprint.errors.SeriesRejected`; detail texts never contain patient identifiers.
+
+Reading a folder is most of the time a series takes, so the plain files of a series (uncompressed, little endian)
+are not parsed whole: they are walked for the elements this module reads (:mod:`.dicom_walk`), values the files
+share are decoded once, and uncompressed pixels are read straight from the bytes. pydicom still decodes every value
+and decides everything the quick paths do not vouch for, so the result is the one a whole-file read gives.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from typing import Any
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.dataset import Dataset
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 
 from fingerprint.errors import RejectReason, SeriesRejected
+from fingerprint.imaging.dicom_walk import walk
 from fingerprint.types import SeriesIdentifiers
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,28 @@ LOCALIZER_MAX_IMAGES = 30
 #: ImageType values that mean the pixels are not an anatomical T1 volume.
 NOT_ANATOMICAL_TYPES = ("MOSAIC", "DIFFUSION", "ADC", "TRACE", "FA", "PERFUSION", "FMRI", "PHASE", "B0")
 GZIP_MAGIC = b"\x1f\x8b"
+#: (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data: looked up by tag, as
+#: quicker than by keyword, for every dataset.
+PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00010, 0x7FE00008, 0x7FE00009
+NUMBER_OF_FRAMES = 0x00280008  # (0028,0008)
+#: Uncompressed little-endian transfer syntaxes, whose pixels are read straight from the bytes (:func:`_native_pixels`).
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+#: The pixel elements pydicom's decoding reads, in the order it reads them (``get_image_pixel_ids``).
+PIXEL_KEYWORDS = ("SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "Rows",
+                  "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation")
+#: Top-level elements a series read from files keeps of each walked file (:func:`_read_image_file`): every one this
+#: module reads and every one pydicom's pixel decoding reads, so a walked file decides everything as the whole file.
+SERIES_ELEMENTS = frozenset({
+    0x00080005, 0x00080008, 0x00080016, 0x00080018, 0x00080020, 0x00080060, 0x00080070, 0x0008103E,  # SOP, study
+    0x00100020, 0x00181030, 0x00189087, 0x0020000D, 0x0020000E, 0x00200032, 0x00200037,  # patient, series, plane
+    0x00280002, 0x00280004, 0x00280006, 0x00280008, 0x00280010, 0x00280011, 0x00280030, 0x00280100,  # image pixel
+    0x00280101, 0x00280103, 0x00281052, 0x00281053,
+    0x52009229, 0x52009230,  # Enhanced MR functional groups
+    0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010,  # pixel data and its offset tables
+})
+#: Elements whose decoded value may be shared by the files of a series that hold the same bytes: neither sequences
+#: (their items are datasets of their own) nor pixel data (its VR may depend on Bits Allocated).
+SHARED_ELEMENTS = SERIES_ELEMENTS - {0x52009229, 0x52009230, 0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010}
 
 
 @dataclass
@@ -70,6 +100,15 @@ class _Frame:
     intercept: float
 
 
+@dataclass
+class _Decoded:
+    """Values already decoded while reading the files of one series, by their encoded form (see _walked_dataset)."""
+
+    elements: dict[tuple[Any, ...], DataElement] = field(default_factory=dict)
+    encodings: dict[RawDataElement | None, Any] = field(default_factory=dict)
+    file_meta: dict[RawDataElement, FileMetaDataset] = field(default_factory=dict)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------------------------------
@@ -85,20 +124,98 @@ def read_dicom_file(path: Path, stop_before_pixels: bool = False) -> Dataset | N
         with open(path, "rb") as fh:
             head = fh.read(2)
             fh.seek(0)
-            raw: Any = io.BytesIO(gzip.decompress(fh.read())) if head == GZIP_MAGIC else fh
-            try:
-                return pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels)
-            except InvalidDicomError:
-                raw.seek(0)
-                with warnings.catch_warnings():  # forced parsing of non-DICOM bytes warns about VRs; the check follows
-                    warnings.simplefilter("ignore")
-                    ds = pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels, force=True)
-                if "SOPClassUID" in ds or "SeriesInstanceUID" in ds:
-                    return ds
-                return None
+            return _parse(io.BytesIO(gzip.decompress(fh.read())) if head == GZIP_MAGIC else fh, stop_before_pixels)
     except Exception:  # noqa: BLE001 - anything unreadable is simply "not DICOM" here
         log.debug("skipping a file that is not readable as DICOM")  # no name: PACS exports may name files by patient
         return None
+
+
+def _parse(raw: Any, stop_before_pixels: bool) -> Dataset | None:
+    """pydicom's dataset from an open file or buffer; without a preamble only if it has a SOP Class or Series UID."""
+    try:
+        return pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        raw.seek(0)
+        with warnings.catch_warnings():  # forced parsing of non-DICOM bytes warns about VRs; the check follows
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(raw, stop_before_pixels=stop_before_pixels, force=True)
+        if "SOPClassUID" in ds or "SeriesInstanceUID" in ds:
+            return ds
+        return None
+
+
+def _read_image_file(path: Path, decoded: _Decoded) -> Dataset | None:
+    """:func:`read_dicom_file` for a file of the series being read: the same dataset as far as this module and
+    pydicom's pixel decoding can tell, but an uncompressed file is walked (:func:`_walked_dataset`), not parsed."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+            fh.seek(0)
+            gzipped, raw = head[:2] == GZIP_MAGIC, b""
+            if gzipped or head[128:] == b"DICM":  # a Part 10 file, perhaps: walked if plain enough
+                raw = gzip.decompress(fh.read()) if gzipped else fh.read()
+                walked = _walked_dataset(raw, decoded)
+                if walked is not None:
+                    return walked
+                fh.seek(0)
+            return _parse(io.BytesIO(raw) if gzipped else fh, stop_before_pixels=False)  # as read_dicom_file does
+    except Exception:  # noqa: BLE001 - anything unreadable is simply "not DICOM" here, as in read_dicom_file
+        log.debug("skipping a file that is not readable as DICOM")
+        return None
+
+
+def _walked_dataset(raw: bytes, decoded: _Decoded) -> Dataset | None:
+    """The elements of SERIES_ELEMENTS of a Part 10 file as a dataset, or None when pydicom should read it whole.
+
+    Why: parsing every element of every file is most of the time a series takes to read. The walk hands back the
+    elements undecoded, exactly as pydicom's reader holds them, and this dataset is set up as pydicom's reader sets
+    up its own (file meta, character set), so every value still decodes through pydicom. Values whose bytes a
+    previous file of the series had (orientation, spacing, matrix, UIDs...) reuse that file's decoded element.
+    """
+    try:
+        walked = walk(raw, SERIES_ELEMENTS)
+        if walked is None:
+            return None
+        charset = walked.elements.get(0x00080005)
+        charset_key = None if charset is None else charset._replace(value_tell=0)
+        if charset_key not in decoded.encodings:  # as pydicom's read_dataset: the data set's own, else the default
+            decoded.encodings[charset_key] = (
+                default_encoding if charset is None else convert_encodings(convert_raw_data_element(charset).value)
+            )
+        encoding = decoded.encodings[charset_key]
+        encoding_key = tuple(encoding) if isinstance(encoding, list) else encoding
+        elements: dict[Any, Any] = {}
+        new_values = []
+        for tag, element in walked.elements.items():
+            if tag in SHARED_ELEMENTS:  # what the decoded value depends on (walked files are all little endian)
+                key = (tag, element.VR, element.length, element.value, element.is_implicit_VR, encoding_key)
+                known = decoded.elements.get(key)
+                if known is None:
+                    new_values.append((element.tag, key))
+                else:
+                    element = known
+            elements[element.tag] = element
+        ds = Dataset(elements)
+        ds.set_original_encoding(walked.implicit_vr, True, encoding)
+        ds.file_meta = _file_meta(walked.transfer_syntax, decoded)
+    except Exception:  # noqa: BLE001 - pydicom reads the file instead, and decides what is wrong with it
+        return None
+    for tag, key in new_values:  # decoded by pydicom as on first access, for the next files with the same bytes
+        try:
+            decoded.elements[key] = ds[tag]
+        except Exception:  # noqa: BLE001 - a damaged value stays undecoded, to fail where the reader reads it
+            continue
+    return ds
+
+
+def _file_meta(transfer_syntax: RawDataElement, decoded: _Decoded) -> FileMetaDataset:
+    """The file meta header of a walked file (its transfer syntax), set up as pydicom's reader sets it up."""
+    key = transfer_syntax._replace(value_tell=0)
+    if key not in decoded.file_meta:
+        meta = FileMetaDataset({transfer_syntax.tag: transfer_syntax})
+        meta.set_original_encoding(is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding)
+        decoded.file_meta[key] = meta
+    return decoded.file_meta[key]
 
 
 def iter_files(folder: Path) -> Iterable[Path]:
@@ -131,7 +248,7 @@ def _has_pixels(ds: Dataset, headers_only: bool = False) -> bool:
     if headers_only:
         # stop_before_pixels drops (7FE0,0010); Rows/Columns are the image module's mandatory attributes.
         return "Rows" in ds and "Columns" in ds
-    return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    return any(tag in ds for tag in (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -220,7 +337,8 @@ def _load_datasets(source: Path | str | Sequence[Dataset]) -> list[Dataset]:
         path = Path(source)
         if not path.exists():
             raise SeriesRejected(RejectReason.NO_DICOM, "the input path does not exist")
-        return [ds for ds in (read_dicom_file(p) for p in iter_files(path)) if ds is not None]
+        decoded = _Decoded()
+        return [ds for ds in (_read_image_file(p, decoded) for p in iter_files(path)) if ds is not None]
     return [ds for ds in source if isinstance(ds, Dataset)]
 
 
@@ -307,12 +425,13 @@ def _frame(
     ds: Dataset, index: int | None, *, position: Dataset, orientation: Dataset, measures: Dataset, rescale: Dataset
 ) -> _Frame:
     """A frame's geometry and rescale, read from the items that hold them (the dataset itself for classic MR)."""
+    spacing = measures.PixelSpacing
     return _Frame(
         dataset=ds,
         frame_index=index,
         position=np.array([float(v) for v in position.ImagePositionPatient]),
         orientation=np.array([float(v) for v in orientation.ImageOrientationPatient]),
-        pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
         slope=float(rescale.get("RescaleSlope", 1) or 1),
         intercept=float(rescale.get("RescaleIntercept", 0) or 0),
     )
@@ -323,6 +442,7 @@ def _one_volume(frames: list[_Frame]) -> list[_Frame]:
     if len(frames) < 2:
         raise SeriesRejected(RejectReason.TOO_FEW_SLICES, f"{len(frames)} slice: a 2D image, not a volume")
     ref = frames[0]
+    ref_size = None
     for frame in frames:
         if np.abs(frame.orientation - ref.orientation).max() > ORIENTATION_TOLERANCE:
             if len(frames) <= LOCALIZER_MAX_IMAGES:
@@ -330,7 +450,9 @@ def _one_volume(frames: list[_Frame]) -> list[_Frame]:
             raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices in different orientations")
         if np.abs(np.subtract(frame.pixel_spacing, ref.pixel_spacing)).max() > 1e-3:
             raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices with different pixel spacings")
-        if (frame.dataset.Rows, frame.dataset.Columns) != (ref.dataset.Rows, ref.dataset.Columns):
+        if ref_size is None:  # the first frame is ref: its matrix is read once, not again for every frame
+            ref_size = (ref.dataset.Rows, ref.dataset.Columns)
+        elif frame.dataset is not ref.dataset and (frame.dataset.Rows, frame.dataset.Columns) != ref_size:
             raise SeriesRejected(RejectReason.INCONSISTENT_GEOMETRY, "slices with different matrix sizes")
     normal = np.cross(ref.orientation[:3], ref.orientation[3:])
     if not 0.99 < np.linalg.norm(normal) < 1.01:
@@ -394,6 +516,9 @@ def _pixel_array(ds: Dataset) -> np.ndarray:
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() not in ("MONOCHROME1", "MONOCHROME2"):
         raise SeriesRejected(RejectReason.NOT_T1_BRAIN, "colour pixels, not a greyscale MR image")
     try:
+        native = _native_pixels(ds)
+        if native is not None:
+            return native  # already shaped (frames, rows, columns) for several frames
         pixels = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises several types for unsupported or corrupt encodings
         uid = _transfer_syntax(ds)
@@ -405,6 +530,62 @@ def _pixel_array(ds: Dataset) -> np.ndarray:
     if frames > 1 and pixels.ndim == 2:
         pixels = pixels[np.newaxis]
     return pixels
+
+
+def _native_pixels(ds: Dataset) -> np.ndarray | None:
+    """``ds.pixel_array`` of uncompressed little-endian greyscale pixels, read straight from the bytes; None for
+    anything else (compressed, colour, 1 or 32 bits, a length pydicom would pad, trim or refuse, a dataset with
+    its own decoding options or array), which pydicom decodes.
+
+    Why: pydicom sets up a decoder for every file, longer than reading the bytes takes. The result is pydicom's bit
+    for bit: the same dtype, unused high bits cleared (or sign-extended for signed pixels) by the same shifts.
+    """
+    # pydicom reads the pixel elements first, in this order: an element that fails to decode fails here as there
+    values = {keyword: ds.get(keyword) for keyword in PIXEL_KEYWORDS}
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID") or "") not in NATIVE_SYNTAXES:
+        return None
+    if getattr(ds, "_pixel_array", None) is not None or getattr(ds, "_pixel_array_opts", None) != {"use_pdh": False}:
+        return None  # an array pydicom already holds, or options the caller chose: pydicom's own answer
+    if FLOAT_PIXEL_DATA in ds or DOUBLE_FLOAT_PIXEL_DATA in ds:
+        return None
+    data = ds.get("PixelData")
+    frames = values["NumberOfFrames"]
+    if frames is None and NUMBER_OF_FRAMES not in ds:  # absent is one frame; present but empty, pydicom warns
+        frames = 1
+    samples, rows, columns = values["SamplesPerPixel"], values["Rows"], values["Columns"]
+    allocated, stored, signed = values["BitsAllocated"], values["BitsStored"], values["PixelRepresentation"]
+    if not (
+        isinstance(data, bytes)
+        and all(isinstance(v, int) for v in (samples, frames, rows, columns, allocated, stored, signed))
+        and values["PhotometricInterpretation"] in ("MONOCHROME1", "MONOCHROME2")
+        and samples == 1
+        and frames >= 1
+        and 0 < rows < 65536
+        and 0 < columns < 65536
+        and allocated in (8, 16)
+        and 1 <= stored <= allocated
+        and signed in (0, 1)
+    ):
+        return None
+    shape = (int(frames), int(rows), int(columns)) if frames > 1 else (int(rows), int(columns))
+    count = int(frames) * int(rows) * int(columns)
+    expected = count * allocated // 8
+    if len(data) not in (expected, expected + expected % 2):
+        return None
+    pixels = np.frombuffer(data, dtype=np.dtype(f"<{'ui'[signed]}{allocated // 8}"), count=count).reshape(shape)
+    if stored < allocated and _beyond_stored_bits(pixels, stored, signed):
+        pixels = np.left_shift(pixels, allocated - stored)
+        np.right_shift(pixels, allocated - stored, out=pixels)
+    return pixels
+
+
+def _beyond_stored_bits(pixels: np.ndarray, stored: int, signed: int) -> bool:
+    """Whether some value needs its unused high bits cleared (or sign-extended): one outside what ``stored`` bits
+    hold. Most files have none, and looking is quicker than shifting every value twice into a new array."""
+    if signed:
+        return bool(pixels.min() < -(1 << (stored - 1)) or pixels.max() >= 1 << (stored - 1))
+    return bool(pixels.max() >= 1 << stored)
 
 
 def _to_image(frames: list[_Frame], array: np.ndarray) -> sitk.Image:
