@@ -167,9 +167,9 @@ def real_slice():
 #: sent over a DICOM association to the SCP, fingerprinted by the embedded worker, its verdict in the store.
 QUICK_MODULES = {
     "test_architecture", "test_augment", "test_files", "test_dicom_series", "test_dicom_writer", "test_evaluation",
-    "test_fuzz_inputs", "test_header_scan", "test_index", "test_losses", "test_model", "test_modes_deploy",
-    "test_part10", "test_site_calibration", "test_spool", "test_store", "test_verdicts", "test_worker_cli",
-    "test_worker_ledger",
+    "test_fuzz_inputs", "test_header_scan", "test_index", "test_losses", "test_mi_registration", "test_model",
+    "test_modes_deploy", "test_part10", "test_site_calibration", "test_spool", "test_store", "test_verdicts",
+    "test_worker_cli", "test_worker_ledger",
 }
 QUICK_TESTS = {"test_worker_embedded.py::test_series_sent_to_the_scp_ends_as_a_verdict_in_the_store"}
 
