@@ -207,9 +207,8 @@ class _Samples:
     inside: np.ndarray | None  # None: every point
 
 
-def _sample(moving: MovingVolume, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> _Samples:
-    """Trilinear values and index-space gradients of the moving image at the points (LPS mm)."""
-    i, j, k = _apply(moving.to_index, *(v - float(o) for v, o in zip((x, y, z), moving.origin)))
+def _sample(moving: MovingVolume, i: np.ndarray, j: np.ndarray, k: np.ndarray) -> _Samples:
+    """Trilinear values and index-space gradients of the moving image at continuous indices (i, j, k)."""
     nk, nj, ni = moving.array.shape
     inside = (i >= 0) & (i <= ni - 1) & (j >= 0) & (j <= nj - 1) & (k >= 0) & (k <= nk - 1)
     if inside.all():
@@ -254,10 +253,16 @@ def metric_and_gradient(
     """``-MI`` of the reference and the moving image under ``pose`` on the level's points, and its derivative with
     respect to (rotation vector, translation[, scales]) when ``gradient``. RuntimeError when too few points land
     inside the moving volume."""
-    lx, ly, lz = (level.points[a] - float(pose.centre[a]) for a in range(3))
-    tx, ty, tz = _apply(pose.matrix(), lx, ly, lz)
-    shift = pose.centre + pose.translation
-    samples = _sample(moving, tx + float(shift[0]), ty + float(shift[1]), tz + float(shift[2]))
+    # Reference mm -> the moving image's continuous index in one affine map: index = A x + b.
+    rotation_scaled = pose.matrix()
+    to_index = moving.to_index
+    linear = _product3(to_index, rotation_scaled)
+    turned_centre = [sum(float(rotation_scaled[r, c]) * float(pose.centre[c]) for c in range(3)) for r in range(3)]
+    shift = [float(pose.centre[r]) + float(pose.translation[r]) - float(moving.origin[r]) - turned_centre[r] for r in range(3)]
+    offset = [sum(float(to_index[r, c]) * shift[c] for c in range(3)) for r in range(3)]
+    x, y, z = level.points
+    i, j, k = (float(linear[r, 0]) * x + float(linear[r, 1]) * y + float(linear[r, 2]) * z + offset[r] for r in range(3))
+    samples = _sample(moving, i, j, k)
     value = samples.value
     count = len(value)
     if count < MIN_VALID_FRACTION * len(level) or count < 16:
@@ -265,7 +270,7 @@ def metric_and_gradient(
     fixed_row = level.bins * BINS
     if samples.inside is not None:
         fixed_row = fixed_row[samples.inside]
-        lx, ly, lz, tx, ty, tz = (a[samples.inside] for a in (lx, ly, lz, tx, ty, tz))
+        x, y, z = x[samples.inside], y[samples.inside], z[samples.inside]
     position = np.clip((value - moving.low) * (1.0 / moving.bin_size) + PADDING, PADDING, BINS - PADDING - 1e-3)
     floor = np.floor(position)
     whole = floor.astype(np.intp)
@@ -298,20 +303,31 @@ def metric_and_gradient(
     for cell, slope in zip(cells[1:], slopes[1:]):
         per_point += slope * flat[cell]
     per_point *= float(1.0 / (moving.bin_size * total))
-    gx, gy, gz = samples.gradient
-    # dMI/dy per point (y in mm): the index gradient through the index map, times dMI/d(value).
-    ax, ay, az = (per_point * v for v in _apply(moving.to_index.T, gx, gy, gz))
-    derivative = [
-        _total(ty * az - tz * ay),  # rotation vector: dy = omega x (R S (x - c))
-        _total(tz * ax - tx * az),
-        _total(tx * ay - ty * ax),
-        _total(ax),  # translation
-        _total(ay),
-        _total(az),
-    ]
-    if nine_dof:  # scale j: dy = R e_j (x - c)_j
-        rx, ry, rz = _apply(pose.rotation.T, ax, ay, az)
-        derivative += [_total(rx * lx), _total(ry * ly), _total(rz * lz)]
+    # dMI/dy = T^T q per point, q = dMI/d(value) times the index-space gradient, T the mm -> index map. Every
+    # derivative is linear in q and in x, so sums of q and of q x_j (then scalar algebra) give all nine.
+    q = [per_point * g for g in samples.gradient]
+    q_sum = [_total(v) for v in q]
+    centre = [float(v) for v in pose.centre]
+    # moments[k][j] = sum over points of q_k (x_j - c_j)
+    moments = [[_total(v * axis) - centre[jj] * q_sum[kk] for jj, axis in enumerate((x, y, z))] for kk, v in enumerate(q)]
+    t = [[float(v) for v in row] for row in to_index]
+    b = [[float(v) for v in row] for row in rotation_scaled]
+    # Translation: T^T sum q. Rotation vector (dy = omega x B l, B = R S, l = x - c): sum over j, k of
+    # moments[k][j] (B e_j x T^T e_k). Scale j (dy = R e_j l_j): sum over k of moments[k][j] (T R)[k][j].
+    translation = [sum(t[kk][r] * q_sum[kk] for kk in range(3)) for r in range(3)]
+    rotation = [0.0, 0.0, 0.0]
+    for jj in range(3):
+        column = (b[0][jj], b[1][jj], b[2][jj])
+        for kk in range(3):
+            row = (t[kk][0], t[kk][1], t[kk][2])  # T^T e_k
+            weight = moments[kk][jj]
+            rotation[0] += weight * (column[1] * row[2] - column[2] * row[1])
+            rotation[1] += weight * (column[2] * row[0] - column[0] * row[2])
+            rotation[2] += weight * (column[0] * row[1] - column[1] * row[0])
+    derivative = rotation + translation
+    if nine_dof:
+        turn = _product3(to_index, pose.rotation)
+        derivative += [sum(moments[kk][jj] * float(turn[kk, jj]) for kk in range(3)) for jj in range(3)]
     return -mutual_information, -np.array(derivative)
 
 
