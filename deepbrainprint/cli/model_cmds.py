@@ -163,7 +163,7 @@ def evaluate_cmd(
     cache: Optional[Path] = typer.Option(None, help="Where sliced benchmark volumes are cached (default: in --out)."),
     split: Optional[str] = typer.Option(None, help="Only rows of this split of cohort.csv (default: all rows)."),
     subjects: Optional[int] = typer.Option(None, help="Only the first N subjects of cohort.csv (default: all)."),
-    workers: int = typer.Option(1, help="Processes slicing the volumes not yet cached (alignment ~2 s CPU each)."),
+    workers: int = typer.Option(1, help="Processes slicing the volumes not yet cached (alignment about 0.3 s CPU each)."),
 ) -> None:
     """Leave-one-out retrieval + verification on a held-out cohort, comparing models, slice methods and a raw-pixel
     baseline in one run; plus the real repeat-scan check. With --real-heads: the real-head benchmark instead."""

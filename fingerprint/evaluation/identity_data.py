@@ -8,7 +8,7 @@ Two sources, both real anatomy:
   2010 and the decubitus man of 2022 are one person (shared/data/README.md gives the evidence), everyone else is
   someone else.
 
-Each scan goes through the real pipeline once (alignment about 2 s CPU); its slice and canonical brain are cached as
+Each scan goes through the real pipeline once (alignment about 0.3 s CPU); its slice and canonical brain are cached as
 ``views/<scan_id>.npz`` beside the cohort (or in ``cache_dir`` for the shared series), so calibration and the
 benchmark can be re-run at the cost of the pair checks alone. A scan the pipeline refuses is left out with its reason.
 """
