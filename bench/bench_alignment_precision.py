@@ -120,7 +120,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Alignment precision on known re-posings of the real series",
         "",
         f"Measured {report['measured_at']} on {report['machine']}, load average at start {report['load_average']}. "
-        "Command: `nice -n 10 .venv/bin/python bench/bench_alignment_precision.py`",
+        f"Command: `{report['command']}`",
         "",
         "Residual: rotation between the pose found on the re-posed volume and the known re-posing composed with the "
         "pose found on the volume as it was, and how far apart they put the canonical plane's centre.",
@@ -157,6 +157,7 @@ def main() -> None:
         "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average": [round(v, 2) for v in load],
+        "command": " ".join(["nice -n 10 .venv/bin/python bench/bench_alignment_precision.py", *sys.argv[1:]]),
         "settings": settings,
         **run(args.data, settings),
     }
