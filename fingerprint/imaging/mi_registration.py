@@ -71,7 +71,6 @@ class MovingVolume:
     array: np.ndarray  # (k, j, i) float32, C order
     origin: np.ndarray
     to_index: np.ndarray  # 3x3: LPS mm offset from origin -> continuous (i, j, k)
-    index_to_mm: np.ndarray  # 3x3: d(mm)/d(index), its inverse
     low: float
     bin_size: float
 
@@ -181,16 +180,9 @@ def moving_volume(image: sitk.Image, sigma_mm: float = 0.0) -> MovingVolume:
         array=np.ascontiguousarray(array),
         origin=np.asarray(image.GetOrigin(), dtype=np.float64),
         to_index=_inverse3(index_to_mm),
-        index_to_mm=index_to_mm,
         low=low,
         bin_size=(high - low) / (BINS - 2 * PADDING) or 1.0,
     )
-
-
-def _apply(matrix: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``matrix @ (x, y, z)`` for coordinate arrays, by elementwise products (no BLAS: the same bits on every host)."""
-    m = [[float(v) for v in row] for row in matrix]  # Python floats keep float32 arrays float32
-    return tuple(m[r][0] * x + m[r][1] * y + m[r][2] * z for r in range(3))  # type: ignore[return-value]
 
 
 def _total(values: np.ndarray) -> float:
