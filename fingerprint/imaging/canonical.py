@@ -626,10 +626,27 @@ def prepare_alignment() -> None:
     """Read the reference and build the numpy engine's sample points of every level now (a few tenths of a second,
     once per process) rather than inside the first series' alignment: for long-lived workers and benchmarks."""
     reference = load_reference()
-    for shrink, sigma, fraction in zip(COARSE_SHRINK, COARSE_SIGMAS_MM, SAMPLING_FRACTIONS):
-        mi.fixed_level(reference, "metric", shrink=shrink, sigma_mm=sigma, fraction=fraction, seed=RANDOM_SEED)
-    mi.fixed_level(reference, "metric", shrink=1, sigma_mm=0.0, fraction=METRIC_CHECK_FRACTION, seed=RANDOM_SEED)
-    mi.fixed_level(reference, "brain", shrink=1, sigma_mm=0.0, fraction=REFINE_SAMPLING_FRACTION, seed=RANDOM_SEED)
+    _coarse_levels(reference)
+    _check_level(reference)
+    _polish_level(reference)
+
+
+def _coarse_levels(reference: Reference) -> list[tuple[mi.FixedLevel, float]]:
+    """The numpy engine's coarse levels (COARSE_SHRINK, on the dilated metric mask), each with its smoothing (mm)."""
+    return [
+        (mi.fixed_level(reference, "metric", shrink=shrink, sigma_mm=sigma, fraction=fraction, seed=RANDOM_SEED), sigma)
+        for shrink, sigma, fraction in zip(COARSE_SHRINK, COARSE_SIGMAS_MM, SAMPLING_FRACTIONS)
+    ]
+
+
+def _check_level(reference: Reference) -> mi.FixedLevel:
+    """Where a coarse fit's metric is read: the working resolution, the metric mask, METRIC_CHECK_FRACTION."""
+    return mi.fixed_level(reference, "metric", shrink=1, sigma_mm=0.0, fraction=METRIC_CHECK_FRACTION, seed=RANDOM_SEED)
+
+
+def _polish_level(reference: Reference) -> mi.FixedLevel:
+    """The polish's points: the working resolution, the brain mask itself, REFINE_SAMPLING_FRACTION."""
+    return mi.fixed_level(reference, "brain", shrink=1, sigma_mm=0.0, fraction=REFINE_SAMPLING_FRACTION, seed=RANDOM_SEED)
 
 
 def _coarse_numpy(
@@ -641,14 +658,12 @@ def _coarse_numpy(
     resolution (METRIC_CHECK_FRACTION), as for the "itk" engine. RuntimeError where too few samples map inside."""
     coarse_moving = downsample(moving, COARSE_MOVING_SPACING_MM)
     pose = mi.Pose.from_rigid(start, proportions)
-    for shrink, sigma, fraction in zip(COARSE_SHRINK, COARSE_SIGMAS_MM, SAMPLING_FRACTIONS):
-        level = mi.fixed_level(reference, "metric", shrink=shrink, sigma_mm=sigma, fraction=fraction, seed=RANDOM_SEED)
+    for level, sigma in _coarse_levels(reference):
         pose, _metric, _steps = mi.register(
             level, mi.moving_volume(coarse_moving, sigma), pose, nine_dof=True, learning_rate=4.0, min_step=COARSE_MIN_STEP,
             iterations=150, rotation_scale=ROTATION_SCALE,
         )
-    check = mi.fixed_level(reference, "metric", shrink=1, sigma_mm=0.0, fraction=METRIC_CHECK_FRACTION, seed=RANDOM_SEED)
-    metric = mi.metric_value(check, mi.moving_volume(moving), pose)
+    metric = mi.metric_value(_check_level(reference), mi.moving_volume(moving), pose)
     return pose.as_sitk(scaled=True), metric
 
 
@@ -658,7 +673,7 @@ def _refine_numpy(
     """:func:`_refine` with :mod:`fingerprint.imaging.mi_registration`: one level at the working resolution, the metric
     inside the brain mask itself (REFINE_SAMPLING_FRACTION), scales free for a scaled fit; an implausible polished fit
     is polished again rigidly from the rigid part of ``start``."""
-    level = mi.fixed_level(reference, "brain", shrink=1, sigma_mm=0.0, fraction=REFINE_SAMPLING_FRACTION, seed=RANDOM_SEED)
+    level = _polish_level(reference)
     volume = mi.moving_volume(moving)
     settings = {"learning_rate": REFINE_LEARNING_RATE, "iterations": REFINE_ITERATIONS, "rotation_scale": ROTATION_SCALE}
     if isinstance(start, sitk.AffineTransform):

@@ -42,7 +42,7 @@ from functools import lru_cache
 import numpy as np
 import SimpleITK as sitk
 
-from fingerprint.imaging.reference import Reference
+from fingerprint.imaging.reference import Reference, load_reference
 
 #: Histogram bins of the metric, and ITK's padding bins at each end (the cubic window reaches two bins out).
 BINS = 32
@@ -129,8 +129,6 @@ class Pose:
 
 @lru_cache(maxsize=16)
 def _fixed_level_cached(kind: str, shrink: int, sigma_mm: float, fraction: float, seed: int) -> FixedLevel:
-    from fingerprint.imaging.reference import load_reference
-
     return _build_fixed_level(load_reference(), kind, shrink, sigma_mm, fraction, seed)
 
 
@@ -138,8 +136,6 @@ def fixed_level(reference: Reference, kind: str, *, shrink: int, sigma_mm: float
     """The sample points of one level: the reference smoothed by ``sigma_mm`` and shrunk ``shrink`` times, its ``kind``
     mask ("metric": the dilated one, "brain": the brain itself) shrunk alike, ``fraction`` of the mask's voxels drawn
     with ``seed``. Cached per process for the shipped reference."""
-    from fingerprint.imaging.reference import load_reference
-
     if reference is load_reference():
         return _fixed_level_cached(kind, shrink, sigma_mm, fraction, seed)
     return _build_fixed_level(reference, kind, shrink, sigma_mm, fraction, seed)
@@ -302,16 +298,16 @@ def metric_and_gradient(
     centre = [float(v) for v in pose.centre]
     # moments[k][j] = sum over points of q_k (x_j - c_j)
     moments = [[_total(v * axis) - centre[jj] * q_sum[kk] for jj, axis in enumerate((x, y, z))] for kk, v in enumerate(q)]
-    t = [[float(v) for v in row] for row in to_index]
+    index_map = [[float(v) for v in row] for row in to_index]
     b = [[float(v) for v in row] for row in rotation_scaled]
     # Translation: T^T sum q. Rotation vector (dy = omega x B l, B = R S, l = x - c): sum over j, k of
     # moments[k][j] (B e_j x T^T e_k). Scale j (dy = R e_j l_j): sum over k of moments[k][j] (T R)[k][j].
-    translation = [sum(t[kk][r] * q_sum[kk] for kk in range(3)) for r in range(3)]
+    translation = [sum(index_map[kk][r] * q_sum[kk] for kk in range(3)) for r in range(3)]
     rotation = [0.0, 0.0, 0.0]
     for jj in range(3):
         column = (b[0][jj], b[1][jj], b[2][jj])
         for kk in range(3):
-            row = (t[kk][0], t[kk][1], t[kk][2])  # T^T e_k
+            row = (index_map[kk][0], index_map[kk][1], index_map[kk][2])  # T^T e_k
             weight = moments[kk][jj]
             rotation[0] += weight * (column[1] * row[2] - column[2] * row[1])
             rotation[1] += weight * (column[2] * row[0] - column[0] * row[2])
